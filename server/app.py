@@ -1,0 +1,209 @@
+"""`tlserve serve`: the gRPC server process (or processes) around the data plane.
+
+Start-up order: bind the port with health NOT_SERVING, load and warm every model in a
+thread (health checks are answered meanwhile), then SERVING. On SIGTERM or SIGINT:
+health NOT_SERVING, refuse new calls, let calls in flight finish within the grace
+period, drain the batchers, exit 0.
+
+With ``--workers N`` the parent forks N workers before any gRPC object exists (gRPC's
+core does not survive a fork), each binds the same port with SO_REUSEPORT so the kernel
+spreads connections, and the parent serves the summed metrics and forwards signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+
+from tlserve.server.settings import ServerSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+CLASSIFIER_SERVICE = "tlserve.v1.Classifier"
+
+
+def model_health_name(model: str) -> str:
+    """Health service name of one model: ``tlserve.v1.Classifier/<model>``."""
+    return f"{CLASSIFIER_SERVICE}/{model}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
+    """Runs one server process until SIGTERM/SIGINT; returns its exit code."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+    from tlserve.client.v1 import classifier_pb2, classifier_pb2_grpc
+    from tlserve.server import metrics
+    from tlserve.server.dataplane import DataPlane
+    from tlserve.server.repository import ModelRepository
+    from tlserve.server.runtime import session_options
+    from tlserve.server.servicers import ClassifierServicer
+
+    started = time.perf_counter()
+    repository = ModelRepository(
+        settings.repository,
+        session_options(settings.intra_op_threads, settings.inter_op_threads, settings.allow_spinning),
+    )
+    plane = DataPlane(repository, settings)
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", max(4 << 20, settings.max_texts_per_request * settings.max_text_bytes)),
+    ])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(plane), server)
+    services = (
+        classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(services, server)
+    address = f"{settings.host}:{settings.port}"
+    NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+    SERVING = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", NOT_SERVING)
+    await health_servicer.set(CLASSIFIER_SERVICE, NOT_SERVING)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        _LOGGER.error("cannot bind %s: %s", address, exc)
+        return 1
+    await server.start()
+    _LOGGER.info("listening on %s:%d (NOT_SERVING while loading %s)", settings.host, port, settings.repository)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    loader = asyncio.ensure_future(asyncio.to_thread(repository.load_all, settings.warmup_text))
+    await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not loader.done():
+        _LOGGER.info("stopping during start-up")
+        await server.stop(0)
+        return 0
+    try:
+        loader.result()
+    except Exception as exc:
+        _LOGGER.error("cannot load the repository: %s", exc)
+        await server.stop(0)
+        return 1
+    for failure in repository.failures:
+        metrics.LOAD_FAILURES.labels("invalid_bundle").inc()
+        _LOGGER.warning("not serving %s", failure)
+    if not repository.models:
+        _LOGGER.error("no model could be loaded from %s", settings.repository)
+        await server.stop(0)
+        return 1
+    plane.start()
+    for name in repository.models:
+        await health_servicer.set(model_health_name(name), SERVING)
+    await health_servicer.set(CLASSIFIER_SERVICE, SERVING)
+    await health_servicer.set("", SERVING)
+    loaded = [runtime.describe() for versions in repository.models.values() for runtime in versions.values()]
+    _LOGGER.info(
+        "SERVING on %s:%d after %.2fs: %d model version(s) %s over %d store(s); settings %s",
+        settings.host, port, time.perf_counter() - started, len(loaded), loaded, len(repository.stores),
+        {k: str(v) for k, v in vars(settings).items()},
+    )
+
+    await stop.wait()
+    _LOGGER.info("shutting down: NOT_SERVING, %.1fs grace for calls in flight", settings.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_seconds)
+    await plane.close()
+    _LOGGER.info("stopped")
+    return 0
+
+
+def run(settings: ServerSettings) -> int:
+    """Serves in this process (one worker) or forks `settings.workers` workers."""
+    configure_logging(settings.log_format)
+    if settings.workers == 1:
+        from tlserve.server import metrics
+
+        metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=False)
+        return asyncio.run(serve(settings))
+    return _run_workers(settings)
+
+
+def _run_workers(settings: ServerSettings) -> int:
+    # prometheus_client picks its multiprocess storage at import time: set it up first.
+    metrics_dir = tempfile.mkdtemp(prefix="tlserve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    children: list[int] = []
+    for index in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _LOGGER.info("worker %d/%d started", index + 1, settings.workers)
+                code = asyncio.run(serve(settings, reuse_port=True))
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    from tlserve.server import metrics
+
+    metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        metrics.mark_worker_dead(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            _LOGGER.error("worker %d exited with %d; stopping the others", pid, code)
+            forward(signal.SIGTERM, None)
+        worst = max(worst, abs(code))
+    import shutil
+
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return worst

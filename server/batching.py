@@ -1,0 +1,201 @@
+"""Dynamic batching per model version: texts of concurrent calls share one inference.
+
+The knobs mirror Triton's dynamic batcher (``max_batch_size``,
+``max_queue_delay_microseconds``) and TF Serving's ``batch_timeout_micros``:
+
+- a batch closes when it holds ``max_batch_size`` texts, or when its oldest text has
+  waited ``max_queue_delay_us``; with a delay of 0 it takes whatever is queued as soon as
+  the inference thread is free, so batches grow exactly when the server is busy;
+- a request bigger than ``max_batch_size`` is split into chunks that may share batches
+  with other calls; each call gets back exactly its own rows, in order;
+- the queue holds at most ``max_queue_size`` texts: beyond that `QueueFull` is raised at
+  once, instead of letting memory and latency grow;
+- a chunk whose caller was cancelled or whose deadline passed while queued is dropped
+  before inference.
+
+Inference runs in one thread per batcher (onnxruntime releases the GIL), so the event
+loop keeps accepting calls while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from tlserve.server.runtime import ModelRuntime, Prediction
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's queue has no room for the request's texts."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its texts were classified."""
+
+
+@dataclass
+class BatchStats:
+    """What one batch cost, for the metrics."""
+
+    size: int
+    queue_seconds: list[float]
+    encode_seconds: float
+    inference_seconds: float
+
+
+@dataclass
+class _Chunk:
+    texts: list[str]
+    future: asyncio.Future[Prediction]
+    deadline: float | None  # loop.time() after which the work is worthless
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    """Queues texts for one `ModelRuntime` and runs them in batches."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        on_batch: Callable[[ModelRuntime, BatchStats], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_us / 1e6
+        self.max_queue_size = max_queue_size
+        self.on_batch = on_batch
+        self._queue: deque[_Chunk] = deque()
+        self._queued_texts = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{runtime.name}")
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.runtime.name}")
+
+    async def close(self) -> None:
+        """Finishes the queued work, then stops."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], deadline: float | None = None) -> Prediction:
+        """Classifies `texts` (any number) and returns their prediction, rows in order."""
+        if self._closed:
+            raise QueueFull("the model is shutting down")
+        if self._queued_texts + len(texts) > self.max_queue_size:
+            raise QueueFull(
+                f"queue of model {self.runtime.name!r} holds {self._queued_texts} texts; {len(texts)} more "
+                f"would pass max_queue_size={self.max_queue_size}"
+            )
+        loop = asyncio.get_running_loop()
+        chunks = [
+            _Chunk(texts[i : i + self.max_batch_size], loop.create_future(), deadline)
+            for i in range(0, len(texts), self.max_batch_size)
+        ]
+        self._queue.extend(chunks)
+        self._queued_texts += len(texts)
+        self._wakeup.set()
+        try:
+            parts = [await chunk.future for chunk in chunks]
+        except BaseException:
+            # Cancelled or failed: the chunks still queued are skipped by the batcher.
+            for chunk in chunks:
+                chunk.future.cancel()
+            raise
+        if len(parts) == 1:
+            return parts[0]
+        return Prediction(
+            np.concatenate([p.probabilities for p in parts]),
+            np.concatenate([p.token_counts for p in parts]),
+            np.concatenate([p.oov_fractions for p in parts]),
+            sum(p.encode_seconds for p in parts),
+            sum(p.inference_seconds for p in parts),
+        )
+
+    def _take_batch(self) -> list[_Chunk]:
+        batch: list[_Chunk] = []
+        size = 0
+        now = asyncio.get_running_loop().time()
+        while self._queue and size + len(self._queue[0].texts) <= self.max_batch_size:
+            chunk = self._queue.popleft()
+            self._queued_texts -= len(chunk.texts)
+            if chunk.future.done():  # cancelled by its caller
+                continue
+            if chunk.deadline is not None and now > chunk.deadline:
+                chunk.future.set_exception(DeadlineExceeded("deadline passed while queued; the work was dropped"))
+                continue
+            batch.append(chunk)
+            size += len(chunk.texts)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay > 0 and self._queued_texts < self.max_batch_size:
+                oldest = self._queue[0].enqueued
+                remaining = self.max_delay - (time.perf_counter() - oldest)
+                if remaining > 0 and not self._closed:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    if self._queued_texts < self.max_batch_size and time.perf_counter() - oldest < self.max_delay:
+                        continue
+            batch = self._take_batch()
+            if not batch:
+                continue
+            texts = [text for chunk in batch for text in chunk.texts]
+            started = time.perf_counter()
+            try:
+                prediction = await loop.run_in_executor(self._executor, self.runtime.predict, texts)
+            except Exception as exc:  # a bug or a broken model: fail these calls, keep serving
+                _LOGGER.exception("inference failed for model %s", self.runtime.name)
+                for chunk in batch:
+                    if not chunk.future.done():
+                        chunk.future.set_exception(exc)
+                continue
+            self._deliver(batch, prediction)
+            if self.on_batch is not None:
+                self.on_batch(self.runtime, BatchStats(
+                    len(texts), [started - chunk.enqueued for chunk in batch],
+                    prediction.encode_seconds, prediction.inference_seconds))
+
+    @staticmethod
+    def _deliver(batch: list[_Chunk], prediction: Prediction) -> None:
+        row = 0
+        for chunk in batch:
+            n = len(chunk.texts)
+            if not chunk.future.done():
+                chunk.future.set_result(Prediction(
+                    prediction.probabilities[row : row + n],
+                    prediction.token_counts[row : row + n],
+                    prediction.oov_fractions[row : row + n],
+                    prediction.encode_seconds,
+                    prediction.inference_seconds,
+                ))
+            row += n

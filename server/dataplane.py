@@ -1,0 +1,154 @@
+"""The data plane: request checks, model lookup, batching and responses, behind every API.
+
+gRPC servicers stay thin: they turn a call into `DataPlane.classify` and a `ServingError`
+into a status. Status codes follow the contract in protos/tlserve/v1/classifier.proto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+from tlserve.client.v1 import classifier_pb2 as pb
+from tlserve.server import metrics
+from tlserve.server.batching import BatchStats, DeadlineExceeded, DynamicBatcher, QueueFull
+from tlserve.server.repository import ModelNotFound, ModelRepository
+from tlserve.server.runtime import ModelRuntime, Prediction
+from tlserve.server.settings import ServerSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ServingError(Exception):
+    """A failed call: the gRPC status code and a message naming the field or limit."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _record_batch(runtime: ModelRuntime, stats: BatchStats) -> None:
+    metrics.BATCH_SIZE.labels(runtime.name).observe(stats.size)
+    metrics.STAGE_SECONDS.labels(runtime.name, "encode").observe(stats.encode_seconds)
+    metrics.STAGE_SECONDS.labels(runtime.name, "inference").observe(stats.inference_seconds)
+    for seconds in stats.queue_seconds:
+        metrics.QUEUE_SECONDS.labels(runtime.name).observe(seconds)
+
+
+class DataPlane:
+    """Classifies with the repository's models through one batcher per model version."""
+
+    def __init__(self, repository: ModelRepository, settings: ServerSettings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.batchers: dict[tuple[str, int], DynamicBatcher] = {}
+        self.ready = False
+
+    def start(self) -> None:
+        for name, versions in self.repository.models.items():
+            for version, runtime in versions.items():
+                batcher = DynamicBatcher(runtime, self.settings.max_batch_size, self.settings.max_queue_delay_us,
+                                         self.settings.max_queue_size, _record_batch)
+                batcher.start()
+                self.batchers[(name, version)] = batcher
+        metrics.MODELS_LOADED.set(len(self.batchers))
+        self.ready = True
+
+    async def close(self) -> None:
+        await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))
+
+    def runtime(self, name: str, version: int) -> ModelRuntime:
+        if not self.ready:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models; retry")
+        try:
+            return self.repository.get(name, version)
+        except ModelNotFound as exc:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        if not texts:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "texts is empty: send at least one text")
+        limit = self.settings.max_texts_per_request
+        if len(texts) > limit:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"texts holds {len(texts)} texts; the limit is max_texts_per_request={limit}")
+        byte_limit = self.settings.max_text_bytes
+        for i, text in enumerate(texts):
+            # len(str) <= bytes <= 4 * len(str): encode only when the cheap bound is not enough.
+            if len(text) * 4 > byte_limit and len(text.encode("utf-8")) > byte_limit:
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"texts[{i}] has {len(text.encode('utf-8'))} UTF-8 bytes; the limit is "
+                    f"max_text_bytes={byte_limit}",
+                )
+
+    async def predict(self, name: str, version: int, texts: Sequence[str], deadline: float | None
+                      ) -> tuple[ModelRuntime, Prediction]:
+        """Checks, batches and runs `texts`; raises ServingError with the right status."""
+        runtime = self.runtime(name, version)
+        self.check_texts(texts)
+        batcher = self.batchers[(runtime.name, runtime.version)]
+        try:
+            prediction = await batcher.submit(list(texts), deadline)
+        except QueueFull as exc:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except DeadlineExceeded as exc:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
+        tokens = int(prediction.token_counts.sum())
+        oov = int(np.rint(prediction.oov_fractions @ prediction.token_counts))
+        metrics.TOKENS.labels(runtime.name, "all").inc(tokens)
+        metrics.TOKENS.labels(runtime.name, "oov").inc(oov)
+        histogram = metrics.OOV_FRACTION.labels(runtime.name)
+        for fraction in prediction.oov_fractions[prediction.token_counts > 0]:
+            histogram.observe(float(fraction))
+        metrics.TEXTS.labels(runtime.name, str(runtime.version)).inc(len(texts))
+        return runtime, prediction
+
+    async def classify(self, request: pb.ClassifyRequest, deadline: float | None, method: str
+                       ) -> pb.ClassifyResponse:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        version = str(request.version or "latest")
+        try:
+            runtime, prediction = await self.predict(request.model, request.version, request.texts, deadline)
+            version = str(runtime.version)
+            responded = time.perf_counter()
+            response = build_response(runtime, prediction, request.top_k, request.request_id)
+            metrics.STAGE_SECONDS.labels(runtime.name, "respond").observe(time.perf_counter() - responded)
+            return response
+        except ServingError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            metrics.REQUESTS.labels(request.model, version, method, code.name).inc()
+            metrics.LATENCY.labels(request.model, method).observe(time.perf_counter() - started)
+
+
+def build_response(runtime: ModelRuntime, prediction: Prediction, top_k: int, request_id: str
+                   ) -> pb.ClassifyResponse:
+    """One TextResult per text: labels by decreasing probability, token count and OOV share."""
+    probabilities = prediction.probabilities
+    n_labels = probabilities.shape[1]
+    k = n_labels if top_k <= 0 or top_k >= n_labels else top_k
+    # argsort on the negated rows: stable, so ties keep label order, same as the client sees.
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(probabilities, order, axis=1).tolist()
+    labels = runtime.labels
+    results = [
+        pb.TextResult(
+            labels=[pb.LabelProbability(label=labels[j], probability=p) for j, p in zip(row, probs, strict=True)],
+            token_count=int(tokens),
+            oov_fraction=float(oov),
+        )
+        for row, probs, tokens, oov in zip(order.tolist(), top, prediction.token_counts.tolist(),
+                                           prediction.oov_fractions.tolist(), strict=True)
+    ]
+    return pb.ClassifyResponse(model=runtime.name, version=runtime.version, results=results, request_id=request_id)

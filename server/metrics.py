@@ -1,0 +1,68 @@
+"""Prometheus metrics of the server, served over HTTP.
+
+With several worker processes, prometheus_client's multiprocess mode is used: each
+worker writes its samples to files under ``PROMETHEUS_MULTIPROC_DIR`` and the parent
+process serves the sum on the metrics port, so one scrape sees the whole server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LOGGER = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_FRACTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+REQUESTS = Counter(
+    "tlserve_requests", "Classify calls by model, version, method and gRPC status code",
+    ["model", "version", "method", "code"],
+)
+TEXTS = Counter("tlserve_texts", "Texts classified", ["model", "version"])
+LATENCY = Histogram(
+    "tlserve_request_seconds", "Time from receiving a Classify call to its answer", ["model", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("tlserve_batch_size", "Texts per inference batch", ["model"], buckets=_BATCH_BUCKETS)
+QUEUE_SECONDS = Histogram(
+    "tlserve_queue_seconds", "Time a request's texts waited for their batch", ["model"], buckets=_LATENCY_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "tlserve_stage_seconds", "Time per batch or call in each stage: encode (preprocessing and pooling), "
+    "inference, respond (building the response message)", ["model", "stage"], buckets=_LATENCY_BUCKETS,
+)
+OOV_FRACTION = Histogram(
+    "tlserve_oov_fraction", "Share of a text's tokens not in the vocabulary", ["model"], buckets=_FRACTION_BUCKETS
+)
+TOKENS = Counter("tlserve_tokens", "Tokens seen, and how many were out of vocabulary", ["model", "kind"])
+MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
+LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
+QUEUED_TEXTS = Gauge("tlserve_queued_texts", "Texts waiting in a batching queue", ["model"],
+                     multiprocess_mode="livesum")
+
+
+def start_metrics_server(host: str, port: int, multiprocess: bool) -> None:
+    """Serves /metrics; in multiprocess mode, the sum over the worker processes' files."""
+    if port == 0:
+        return
+    if multiprocess:
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        start_http_server(port, addr=host, registry=registry)
+    else:
+        start_http_server(port, addr=host)
+    _LOGGER.info("metrics on http://%s:%d/metrics (%s)", host, port,
+                 "multiprocess" if multiprocess else "single process")
+
+
+def mark_worker_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess as mp
+
+        mp.mark_process_dead(pid)

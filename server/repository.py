@@ -1,0 +1,93 @@
+"""The model repository as the server sees it: every model, every version, stores mapped once.
+
+Frozen models name their vector store by fingerprint; the store is opened (memory-mapped)
+once per process however many models use it, and the page cache shares its pages with
+every other worker process. Finetune models carry their own small store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+from tlserve.server.runtime import ModelRuntime
+
+from tlserve.bundle import Bundle, check_model_name, model_names, versions_of
+from tlserve.errors import BundleError
+from tlserve.vector_store import VectorStore
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ModelNotFound(LookupError):
+    """No such model, or no such version of it."""
+
+
+@dataclass
+class ModelRepository:
+    """Loaded models by name and version."""
+
+    root: Path
+    options: ort.SessionOptions
+    models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
+    stores: dict[str, VectorStore] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def store_for(self, bundle: Bundle) -> VectorStore:
+        path = bundle.store_path(self.root)
+        key = str(path) if bundle.features.mode == "finetune" else bundle.store_fingerprint
+        if key not in self.stores:
+            store = VectorStore(path)
+            if bundle.features.mode == "frozen" and store.fingerprint != bundle.store_fingerprint:
+                raise BundleError(f"{path}: store fingerprint {store.fingerprint[:12]} is not the bundle's "
+                                  f"{bundle.store_fingerprint[:12]}")
+            self.stores[key] = store
+        return self.stores[key]
+
+    def load_all(self, warmup_text: str) -> None:
+        """Loads every complete version of every model; a bad version is logged and skipped."""
+        if not self.root.is_dir():
+            raise BundleError(f"{self.root}: model repository not found")
+        for name in model_names(self.root):
+            for version in versions_of(self.root / name):
+                path = self.root / name / str(version)
+                try:
+                    runtime = self.load(path)
+                    runtime.warm_up(warmup_text)
+                except (BundleError, ValueError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+                    _LOGGER.error("refused %s: %s", path, exc)
+                    self.failures.append(f"{path}: {exc}")
+                    continue
+                self.models.setdefault(name, {})[version] = runtime
+                _LOGGER.info("loaded %s", runtime.describe())
+
+    def load(self, path: Path) -> ModelRuntime:
+        bundle = Bundle.open(path, verify=True)
+        if bundle.path.name != str(bundle.version) or bundle.path.parent.name != bundle.name:
+            raise BundleError(f"{path}: manifest says {bundle.name}/{bundle.version}")
+        return ModelRuntime(bundle, self.store_for(bundle), self.options)
+
+    def get(self, name: str, version: int = 0) -> ModelRuntime:
+        """The runtime of `name` at `version` (0: the newest)."""
+        try:
+            check_model_name(name)
+        except ValueError as exc:
+            raise ModelNotFound(str(exc)) from None
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not served; served: {sorted(self.models) or 'none'}")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {sorted(versions)}")
+        return versions[version]
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.models.get(name, {}), reverse=True)
+
+    def __iter__(self) -> Iterator[ModelRuntime]:
+        for name in sorted(self.models):
+            yield self.get(name)

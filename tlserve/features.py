@@ -1,0 +1,178 @@
+"""From tokens to model inputs, shared by the trainer and the server.
+
+Two feature kinds, one per transfer mode:
+
+- ``frozen``: the (optionally SIF-weighted) mean of the in-vocabulary word vectors of the
+  shared store, optionally concatenated with their element-wise max. The model is only
+  a head over these features, so every frozen model reads the same memory-mapped table.
+- ``finetune``: token ids for a graph that holds its own, adapted embedding table. Words
+  of the bundle's vocabulary get ``1 + row``; out-of-vocabulary words and word bigrams
+  are hashed (crc32) into ``buckets`` extra rows, the hashing trick of fastText, so the
+  model learns the task's own words and phrases too. Id 0 is padding.
+
+Both are computed for a whole batch at once: one vectorised lookup over all tokens, and
+segment reductions (``np.add.reduceat``) for pooling, so no Python loop touches vectors.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+import numpy as np
+
+from tlserve.preprocessing import Preprocessor
+from tlserve.vector_store import VocabularyIndex
+
+Mode = Literal["frozen", "finetune"]
+Pooling = Literal["mean", "mean_max"]
+
+FROZEN_INPUT = "features"
+FINETUNE_INPUT = "token_ids"
+OUTPUT = "probabilities"
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How tokens become model inputs; stored in the bundle manifest."""
+
+    mode: Mode = "frozen"
+    """"frozen": pooled store vectors feed the head; "finetune": token ids feed a graph with its own table."""
+    pooling: Pooling = "mean"
+    """"mean", or "mean_max" (mean and element-wise max, concatenated)."""
+    sif: bool = False
+    """frozen only: weight each word a/(a+p(w)) with p(w) from the training texts (weights in the bundle)."""
+    buckets: int = 0
+    """finetune only: hashed rows for out-of-vocabulary words and word bigrams (0 disables both)."""
+    bigrams: bool = False
+    """finetune only: add hashed word bigrams as extra tokens."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def input_name(self) -> str:
+        return FROZEN_INPUT if self.mode == "frozen" else FINETUNE_INPUT
+
+
+@dataclass
+class EncodedBatch:
+    """Model input for a batch of texts, with per-text token statistics."""
+
+    inputs: np.ndarray
+    """float32 [n, features] (frozen) or int64 [n, length] (finetune)."""
+    token_counts: np.ndarray
+    """int32 [n]: tokens per text after preprocessing."""
+    oov_counts: np.ndarray
+    """int32 [n]: tokens per text not in the vocabulary."""
+
+    @property
+    def oov_fractions(self) -> np.ndarray:
+        counts = np.maximum(self.token_counts, 1)
+        return (self.oov_counts / counts).astype(np.float32)
+
+
+def _segment_ids(counts: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+def _bucket(key: str, buckets: int) -> int:
+    return zlib.crc32(key.encode("utf-8")) % buckets
+
+
+class Featurizer:
+    """Encodes texts into model inputs. `matrix` is the store table (frozen mode only)."""
+
+    def __init__(
+        self,
+        config: FeatureConfig,
+        preprocessor: Preprocessor,
+        index: VocabularyIndex,
+        vocabulary_size: int,
+        matrix: np.ndarray | None = None,
+        sif_weights: np.ndarray | None = None,
+    ) -> None:
+        if config.mode == "frozen" and matrix is None:
+            raise ValueError("frozen features need the store matrix")
+        self.config = config
+        self.preprocessor = preprocessor
+        self.index = index
+        self.vocabulary_size = vocabulary_size
+        self.matrix = matrix
+        self.sif_weights = sif_weights
+
+    @property
+    def feature_size(self) -> int:
+        assert self.matrix is not None
+        width = int(self.matrix.shape[1])
+        return 2 * width if self.config.pooling == "mean_max" else width
+
+    def lookup(self, texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+        """Tokens per text, their rows (flat, -1 if unknown) and the token count per text."""
+        tokens = self.preprocessor.batch_tokens(texts)
+        counts = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+        flat = [token for text_tokens in tokens for token in text_tokens]
+        return tokens, self.index.lookup(flat), counts
+
+    def encode(self, texts: Sequence[str]) -> EncodedBatch:
+        tokens, rows, counts = self.lookup(texts)
+        known = rows >= 0
+        oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
+        if self.config.mode == "frozen":
+            inputs = self._pool(rows, counts, known)
+        else:
+            inputs = self._token_ids(tokens, rows)
+        return EncodedBatch(inputs, counts.astype(np.int32), oov)
+
+    def _pool(self, rows: np.ndarray, counts: np.ndarray, known: np.ndarray) -> np.ndarray:
+        assert self.matrix is not None
+        n, dim = len(counts), int(self.matrix.shape[1])
+        known_rows = rows[known]
+        known_counts = np.bincount(_segment_ids(counts)[known], minlength=n)
+        vectors = np.asarray(self.matrix[known_rows], dtype=np.float32)
+        if self.sif_weights is not None:
+            vectors = vectors * self.sif_weights[known_rows, None]
+        nonempty = known_counts > 0
+        starts = (np.cumsum(known_counts) - known_counts)[nonempty]
+        mean = np.zeros((n, dim), dtype=np.float32)
+        if len(known_rows):
+            sums = np.add.reduceat(vectors, starts, axis=0)
+            mean[nonempty] = sums / known_counts[nonempty, None].astype(np.float32)
+        if self.config.pooling == "mean":
+            return mean
+        maximum = np.zeros((n, dim), dtype=np.float32)
+        if len(known_rows):
+            maximum[nonempty] = np.maximum.reduceat(vectors, starts, axis=0)
+        return np.concatenate([mean, maximum], axis=1)
+
+    def _token_ids(self, tokens: list[list[str]], rows: np.ndarray) -> np.ndarray:
+        buckets, offset = self.config.buckets, 1 + self.vocabulary_size
+        ids_per_text: list[list[int]] = []
+        position = 0
+        for text_tokens in tokens:
+            ids: list[int] = []
+            for token in text_tokens:
+                row = int(rows[position])
+                position += 1
+                if row >= 0:
+                    ids.append(1 + row)
+                elif buckets:
+                    ids.append(offset + _bucket(token, buckets))
+            if buckets and self.config.bigrams:
+                ids.extend(
+                    offset + _bucket(f"{a}\x1f{b}", buckets)
+                    for a, b in pairwise(text_tokens)
+                )
+            ids_per_text.append(ids)
+        length = max(1, max((len(ids) for ids in ids_per_text), default=1))
+        out = np.zeros((len(tokens), length), dtype=np.int64)
+        for i, ids in enumerate(ids_per_text):
+            out[i, : len(ids)] = ids
+        return out

@@ -1,0 +1,109 @@
+"""Text preprocessing shared by the trainer and the server: one implementation, one config.
+
+The configuration is written into every model bundle, and the server rebuilds the exact
+same `Preprocessor` from it, so the features a model sees in serving are bit-identical to
+the ones it was trained on (a test checks this on 1,000 texts).
+
+Steps: Unicode NFKC normalisation, the case policy of the vector store, tokenisation,
+then truncation to `max_tokens`.
+
+Tokenisers:
+- ``latin``: runs of letters/digits (``\\w``) outside CJK; CJK characters become one
+  token each, so a Chinese sentence is never a single token.
+- ``jieba``: as ``latin``, but each run of Chinese characters is segmented into words
+  with jieba; for stores whose vocabulary holds word-level Chinese.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+CasePolicy = Literal["lower", "keep"]
+TokenizerName = Literal["latin", "jieba"]
+
+# Hiragana/katakana, CJK extension A, unified ideographs, compatibility ideographs.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_LATIN_OR_CJK_CHAR = re.compile(rf"[^\W{_CJK}]+|[{_CJK}]")
+_LATIN_OR_CJK_RUN = re.compile(rf"[^\W{_CJK}]+|[{_CJK}]+")
+_CJK_RUN = re.compile(rf"[{_CJK}]+")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """How raw text becomes tokens; stored in the bundle as ``preprocessing.json``."""
+
+    case: CasePolicy = "lower"
+    """Lower-case after normalisation ("lower") or keep case ("keep"); matches the vector store."""
+    tokenizer: TokenizerName = "latin"
+    """Tokeniser name: "latin" (CJK as single characters) or "jieba" (CJK word segmentation)."""
+    max_tokens: int = 256
+    """Tokens beyond this count are dropped, bounding the cost of one text."""
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
+    """Unicode normalisation form applied first."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessingConfig:
+        known = {k: data[k] for k in ("case", "tokenizer", "max_tokens", "normalization") if k in data}
+        config = cls(**known)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.case not in ("lower", "keep"):
+            raise ValueError(f"preprocessing.case must be 'lower' or 'keep', not {self.case!r}")
+        if self.tokenizer not in ("latin", "jieba"):
+            raise ValueError(f"preprocessing.tokenizer must be 'latin' or 'jieba', not {self.tokenizer!r}")
+        if not 1 <= self.max_tokens <= 100_000:
+            raise ValueError(f"preprocessing.max_tokens must be in 1..100000, not {self.max_tokens}")
+        if self.normalization not in ("NFC", "NFKC", "NFD", "NFKD"):
+            raise ValueError(f"preprocessing.normalization must be a Unicode form, not {self.normalization!r}")
+
+
+class Preprocessor:
+    """Turns texts into token lists according to a `PreprocessingConfig`."""
+
+    def __init__(self, config: PreprocessingConfig) -> None:
+        config.validate()
+        self.config = config
+        self._tokenize: Callable[[str], list[str]]
+        if config.tokenizer == "jieba":
+            self._tokenize = _jieba_tokenizer()
+        else:
+            self._tokenize = _LATIN_OR_CJK_CHAR.findall
+
+    def normalize(self, text: str) -> str:
+        text = unicodedata.normalize(self.config.normalization, text)
+        return text.lower() if self.config.case == "lower" else text
+
+    def tokens(self, text: str) -> list[str]:
+        """The tokens of one text, at most `max_tokens` of them."""
+        return self._tokenize(self.normalize(text))[: self.config.max_tokens]
+
+    def batch_tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        return [self.tokens(text) for text in texts]
+
+
+def _jieba_tokenizer() -> Callable[[str], list[str]]:
+    # Imported here: only Chinese word-level models pay jieba's dictionary load.
+    import jieba
+
+    jieba.setLogLevel(60)
+
+    def tokenize(text: str) -> list[str]:
+        out: list[str] = []
+        for run in _LATIN_OR_CJK_RUN.findall(text):
+            if _CJK_RUN.fullmatch(run):
+                out.extend(word for word in jieba.lcut(run, HMM=False) if word.strip())
+            else:
+                out.append(run)
+        return out
+
+    return tokenize

@@ -1,0 +1,240 @@
+"""The vector store: pretrained word vectors as one memory-mapped table shared by many models.
+
+On disk, a store is a folder:
+
+- ``vectors.npy``: float32 [size, dimension]; row i is the vector of word i.
+- ``vocab.txt``: UTF-8, one word per line; line i (0-based) is word i.
+- ``index_words.npy`` / ``index_rows.npy``: the vocabulary as sorted fixed-width UTF-8
+  bytes and the row of each, so a batch of tokens is looked up with one vectorised
+  ``np.searchsorted`` over a memory-mapped array: no per-process Python dict, and the
+  pages are shared by every process that maps the store.
+- ``manifest.json``: dimension, size, case policy, source file name and sha256, and the
+  store's fingerprint (sha256 over the matrix and the vocabulary).
+
+Every array is opened with ``np.load(..., mmap_mode="r", allow_pickle=False)``: opening
+costs milliseconds and N models over one store cost one table of memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve.errors import BundleError
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+VOCAB = "vocab.txt"
+INDEX_WORDS = "index_words.npy"
+INDEX_ROWS = "index_rows.npy"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoreManifest:
+    """What ``manifest.json`` of a store records."""
+
+    format: int
+    """Store format version; readers refuse formats they do not know."""
+    dimension: int
+    """Length of each vector."""
+    size: int
+    """Number of words (rows)."""
+    case: str
+    """Case policy of the vocabulary: "lower" when words were lower-cased, else "keep"."""
+    source_name: str
+    """File name the vectors were imported from."""
+    source_sha256: str
+    """sha256 of that file (or of the files of a packaged source)."""
+    fingerprint: str
+    """sha256 over vectors.npy and vocab.txt: the identity models refer to."""
+    created_at: str
+    """When the store was written, RFC 3339 UTC."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> StoreManifest:
+        try:
+            manifest = cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        except KeyError as missing:
+            raise BundleError(f"{where}: manifest lacks field {missing}") from None
+        if manifest.format != STORE_FORMAT:
+            raise BundleError(f"{where}: store format {manifest.format} is not supported (expected {STORE_FORMAT})")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (VECTORS, VOCAB):
+        digest.update(name.encode())
+        digest.update(bytes.fromhex(sha256_file(folder / name)))
+    return digest.hexdigest()
+
+
+class VocabularyIndex:
+    """Maps tokens to rows with a vectorised binary search over sorted UTF-8 words."""
+
+    def __init__(self, words: np.ndarray, rows: np.ndarray) -> None:
+        self.words = words  # dtype S<width>, sorted ascending
+        self.rows = rows  # int32, rows[i] is the row of words[i]
+        self.width = words.dtype.itemsize
+
+    @classmethod
+    def build(cls, vocabulary: Sequence[str]) -> VocabularyIndex:
+        encoded = np.array([word.encode("utf-8") for word in vocabulary], dtype=bytes)
+        order = np.argsort(encoded, kind="stable")
+        return cls(encoded[order], order.astype(np.int32))
+
+    def lookup(self, tokens: Sequence[str]) -> np.ndarray:
+        """Row of each token, -1 where the token is not in the vocabulary."""
+        if not tokens or len(self.words) == 0:
+            return np.full(len(tokens), -1, dtype=np.int32)
+        encoded = [token.encode("utf-8") for token in tokens]
+        # A token wider than every word cannot match, and casting it would truncate it
+        # into a false match, so such tokens are masked out first.
+        fits = np.fromiter((len(e) <= self.width for e in encoded), dtype=bool, count=len(encoded))
+        keys = np.array([e if ok else b"" for e, ok in zip(encoded, fits, strict=True)], dtype=self.words.dtype)
+        pos = np.searchsorted(self.words, keys)
+        np.minimum(pos, len(self.words) - 1, out=pos)
+        found = fits & (self.words[pos] == keys)
+        return np.where(found, self.rows[pos], -1).astype(np.int32)
+
+
+class VectorStore:
+    """An opened store: memory-mapped matrix and index; the vocabulary list on demand."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BundleError(f"{manifest_path}: not a vector store (no {MANIFEST})") from None
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{manifest_path}: unreadable store manifest: {exc}") from None
+        self.manifest = StoreManifest.from_dict(data, manifest_path)
+        self.matrix = self._load(VECTORS)
+        self.index = VocabularyIndex(self._load(INDEX_WORDS), self._load(INDEX_ROWS))
+        if self.matrix.dtype != np.float32 or self.matrix.shape != (self.manifest.size, self.manifest.dimension):
+            raise BundleError(
+                f"{self.folder / VECTORS}: expected float32 {self.manifest.size}x{self.manifest.dimension}, "
+                f"found {self.matrix.dtype} {'x'.join(map(str, self.matrix.shape))}"
+            )
+        self._vocabulary: list[str] | None = None
+
+    def _load(self, name: str) -> np.ndarray:
+        path = self.folder / name
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: cannot open store array: {exc}") from None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.dimension
+
+    def __len__(self) -> int:
+        return self.manifest.size
+
+    @property
+    def vocabulary(self) -> list[str]:
+        if self._vocabulary is None:
+            self._vocabulary = (self.folder / VOCAB).read_text(encoding="utf-8").split("\n")[: len(self)]
+        return self._vocabulary
+
+    def verify(self) -> None:
+        """Recomputes the fingerprint; raises BundleError if the files changed."""
+        actual = _fingerprint(self.folder)
+        if actual != self.fingerprint:
+            raise BundleError(
+                f"{self.folder}: fingerprint {actual[:12]} does not match the manifest's {self.fingerprint[:12]}"
+            )
+
+
+def write_store(
+    out: Path,
+    words: Iterable[str],
+    matrix: np.ndarray,
+    *,
+    case: str,
+    source_name: str,
+    source_sha256: str,
+) -> StoreManifest:
+    """Writes a store into `out` atomically: a temporary sibling folder renamed into place."""
+    vocabulary = list(words)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] != len(vocabulary):
+        raise ValueError(f"matrix shape {matrix.shape} does not match {len(vocabulary)} words")
+    for i, word in enumerate(vocabulary):
+        if not word or "\n" in word or "\x00" in word or word != word.strip():
+            raise ValueError(f"word {i} ({word!r}) is empty or holds whitespace, newline or NUL")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        np.save(tmp / VECTORS, matrix, allow_pickle=False)
+        (tmp / VOCAB).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+        index = VocabularyIndex.build(vocabulary)
+        np.save(tmp / INDEX_WORDS, index.words, allow_pickle=False)
+        np.save(tmp / INDEX_ROWS, index.rows, allow_pickle=False)
+        manifest = StoreManifest(
+            format=STORE_FORMAT,
+            dimension=int(matrix.shape[1]),
+            size=len(vocabulary),
+            case=case,
+            source_name=source_name,
+            source_sha256=source_sha256,
+            fingerprint=_fingerprint(tmp),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def copy_store(store: VectorStore, dest: Path) -> Path:
+    """Places `store` at `dest` (hard links when on one file system, else copies)."""
+    if (dest / MANIFEST).exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name in (VECTORS, VOCAB, INDEX_WORDS, INDEX_ROWS, MANIFEST):
+            try:
+                os.link(store.folder / name, tmp / name)
+            except OSError:
+                shutil.copy2(store.folder / name, tmp / name)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

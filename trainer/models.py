@@ -1,0 +1,171 @@
+"""The Keras models of the two transfer modes, and their seeded training.
+
+- frozen: standardised pooled store vectors -> MLP head. Only the head is trained and
+  exported; the store stays shared.
+- finetune: an embedding layer initialised from the store (plus hashed rows for unknown
+  words and bigrams) -> word dropout -> masked mean (or mean+max) pooling -> MLP. The
+  whole graph is trained, so the pretrained vectors are adapted to the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of the MLP head and its training."""
+
+    hidden: int = 256
+    """Units of the hidden layer; 0 makes the head linear (softmax regression)."""
+    dropout: float = 0.3
+    """Dropout rate after the hidden layer."""
+    l2: float = 1e-5
+    """L2 penalty on the dense kernels."""
+    learning_rate: float = 2e-3
+    """Adam learning rate."""
+    epochs: int = 40
+    """Most epochs; early stopping on validation loss usually ends sooner."""
+    batch_size: int = 64
+    """Examples per gradient step."""
+    patience: int = 4
+    """Epochs without a better validation loss before stopping (the best weights are restored)."""
+    class_weights: bool = False
+    """Weight classes inversely to their frequency, for imbalanced data."""
+    word_dropout: float = 0.1
+    """finetune only: probability of dropping each token id during training."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and TensorFlow and asks TF for deterministic kernels."""
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _head(x: Any, n_classes: int, config: HeadConfig) -> Any:
+    import keras
+
+    regularizer = keras.regularizers.L2(config.l2) if config.l2 > 0 else None
+    if config.hidden > 0:
+        x = keras.layers.Dense(config.hidden, activation="relu", kernel_regularizer=regularizer, name="hidden")(x)
+        x = keras.layers.Dropout(config.dropout, name="dropout")(x)
+    return keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer, name="probabilities")(x)
+
+
+def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> Any:
+    import keras
+
+    inputs = keras.Input(shape=(features.shape[1],), dtype="float32", name="features")
+    normalize = keras.layers.Normalization(name="standardize")
+    normalize.adapt(features)
+    outputs = _head(normalize(inputs), n_classes, config)
+    return keras.Model(inputs, outputs, name="frozen_head")
+
+
+def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig) -> Any:
+    import keras
+    from keras import ops
+
+    class WordDropout(keras.layers.Layer):
+        """Zeroes (pads out) each token id with probability `rate`, in training only."""
+
+        def __init__(self, rate: float, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.rate = rate
+            self.seed = keras.random.SeedGenerator(1337)
+
+        def call(self, ids: Any, training: bool | None = None) -> Any:
+            if not training or self.rate <= 0:
+                return ids
+            keep = keras.random.uniform(ops.shape(ids), seed=self.seed) >= self.rate
+            return ops.where(keep, ids, ops.zeros_like(ids))
+
+    class MaskedPooling(keras.layers.Layer):
+        """Mean (or mean and max) of the embeddings of non-padding ids."""
+
+        def __init__(self, pooling: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.pooling = pooling
+
+        def call(self, embedded: Any, ids: Any) -> Any:
+            mask = ops.cast(ops.expand_dims(ops.greater(ids, 0), -1), embedded.dtype)
+            count = ops.maximum(ops.sum(mask, axis=1), 1.0)
+            mean = ops.sum(embedded * mask, axis=1) / count
+            if self.pooling != "mean_max":
+                return mean
+            # Padding gets a large negative value so it never wins the max; an all-padding
+            # text then gets 0, as the frozen features do.
+            masked = embedded * mask + (mask - 1.0) * 1e9
+            maximum = ops.max(masked, axis=1) * ops.cast(ops.sum(mask, axis=1) > 0, embedded.dtype)
+            return ops.concatenate([mean, maximum], axis=-1)
+
+    ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
+    dropped = WordDropout(config.word_dropout, name="word_dropout")(ids)
+    embedded = keras.layers.Embedding(
+        table.shape[0], table.shape[1], embeddings_initializer=keras.initializers.Constant(table), name="embedding"
+    )(dropped)
+    pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped)
+    outputs = _head(pooled, n_classes, config)
+    return keras.Model(ids, outputs, name="finetune")
+
+
+def class_weight_map(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    weights = len(y) / (n_classes * np.maximum(counts, 1))
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+@dataclass
+class History:
+    loss: list[float]
+    val_loss: list[float]
+    accuracy: list[float]
+    val_accuracy: list[float]
+    best_epoch: int
+
+
+def fit(
+    model: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_classes: int,
+    config: HeadConfig,
+    verbose: int = 0,
+) -> History:
+    """Trains with Adam and early stopping on validation loss; restores the best weights."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True, verbose=0
+    )
+    result = model.fit(
+        x_train, y_train,
+        validation_data=(x_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        callbacks=[stopper],
+        class_weight=class_weight_map(y_train, n_classes) if config.class_weights else None,
+        verbose=verbose,
+    )
+    h = result.history
+    best = int(np.argmin(h["val_loss"]))
+    return History(h["loss"], h["val_loss"], h["accuracy"], h["val_accuracy"], best)

@@ -1,0 +1,272 @@
+"""`tlserve train`: labelled texts + a vector store -> a verified, versioned ONNX model bundle.
+
+Flow: load and split the data (test split first, touched once at the end) -> features
+(shared `tlserve.features`, so serving sees the same numbers) -> fit the Keras model with
+early stopping on validation -> evaluate on test -> export to ONNX and check it against
+Keras on the whole test split -> report -> publish the bundle atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
+from tlserve.trainer.models import HeadConfig
+
+from tlserve import __version__, bundle
+from tlserve.features import EncodedBatch, FeatureConfig, Featurizer
+from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.vector_store import VectorStore, VocabularyIndex, copy_store, write_store
+
+_LOGGER = logging.getLogger(__name__)
+
+SIF_A = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    """Everything `tlserve train` needs; every field has a flag."""
+
+    data: Path
+    vectors: Path
+    repository: Path
+    model: str
+    mode: str = "finetune"
+    data_format: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    empty: str = "skip"
+    validation_data: Path | None = None
+    test_data: Path | None = None
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    train_fraction: float = 1.0
+    seed: int = 0
+    tokenizer: str = "latin"
+    max_tokens: int = 256
+    pooling: str = "mean_max"
+    sif: bool = False
+    top_words: int = 50_000
+    buckets: int = 200_000
+    bigrams: bool = True
+    random_vectors: bool = False
+    head: HeadConfig = field(default_factory=HeadConfig)
+    compare: bool = False
+    progress: bool = True
+
+
+@dataclass
+class FittedModel:
+    """A trained Keras model with what it takes to encode texts for it."""
+
+    keras_model: Any
+    featurizer: Featurizer
+    history: Any
+    own_store: tuple[list[str], np.ndarray] | None = None
+
+
+def data_fingerprint(*datasets: LabelledData) -> str:
+    digest = hashlib.sha256()
+    for data in datasets:
+        for text, label in zip(data.texts, data.labels, strict=True):
+            digest.update(label.encode())
+            digest.update(b"\x1f")
+            digest.update(text.encode())
+            digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+def sif_weights(featurizer: Featurizer, texts: list[str], size: int) -> np.ndarray:
+    """a / (a + p(w)) per store row, p(w) counted over the training texts' tokens."""
+    _, rows, _ = featurizer.lookup(texts)
+    rows = rows[rows >= 0]
+    frequency = np.bincount(rows, minlength=size).astype(np.float64) / max(1, len(rows))
+    return (SIF_A / (SIF_A + frequency)).astype(np.float32)
+
+
+def random_like(store: VectorStore, seed: int) -> np.ndarray:
+    """Random vectors of the store's shape and per-dimension mean and spread (no transfer)."""
+    matrix = np.asarray(store.matrix)
+    rng = np.random.default_rng(seed + 7919)
+    return (rng.standard_normal(matrix.shape) * matrix.std(0) + matrix.mean(0)).astype(np.float32)
+
+
+def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
+              matrix: np.ndarray | None = None, verbose: int = 0) -> FittedModel:
+    """Encodes the splits and fits the model of `config.mode`; `matrix` replaces the store's vectors."""
+    from tlserve.trainer import models
+
+    models.seed_everything(config.seed)
+    table = np.asarray(store.matrix) if matrix is None else matrix
+    preprocessor = Preprocessor(PreprocessingConfig.from_dict(
+        {"case": store.manifest.case, "tokenizer": config.tokenizer, "max_tokens": config.max_tokens}))
+    index = {label: i for i, label in enumerate(labels)}
+    y_train = np.array([index[label] for label in splits.train.labels])
+    y_val = np.array([index.get(label, 0) for label in splits.validation.labels])
+    if config.mode == "frozen":
+        features = FeatureConfig(mode="frozen", pooling=config.pooling, sif=config.sif)  # type: ignore[arg-type]
+        featurizer = Featurizer(features, preprocessor, store.index, len(store), table)
+        if config.sif:
+            featurizer.sif_weights = sif_weights(featurizer, splits.train.texts, len(store))
+        x_train = featurizer.encode(splits.train.texts).inputs
+        x_val = featurizer.encode(splits.validation.texts).inputs
+        keras_model = models.build_frozen(x_train, len(labels), config.head)
+        own_store = None
+    else:
+        words, own_matrix = finetune_vocabulary(store, table, preprocessor, splits.train.texts, config.top_words)
+        features = FeatureConfig(mode="finetune", pooling=config.pooling,  # type: ignore[arg-type]
+                                 buckets=config.buckets, bigrams=config.bigrams)
+        featurizer = Featurizer(features, preprocessor, VocabularyIndex.build(words), len(words))
+        rng = np.random.default_rng(config.seed)
+        dim = own_matrix.shape[1]
+        # Row 0 is padding; hashed rows start small, as fastText's do, so they add
+        # little noise until training gives them meaning.
+        buckets = rng.uniform(-1.0 / dim, 1.0 / dim, size=(config.buckets, dim)).astype(np.float32)
+        embedding = np.concatenate([np.zeros((1, dim), np.float32), own_matrix, buckets])
+        x_train = featurizer.encode(splits.train.texts).inputs
+        x_val = featurizer.encode(splits.validation.texts).inputs
+        keras_model = models.build_finetune(embedding, len(labels), config.pooling, config.head)
+        own_store = (words, own_matrix)
+    history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose)
+    if own_store is not None:
+        # The adapted table, as the bundle's own store (rows 1..V of the trained embedding).
+        trained = keras_model.get_layer("embedding").get_weights()[0]
+        own_store = (own_store[0], trained[1 : 1 + len(own_store[0])])
+    return FittedModel(keras_model, featurizer, history, own_store)
+
+
+def finetune_vocabulary(store: VectorStore, table: np.ndarray, preprocessor: Preprocessor, texts: list[str],
+                        top_words: int) -> tuple[list[str], np.ndarray]:
+    """The training texts' words found in the store plus the store's `top_words` most frequent."""
+    tokens = [token for text in texts for token in preprocessor.tokens(text)]
+    rows = store.index.lookup(list(dict.fromkeys(tokens)))
+    keep = np.union1d(rows[rows >= 0], np.arange(min(top_words, len(store))))
+    vocabulary = store.vocabulary
+    return [vocabulary[i] for i in keep], np.asarray(table[keep], dtype=np.float32)
+
+
+def predict(fitted: FittedModel, texts: list[str], batch_size: int = 1024) -> tuple[np.ndarray, EncodedBatch]:
+    encoded = fitted.featurizer.encode(texts)
+    probabilities = fitted.keras_model.predict(encoded.inputs, batch_size=batch_size, verbose=0)
+    return np.asarray(probabilities), encoded
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "tlserve": __version__}
+    for name in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "gensim"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    def load(path: Path) -> LabelledData:
+        return load_labelled(path, config.data_format, config.text_column, config.label_column,
+                             config.empty)
+
+    data = load(config.data)
+    return make_splits(
+        data, config.test_fraction, config.validation_fraction, config.train_fraction, config.seed,
+        load(config.validation_data) if config.validation_data else None,
+        load(config.test_data) if config.test_data else None,
+    )
+
+
+@dataclass
+class TrainResult:
+    """The published version folder and the fitted model it was exported from."""
+
+    path: Path
+    fitted: FittedModel
+    evaluation: Any
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Runs the whole flow and returns the published version."""
+    from tlserve.trainer import export, report
+
+    bundle.check_model_name(config.model)
+    store = VectorStore(config.vectors)
+    splits = load_splits(config)
+    labels = sorted(set(splits.train.labels))
+    _LOGGER.info("data: %d train / %d validation / %d test, %d classes; %s", len(splits.train),
+                 len(splits.validation), len(splits.test), len(labels), "; ".join(splits.notes) or "")
+    matrix = random_like(store, config.seed) if config.random_vectors else None
+    fitted = fit_model(config, splits, store, labels, matrix, verbose=2 if config.progress else 0)
+    probabilities, encoded = predict(fitted, splits.test.texts)
+    evaluation = report.evaluate(splits.test.labels, probabilities, labels, encoded)
+
+    model_dir = config.repository / config.model
+    staging = bundle.staging_folder(model_dir)
+    try:
+        onnx_path = staging / bundle.MODEL_FILE
+        width = None if config.mode == "finetune" else encoded.inputs.shape[1]
+        dtype = "int64" if config.mode == "finetune" else "float32"
+        export.to_onnx(fitted.keras_model, fitted.featurizer.config.input_name, dtype, width, onnx_path)
+        parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
+        (staging / bundle.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
+        (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")
+        if fitted.featurizer.sif_weights is not None:
+            np.save(staging / bundle.SIF_FILE, fitted.featurizer.sif_weights, allow_pickle=False)
+        if fitted.own_store is not None:
+            words, adapted = fitted.own_store
+            store_manifest = write_store(staging / bundle.OWN_STORE_DIR, words, adapted, case=store.manifest.case,
+                                         source_name=store.manifest.source_name,
+                                         source_sha256=store.manifest.source_sha256)
+            store_info = {**asdict(store_manifest), "shared": False, "base_fingerprint": store.fingerprint}
+        else:
+            copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
+            store_info = {**asdict(store.manifest), "shared": True}
+        comparison = None
+        if config.compare:
+            from tlserve.trainer import compare
+
+            comparison = compare.run(config, splits, store, labels, evaluation)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest = {
+            "model": config.model,
+            "mode": config.mode,
+            "created_at": created,
+            "labels": labels,
+            "preprocessing": json.loads(fitted.featurizer.preprocessor.config.to_json()),
+            "features": fitted.featurizer.config.to_dict(),
+            "vector_store": store_info,
+            "onnx": {"file": bundle.MODEL_FILE, "opset": export.OPSET, "input": fitted.featurizer.config.input_name,
+                     "input_dtype": dtype, "output": "probabilities"},
+            "parity": parity.to_dict(),
+            "metrics": evaluation.headline(),
+            "training_data": {
+                "fingerprint": data_fingerprint(splits.train, splits.validation, splits.test),
+                "source": str(config.data),
+                "examples": {"train": len(splits.train), "validation": len(splits.validation),
+                             "test": len(splits.test)},
+                "class_counts": dict(Counter(splits.train.labels)),
+                "skipped_empty": splits.train.skipped_empty,
+                "seed": config.seed,
+                "train_fraction": config.train_fraction,
+            },
+            "hyperparameters": {**asdict(config.head), "pooling": config.pooling, "sif": config.sif,
+                                "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
+                                "random_vectors": config.random_vectors},
+            "library_versions": library_versions(),
+        }
+        report.write(staging, config, manifest, evaluation, fitted.history, comparison)
+        target = bundle.publish_version(staging, model_dir, manifest)
+    except BaseException:
+        bundle.discard(staging)
+        raise
+    _LOGGER.info("published %s", target)
+    return TrainResult(target, fitted, evaluation)

