@@ -85,25 +85,57 @@ def read_gensim(path: Path, fmt: str, limit: int | None, progress: bool) -> tupl
         raise InputFileError(path, "file not found") from None
     except PermissionError:
         raise InputFileError(path, "permission denied") from None
-    except UnicodeDecodeError as exc:
-        hint = "; is it a binary file read as text? try --format word2vec-bin" if not binary else ""
-        raise InputFileError(path, f"bytes that are not UTF-8 ({exc.reason}){hint}") from None
-    except EOFError:
-        raise InputFileError(path, "file ended before the word count in its header was reached: "
-                                   "the header disagrees with the rows") from None
-    except (ValueError, IndexError, OSError) as exc:
-        message = str(exc)
-        match = _LINE.search(message)
-        line = int(match.group(1)) if match else None
-        if "invalid vector" in message:
-            message = ("a row has the wrong number of values for the vector dimension "
-                       "(or this is not a text-format file)")
-        elif "could not convert" in message or "invalid literal" in message:
-            message = f"a value is not a number ({message}); is the header or the format right?"
-        raise InputFileError(path, message, line) from None
+    except (UnicodeDecodeError, EOFError, ValueError, IndexError, OSError) as exc:
+        # gensim's messages rarely say where; for text formats, find the first bad line here.
+        if not binary:
+            found = diagnose_text(path, fmt, limit)
+            if found is not None:
+                raise InputFileError(path, found[1], found[0]) from None
+        if isinstance(exc, EOFError):
+            raise InputFileError(path, "the file ended before the word count in its header: "
+                                       "the header disagrees with the rows") from None
+        match = _LINE.search(str(exc))
+        raise InputFileError(path, f"cannot parse ({exc})", int(match.group(1)) if match else None) from None
     if len(vectors.index_to_key) == 0:
         raise InputFileError(path, "no vectors found (empty file?)")
     return [str(word) for word in vectors.index_to_key], np.asarray(vectors.vectors, dtype=np.float32)
+
+
+def diagnose_text(path: Path, fmt: str, limit: int | None) -> tuple[int | None, str] | None:
+    """The first problem in a text-format vector file, as (line, message); None if none is found."""
+    expected_rows: int | None = None
+    dimension: int | None = None
+    rows = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                hint = "; a binary file read as text? try --format word2vec-bin" if number <= 2 else ""
+                return number, f"bytes that are not UTF-8 ({exc.reason}){hint}"
+            parts = line.rstrip("\r\n").rstrip(" ").split(" ")
+            if number == 1 and fmt != "glove":
+                if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                    return 1, f"the header must be '<words> <dimension>', found {line.strip()[:60]!r}"
+                expected_rows, dimension = int(parts[0]), int(parts[1])
+                continue
+            if not line.strip():
+                continue
+            if dimension is None:
+                dimension = len(parts) - 1
+            if len(parts) - 1 != dimension:
+                return number, f"the row of {parts[0][:40]!r} has {len(parts) - 1} values; the dimension is {dimension}"
+            for value in parts[1:]:
+                try:
+                    float(value)
+                except ValueError:
+                    return number, f"value {value[:40]!r} of {parts[0][:40]!r} is not a number"
+            rows += 1
+            if limit is not None and rows >= limit:
+                return None
+    if expected_rows is not None and rows < expected_rows:
+        return None, f"the header says {expected_rows} words but the file has {rows}: the header disagrees with the rows"
+    return None
 
 
 def read_kumo(path: Path, limit: int | None) -> tuple[list[str], np.ndarray, str]:

@@ -1,0 +1,128 @@
+"""Training end to end on real vectors and a real WordNet sample: bundles, parity, reports, features."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Trained
+
+from tlserve.bundle import Bundle, check_model_name, versions_of
+from tlserve.errors import BundleError
+from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.server.repository import ModelRepository
+from tlserve.server.runtime import session_options
+
+
+def mixed_texts(count: int, seed: int = 0) -> list[str]:
+    """Latin, accented, Chinese, emoji, empty and odd texts."""
+    rng = random.Random(seed)
+    pieces = ["a", "small", "domesticated", "CAT", "Ｆｕｌｌｗｉｄｔｈ", "café", "naïve", "猫", "是一种", "哺乳动物",
+              "🐱", "🙂", "don't", "x86_64", "3.14", "—", "\u0301", "\u200f", "ﬁne", "\x00", "TREE", "oak", ""]
+    texts = ["", " ", "🐱🐱", "猫是一种小型哺乳动物"]
+    while len(texts) < count:
+        texts.append(" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
+    return texts
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_server_features_are_bit_identical_to_the_trainers(trained: Trained, mode: str) -> None:
+    result = trained.frozen if mode == "frozen" else trained.finetune
+    repository = ModelRepository(trained.repository, session_options(1, 1, False))
+    runtime = repository.load(result.path)
+    texts = mixed_texts(1000)
+    served = runtime.featurizer.encode(texts)
+    trained_features = result.fitted.featurizer.encode(texts)
+    assert served.inputs.dtype == trained_features.inputs.dtype
+    assert np.array_equal(served.inputs, trained_features.inputs)
+    assert np.array_equal(served.token_counts, trained_features.token_counts)
+    assert np.isfinite(served.inputs).all()
+    assert served.token_counts[0] == 0 and served.token_counts[2] == 0  # empty, emoji only
+
+
+def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
+    for result, mode in ((trained.frozen, "frozen"), (trained.finetune, "finetune")):
+        bundle = Bundle.open(result.path)
+        manifest = bundle.manifest
+        assert manifest["mode"] == mode and manifest["version"] == 1 and result.path.name == "1"
+        assert manifest["parity"]["ok"] and manifest["parity"]["max_abs_diff"] <= 1e-5
+        assert manifest["parity"]["argmax_agreement"] == 1.0
+        assert manifest["parity"]["examples"] == manifest["training_data"]["examples"]["test"] == 240
+        assert {"model.onnx", "labels.json", "preprocessing.json", "report.json", "report.md", "confusion.png",
+                "training_curves.png"} <= set(manifest["files"])
+        assert manifest["onnx"]["opset"] == 17 and manifest["onnx"]["output"] == "probabilities"
+        assert len(manifest["training_data"]["fingerprint"]) == 64
+        assert "tensorflow-cpu" in manifest["library_versions"] or "tensorflow" in manifest["library_versions"]
+        assert 0.3 < manifest["metrics"]["test_accuracy"] <= 1.0
+        report = json.loads((result.path / "report.json").read_text())
+        assert len(report["test"]["confusion"]["matrix"]) == 10
+        assert any("coverage" in note or "mismatch" in note for note in report["findings"])
+    assert "sif_weights.npy" in Bundle.open(trained.frozen.path).manifest["files"]
+    assert "store/vectors.npy" in Bundle.open(trained.finetune.path).manifest["files"]
+
+
+def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None:
+    import onnxruntime as ort
+
+    for result, name in ((trained.frozen, "features"), (trained.finetune, "token_ids")):
+        session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
+        (inp,) = session.get_inputs()
+        (out,) = session.get_outputs()
+        assert inp.name == name and out.name == "probabilities"
+        assert not isinstance(inp.shape[0], int)  # dynamic batch
+
+
+def test_tampered_bundle_is_refused(trained: Trained, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "wn-frozen" / "1"
+    shutil.copytree(trained.frozen.path, copy)
+    with open(copy / "labels.json", "a") as handle:
+        handle.write(" ")
+    with pytest.raises(BundleError, match="labels.json: sha256"):
+        Bundle.open(copy)
+    (copy / "labels.json").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        Bundle.open(copy)
+
+
+def test_model_names_cannot_escape_the_repository() -> None:
+    for bad in ("../x", "a/b", ".hidden", "_stores", "", "a..b", "x" * 200):
+        with pytest.raises(ValueError):
+            check_model_name(bad)
+    assert check_model_name("tickets-v2.en_US") == "tickets-v2.en_US"
+
+
+def test_versions_increase_and_ignore_staging(trained: Trained, glove_store: Path) -> None:
+    from conftest import _train
+
+    model_dir = trained.repository / "wn-frozen"
+    (model_dir / ".staging-leftover").mkdir(exist_ok=True)
+    assert versions_of(model_dir) == [1]
+    second = _train(glove_store, trained.repository, "wn-frozen-v", "frozen", pooling="mean")
+    third = _train(glove_store, trained.repository, "wn-frozen-v", "frozen", pooling="mean")
+    assert (second.path.name, third.path.name) == ("1", "2")  # type: ignore[attr-defined]
+    # Same seed, same data: the same weights (reproducible on CPU); only graph names differ.
+    import onnx
+    from onnx import numpy_helper
+
+    def weights(path: Path) -> list[np.ndarray]:
+        graph = onnx.load(str(path / "model.onnx")).graph
+        return [numpy_helper.to_array(t) for t in sorted(graph.initializer, key=lambda t: (list(t.dims), t.raw_data))]
+
+    a, b = weights(second.path), weights(third.path)  # type: ignore[attr-defined]
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_preprocessing_tokenises_latin_and_chinese() -> None:
+    latin = Preprocessor(PreprocessingConfig(case="lower", max_tokens=5))
+    assert latin.tokens("Ｆｕｌｌｗｉｄｔｈ CAFÉ, naïve!") == ["fullwidth", "café", "naïve"]
+    assert latin.tokens("猫是动物") == ["猫", "是", "动", "物"]
+    assert latin.tokens("one two three four five six") == ["one", "two", "three", "four", "five"]
+    assert latin.tokens("🐱 \x00 —") == []
+    words = Preprocessor(PreprocessingConfig(case="keep", tokenizer="jieba"))
+    tokens = words.tokens("我喜欢小猫 and Dogs")
+    assert "喜欢" in tokens and "Dogs" in tokens and "我喜欢小猫" not in tokens
