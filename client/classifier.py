@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
 

@@ -86,6 +86,7 @@ def _run_classify(args: argparse.Namespace) -> int:
 
 def _run_models(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
+
     from tlserve.client import ClassifierError
 
     with _client(args) as client:

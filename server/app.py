@@ -66,6 +66,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
+
     from tlserve.client.v1 import classifier_pb2, classifier_pb2_grpc
     from tlserve.server import metrics
     from tlserve.server.dataplane import DataPlane

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tlserve.server.runtime import ModelRuntime, Prediction
 
 _LOGGER = logging.getLogger(__name__)

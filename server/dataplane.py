@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
+
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.server import metrics
 from tlserve.server.batching import BatchStats, DeadlineExceeded, DynamicBatcher, QueueFull

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
-from tlserve.server.runtime import ModelRuntime
 
 from tlserve.bundle import Bundle, check_model_name, model_names, versions_of
 from tlserve.errors import BundleError
+from tlserve.server.runtime import ModelRuntime
 from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
 from tlserve.server.dataplane import DataPlane, ServingError

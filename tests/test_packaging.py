@@ -35,7 +35,9 @@ def test_stale_stub_check_fails_when_the_proto_changes(tmp_path: Path) -> None:
     protos = tmp_path / "protos"
     shutil.copytree(ROOT / "protos", protos)
     proto = protos / "tlserve" / "v1" / "classifier.proto"
-    proto.write_text(proto.read_text().replace("  string request_id = 5;\n}", "  string request_id = 5;\n  bool new_field = 6;\n}", 1))
+    text = proto.read_text()
+    field = "  string request_id = 5;\n"
+    proto.write_text(text.replace(field, field + "  bool new_field = 6;\n", 1))
     generate(tmp_path / "v1", protos)
     assert "classifier_pb2.py" in differences(STUBS, tmp_path / "v1")
 

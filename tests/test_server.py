@@ -15,7 +15,6 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import ServerProcess, Trained, start_server
 
 from tlserve.bundle import Bundle
 from tlserve.client import AsyncClassifier, Classifier, ClassifierError
@@ -24,6 +23,8 @@ from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
 from tlserve.features import OUTPUT, Featurizer
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
+
+from conftest import ServerProcess, Trained, start_server
 
 TEXTS = [
     "a domesticated carnivorous mammal with soft fur",
@@ -65,9 +66,9 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     total = 0.0
     for line in body.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 
@@ -152,7 +153,8 @@ def test_stream_answers_in_order(server: ServerProcess) -> None:
     # A bad request inside a stream is answered with an error; the stream stays usable.
     channel = grpc.insecure_channel(server.target)
     stub = pb_grpc.ClassifierStub(channel)
-    requests = [pb.ClassifyRequest(model="wn-frozen", texts=texts, request_id=str(i)) for i, texts in enumerate(batches)]
+    requests = [pb.ClassifyRequest(model="wn-frozen", texts=texts, request_id=str(i))
+                for i, texts in enumerate(batches)]
     responses = list(stub.ClassifyStream(iter(requests), timeout=30))
     channel.close()
     assert [r.request_id for r in responses] == [str(i) for i in range(len(batches))]

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Trained
 
 from tlserve.bundle import Bundle, check_model_name, versions_of
 from tlserve.errors import BundleError
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.server.repository import ModelRepository
 from tlserve.server.runtime import session_options
+
+from conftest import Trained
 
 
 def mixed_texts(count: int, seed: int = 0) -> list[str]:
@@ -82,7 +83,7 @@ def test_tampered_bundle_is_refused(trained: Trained, tmp_path: Path) -> None:
     shutil.copytree(trained.frozen.path, copy)
     with open(copy / "labels.json", "a") as handle:
         handle.write(" ")
-    with pytest.raises(BundleError, match="labels.json: sha256"):
+    with pytest.raises(BundleError, match=r"labels\.json: sha256"):
         Bundle.open(copy)
     (copy / "labels.json").unlink()
     with pytest.raises(BundleError, match="missing"):

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
-from tlserve.trainer.models import HeadConfig
 
 from tlserve import __version__, bundle
 from tlserve.features import EncodedBatch, FeatureConfig, Featurizer
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
+from tlserve.trainer.models import HeadConfig
 from tlserve.vector_store import VectorStore, VocabularyIndex, copy_store, write_store
 
 _LOGGER = logging.getLogger(__name__)

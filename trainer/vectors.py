@@ -134,7 +134,8 @@ def diagnose_text(path: Path, fmt: str, limit: int | None) -> tuple[int | None, 
             if limit is not None and rows >= limit:
                 return None
     if expected_rows is not None and rows < expected_rows:
-        return None, f"the header says {expected_rows} words but the file has {rows}: the header disagrees with the rows"
+        return None, (f"the header says {expected_rows} words but the file has {rows}: "
+                      "the header disagrees with the rows")
     return None
 
 
