@@ -85,6 +85,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--word-dropout", type=float, default=0.1)
     train.add_argument("--compare", action="store_true",
                        help="also run the peers and ablations on the same split and report them")
+    train.add_argument("--no-learning-curve", dest="learning_curve", action="store_false",
+                       help="with --compare: skip the learning curve (the slowest part)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_run_train)
 
@@ -126,7 +128,8 @@ def _run_train(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
-        random_vectors=args.random_vectors, head=head, compare=args.compare, progress=not args.no_progress,
+        random_vectors=args.random_vectors, head=head, compare=args.compare, learning_curve=args.learning_curve,
+        progress=not args.no_progress,
     )
     target = train(config).path
     from tlserve.bundle import Bundle

@@ -61,6 +61,7 @@ class TrainConfig:
     random_vectors: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     compare: bool = False
+    learning_curve: bool = True
     progress: bool = True
 
 
@@ -234,7 +235,7 @@ def train(config: TrainConfig) -> TrainResult:
         if config.compare:
             from tlserve.trainer import compare
 
-            comparison = compare.run(config, splits, store, labels, evaluation)
+            comparison = compare.run(config, splits, store, labels, evaluation, config.learning_curve)
         created = datetime.now(UTC).isoformat(timespec="seconds")
         manifest = {
             "model": config.model,
