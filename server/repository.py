@@ -36,16 +36,27 @@ class ModelRepository:
     stores: dict[str, VectorStore] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
-    def store_for(self, bundle: Bundle) -> VectorStore:
-        path = bundle.store_path(self.root)
-        key = str(path) if bundle.features.mode == "finetune" else bundle.store_fingerprint
+    def _open(self, key: str, path: Path, fingerprint: str) -> VectorStore:
         if key not in self.stores:
             store = VectorStore(path)
-            if bundle.features.mode == "frozen" and store.fingerprint != bundle.store_fingerprint:
+            if store.fingerprint != fingerprint:
                 raise BundleError(f"{path}: store fingerprint {store.fingerprint[:12]} is not the bundle's "
-                                  f"{bundle.store_fingerprint[:12]}")
+                                  f"{fingerprint[:12]}")
             self.stores[key] = store
         return self.stores[key]
+
+    def store_for(self, bundle: Bundle) -> VectorStore:
+        """The store of the version's token vocabulary: its own (finetune) or the shared one."""
+        if bundle.features.mode == "finetune":
+            return self._open(str(bundle.path), bundle.store_path(self.root), bundle.store_fingerprint)
+        return self.shared_store_for(bundle)  # type: ignore[return-value]
+
+    def shared_store_for(self, bundle: Bundle) -> VectorStore | None:
+        """The shared store the version pools from, opened once per fingerprint."""
+        fingerprint, path = bundle.shared_store_fingerprint, bundle.shared_store_path(self.root)
+        if fingerprint is None or path is None:
+            return None
+        return self._open(fingerprint, path, fingerprint)
 
     def load_all(self, warmup_text: str) -> None:
         """Loads every complete version of every model; a bad version is logged and skipped."""
@@ -68,7 +79,7 @@ class ModelRepository:
         bundle = Bundle.open(path, verify=True)
         if bundle.path.name != str(bundle.version) or bundle.path.parent.name != bundle.name:
             raise BundleError(f"{path}: manifest says {bundle.name}/{bundle.version}")
-        return ModelRuntime(bundle, self.store_for(bundle), self.options)
+        return ModelRuntime(bundle, self.store_for(bundle), self.shared_store_for(bundle), self.options)
 
     def get(self, name: str, version: int = 0) -> ModelRuntime:
         """The runtime of `name` at `version` (0: the newest)."""

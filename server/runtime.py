@@ -51,7 +51,8 @@ def session_options(intra_op_threads: int, inter_op_threads: int, allow_spinning
 class ModelRuntime:
     """A model version ready to classify: bundle metadata, featurizer and session."""
 
-    def __init__(self, bundle: Bundle, store: VectorStore, options: ort.SessionOptions) -> None:
+    def __init__(self, bundle: Bundle, store: VectorStore, shared: VectorStore | None,
+                 options: ort.SessionOptions) -> None:
         self.bundle = bundle
         self.name = bundle.name
         self.version = bundle.version
@@ -66,22 +67,23 @@ class ModelRuntime:
             Preprocessor(bundle.preprocessing),
             store.index,
             len(store),
-            matrix=store.matrix if features.mode == "frozen" else None,
+            matrix=shared.matrix if shared is not None else None,
             sif_weights=sif,
+            store_index=shared.index if shared is not None else None,
         )
         self.session = ort.InferenceSession(
             str(bundle.model_file), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.input_name = self.session.get_inputs()[0].name
-        if self.input_name != features.input_name:
-            raise ValueError(f"{bundle.model_file}: input {self.input_name!r}, expected {features.input_name!r}")
+        names = sorted(graph_input.name for graph_input in self.session.get_inputs())
+        if names != sorted(features.input_names):
+            raise ValueError(f"{bundle.model_file}: inputs {names}, expected {sorted(features.input_names)}")
         self.label_array = np.array(self.labels, dtype=object)
 
     def predict(self, texts: list[str]) -> Prediction:
         start = time.perf_counter()
         encoded = self.featurizer.encode(texts)
         encoded_at = time.perf_counter()
-        probabilities = self.session.run([OUTPUT], {self.input_name: encoded.inputs})[0]
+        probabilities = self.session.run([OUTPUT], encoded.inputs)[0]
         done = time.perf_counter()
         return Prediction(probabilities, encoded.token_counts, encoded.oov_fractions, encoded_at - start,
                           done - encoded_at)

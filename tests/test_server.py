@@ -41,12 +41,13 @@ def in_process(repository: Path, model: str, texts: list[str]) -> tuple[np.ndarr
     version = max(int(p.name) for p in (repository / model).iterdir() if p.name.isdigit())
     bundle = Bundle.open(repository / model / str(version))
     store = VectorStore(bundle.store_path(repository))
+    shared_path = bundle.shared_store_path(repository)
+    shared = VectorStore(shared_path) if shared_path is not None else None
     sif = np.load(bundle.path / "sif_weights.npy") if bundle.features.sif else None
     featurizer = Featurizer(bundle.features, Preprocessor(bundle.preprocessing), store.index, len(store),
-                            store.matrix if bundle.features.mode == "frozen" else None, sif)
+                            shared.matrix if shared else None, sif, shared.index if shared else None)
     session = ort.InferenceSession(str(bundle.model_file), providers=["CPUExecutionProvider"])
-    inputs = featurizer.encode(texts).inputs
-    return session.run([OUTPUT], {featurizer.config.input_name: inputs})[0], bundle.labels
+    return session.run([OUTPUT], featurizer.encode(texts).inputs)[0], bundle.labels
 
 
 def mapping_stats(pid: int, needle: str) -> dict[str, int]:

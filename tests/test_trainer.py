@@ -37,10 +37,13 @@ def test_server_features_are_bit_identical_to_the_trainers(trained: Trained, mod
     texts = mixed_texts(1000)
     served = runtime.featurizer.encode(texts)
     trained_features = result.fitted.featurizer.encode(texts)
-    assert served.inputs.dtype == trained_features.inputs.dtype
-    assert np.array_equal(served.inputs, trained_features.inputs)
+    assert served.inputs.keys() == trained_features.inputs.keys()
+    assert set(served.inputs) == ({"features"} if mode == "frozen" else {"token_ids", "features"})
+    for name, array in served.inputs.items():
+        assert array.dtype == trained_features.inputs[name].dtype
+        assert np.array_equal(array, trained_features.inputs[name])
+        assert np.isfinite(array).all()
     assert np.array_equal(served.token_counts, trained_features.token_counts)
-    assert np.isfinite(served.inputs).all()
     assert served.token_counts[0] == 0 and served.token_counts[2] == 0  # empty, emoji only
 
 
@@ -68,12 +71,14 @@ def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
 def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None:
     import onnxruntime as ort
 
-    for result, name in ((trained.frozen, "features"), (trained.finetune, "token_ids")):
+    for result, names in ((trained.frozen, ["features"]), (trained.finetune, ["features", "token_ids"])):
         session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
-        (inp,) = session.get_inputs()
+        inputs = {graph_input.name: graph_input for graph_input in session.get_inputs()}
         (out,) = session.get_outputs()
-        assert inp.name == name and out.name == "probabilities"
-        assert not isinstance(inp.shape[0], int)  # dynamic batch
+        assert sorted(inputs) == names and out.name == "probabilities"
+        assert all(not isinstance(graph_input.shape[0], int) for graph_input in inputs.values())  # dynamic batch
+        if "token_ids" in inputs:
+            assert not isinstance(inputs["token_ids"].shape[1], int)  # any number of tokens
 
 
 def test_tampered_bundle_is_refused(trained: Trained, tmp_path: Path) -> None:
@@ -97,14 +102,14 @@ def test_model_names_cannot_escape_the_repository() -> None:
     assert check_model_name("tickets-v2.en_US") == "tickets-v2.en_US"
 
 
-def test_versions_increase_and_ignore_staging(trained: Trained, glove_store: Path) -> None:
+def test_versions_increase_and_ignore_staging(trained: Trained, glove_store: Path, tmp_path: Path) -> None:
     from conftest import _train
 
     model_dir = trained.repository / "wn-frozen"
     (model_dir / ".staging-leftover").mkdir(exist_ok=True)
     assert versions_of(model_dir) == [1]
-    second = _train(glove_store, trained.repository, "wn-frozen-v", "frozen", pooling="mean")
-    third = _train(glove_store, trained.repository, "wn-frozen-v", "frozen", pooling="mean")
+    second = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", pooling="mean")
+    third = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", pooling="mean")
     assert (second.path.name, third.path.name) == ("1", "2")  # type: ignore[attr-defined]
     # Same seed, same data: the same weights (reproducible on CPU); only graph names differ.
     import onnx

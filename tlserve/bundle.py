@@ -114,11 +114,24 @@ class Bundle:
     def model_file(self) -> Path:
         return self.path / MODEL_FILE
 
+    @property
+    def shared_store_fingerprint(self) -> str | None:
+        """Fingerprint of the shared store this version pools from (frozen, or finetune + static)."""
+        if self.features.mode == "frozen":
+            return self.store_fingerprint
+        if self.features.static:
+            return str(self.manifest["vector_store"]["base_fingerprint"])
+        return None
+
     def store_path(self, repository: Path) -> Path:
-        """Folder of the store this version reads: its own, or the shared one by fingerprint."""
+        """Folder of the vocabulary this version's token ids refer to: its own, or the shared store."""
         if self.features.mode == "finetune":
             return self.path / OWN_STORE_DIR
         return repository / STORES_DIR / self.store_fingerprint
+
+    def shared_store_path(self, repository: Path) -> Path | None:
+        fingerprint = self.shared_store_fingerprint
+        return None if fingerprint is None else repository / STORES_DIR / fingerprint
 
     @classmethod
     def open(cls, path: Path, verify: bool = True) -> Bundle:

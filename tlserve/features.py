@@ -8,7 +8,9 @@ Two feature kinds, one per transfer mode:
 - ``finetune``: token ids for a graph that holds its own, adapted embedding table. Words
   of the bundle's vocabulary get ``1 + row``; out-of-vocabulary words and word bigrams
   are hashed (crc32) into ``buckets`` extra rows, the hashing trick of fastText, so the
-  model learns the task's own words and phrases too. Id 0 is padding.
+  model learns the task's own words and phrases too. Id 0 is padding. With ``static``,
+  the graph also takes the frozen features of the shared store: the adapted table
+  learns the task, the shared store keeps every pretrained word the labels never showed.
 
 Both are computed for a whole batch at once: one vectorised lookup over all tokens, and
 segment reductions (``np.add.reduceat``) for pooling, so no Python loop touches vectors.
@@ -49,6 +51,8 @@ class FeatureConfig:
     """finetune only: hashed rows for out-of-vocabulary words and word bigrams (0 disables both)."""
     bigrams: bool = False
     """finetune only: add hashed word bigrams as extra tokens."""
+    static: bool = False
+    """finetune only: also feed the pooled vectors of the shared store (a frozen channel)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
@@ -58,16 +62,23 @@ class FeatureConfig:
         return asdict(self)
 
     @property
-    def input_name(self) -> str:
-        return FROZEN_INPUT if self.mode == "frozen" else FINETUNE_INPUT
+    def input_names(self) -> list[str]:
+        """Every graph input, in order: token ids first, then pooled features."""
+        if self.mode == "frozen":
+            return [FROZEN_INPUT]
+        return [FINETUNE_INPUT, FROZEN_INPUT] if self.static else [FINETUNE_INPUT]
+
+    @property
+    def uses_shared_store(self) -> bool:
+        return self.mode == "frozen" or self.static
 
 
 @dataclass
 class EncodedBatch:
     """Model input for a batch of texts, with per-text token statistics."""
 
-    inputs: np.ndarray
-    """float32 [n, features] (frozen) or int64 [n, length] (finetune)."""
+    inputs: dict[str, np.ndarray]
+    """Graph inputs by name: ``features`` float32 [n, F] and/or ``token_ids`` int64 [n, length]."""
     token_counts: np.ndarray
     """int32 [n]: tokens per text after preprocessing."""
     oov_counts: np.ndarray
@@ -88,7 +99,12 @@ def _bucket(key: str, buckets: int) -> int:
 
 
 class Featurizer:
-    """Encodes texts into model inputs. `matrix` is the store table (frozen mode only)."""
+    """Encodes texts into model inputs.
+
+    `index` and `vocabulary_size` describe the vocabulary of token ids and OOV counts: the
+    shared store's (frozen) or the bundle's own (finetune). `matrix` and `store_index` are
+    the shared store's table and index, for pooled features (frozen, or finetune + static).
+    """
 
     def __init__(
         self,
@@ -98,15 +114,17 @@ class Featurizer:
         vocabulary_size: int,
         matrix: np.ndarray | None = None,
         sif_weights: np.ndarray | None = None,
+        store_index: VocabularyIndex | None = None,
     ) -> None:
-        if config.mode == "frozen" and matrix is None:
-            raise ValueError("frozen features need the store matrix")
+        if config.uses_shared_store and matrix is None:
+            raise ValueError("pooled features need the shared store's matrix")
         self.config = config
         self.preprocessor = preprocessor
         self.index = index
         self.vocabulary_size = vocabulary_size
         self.matrix = matrix
         self.sif_weights = sif_weights
+        self.store_index = store_index if store_index is not None else index
 
     @property
     def feature_size(self) -> int:
@@ -125,10 +143,15 @@ class Featurizer:
         tokens, rows, counts = self.lookup(texts)
         known = rows >= 0
         oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
+        inputs: dict[str, np.ndarray] = {}
         if self.config.mode == "frozen":
-            inputs = self._pool(rows, counts, known)
+            inputs[FROZEN_INPUT] = self._pool(rows, counts, known)
         else:
-            inputs = self._token_ids(tokens, rows)
+            inputs[FINETUNE_INPUT] = self._token_ids(tokens, rows)
+            if self.config.static:
+                flat = [token for text_tokens in tokens for token in text_tokens]
+                store_rows = self.store_index.lookup(flat)
+                inputs[FROZEN_INPUT] = self._pool(store_rows, counts, store_rows >= 0)
         return EncodedBatch(inputs, counts.astype(np.int32), oov)
 
     def _pool(self, rows: np.ndarray, counts: np.ndarray, known: np.ndarray) -> np.ndarray:

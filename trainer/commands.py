@@ -73,6 +73,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--top-words", type=int, default=50_000, help="finetune: frequent store words kept")
     train.add_argument("--buckets", type=int, default=200_000, help="finetune: hashed rows (0 = none)")
     train.add_argument("--no-bigrams", dest="bigrams", action="store_false", help="finetune: no word bigrams")
+    train.add_argument("--no-static", dest="static", action="store_false",
+                       help="finetune: no frozen channel of pooled shared-store vectors beside the adapted table")
     train.add_argument("--random-vectors", action="store_true", help="replace the vectors by random ones (ablation)")
     train.add_argument("--hidden", type=int, default=256)
     train.add_argument("--dropout", type=float, default=0.3)
@@ -128,6 +130,7 @@ def _run_train(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
+        static=args.static,
         random_vectors=args.random_vectors, head=head, compare=args.compare, learning_curve=args.learning_curve,
         progress=not args.no_progress,
     )

@@ -41,16 +41,23 @@ class Parity:
         return {**asdict(self), "ok": self.ok}
 
 
-def to_onnx(model: Any, input_name: str, input_dtype: str, width: int | None, path: Path) -> None:
+def to_onnx(model: Any, example: dict[str, np.ndarray], path: Path) -> None:
+    """Converts `model`; `example` gives each input's name, dtype and width (token ids: any length)."""
     import tensorflow as tf
     import tf2onnx
 
-    shape = (None, width) if width is not None else (None, None)
-    signature = (tf.TensorSpec(shape, getattr(tf, input_dtype), name=input_name),)
+    names = [tensor.name.split(":")[0] for tensor in model.inputs]
+    signature = []
+    for name in names:
+        array = example[name]
+        width = None if array.dtype == np.int64 else array.shape[1]
+        signature.append(tf.TensorSpec((None, width), tf.as_dtype(array.dtype), name=name))
+    # A one-input Keras model is called with the tensor itself, not a list of one.
+    spec: Any = tuple(signature) if len(signature) == 1 else (signature,)
     # Keras 3 models have no `output_names` attribute, which tf2onnx reads.
     if not hasattr(model, "output_names"):
         model.output_names = [OUTPUT]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
     # Name the output ourselves: tf2onnx derives it from the last layer's name.
     old = proto.graph.output[0].name
     for node in proto.graph.node:
@@ -59,24 +66,24 @@ def to_onnx(model: Any, input_name: str, input_dtype: str, width: int | None, pa
     path.write_bytes(proto.SerializeToString())
 
 
-def check_parity(model: Any, onnx_path: Path, inputs: np.ndarray, batch_size: int = 1024) -> Parity:
+def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> Parity:
     """Runs Keras and onnxruntime on all `inputs`; the bundle is refused if they disagree."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    count = len(next(iter(inputs.values())))
     max_diff = 0.0
     agree = 0
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
+    for start in range(0, count, batch_size):
+        chunk = {name: array[start : start + batch_size] for name, array in inputs.items()}
         expected = np.asarray(model(chunk, training=False))
-        actual = session.run([OUTPUT], {input_name: chunk})[0]
+        actual = session.run([OUTPUT], chunk)[0]
         max_diff = max(max_diff, float(np.max(np.abs(expected - actual))))
         agree += int(np.sum(expected.argmax(1) == actual.argmax(1)))
-    parity = Parity(len(inputs), max_diff, agree / max(1, len(inputs)))
+    parity = Parity(count, max_diff, agree / max(1, count))
     if not parity.ok:
         raise TlserveError(
-            f"ONNX export disagrees with Keras on {len(inputs)} test inputs: max |dp| = {max_diff:.3g} "
+            f"ONNX export disagrees with Keras on {count} test inputs: max |dp| = {max_diff:.3g} "
             f"(limit {MAX_ABS_DIFF}), argmax agreement {parity.argmax_agreement:.4%}; no bundle was written"
         )
     return parity

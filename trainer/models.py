@@ -43,6 +43,7 @@ class HeadConfig:
     """finetune only: probability of dropping each token id during training."""
 
 
+
 def seed_everything(seed: int) -> None:
     """Seeds Python, NumPy and TensorFlow and asks TF for deterministic kernels."""
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
@@ -73,7 +74,9 @@ def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> An
     return keras.Model(inputs, outputs, name="frozen_head")
 
 
-def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig) -> Any:
+def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig,
+                   static_features: np.ndarray | None = None) -> Any:
+    """Token ids (and, with `static_features`, the shared store's pooled vectors) -> probabilities."""
     import keras
     from keras import ops
 
@@ -116,8 +119,16 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
         table.shape[0], table.shape[1], embeddings_initializer=keras.initializers.Constant(table), name="embedding"
     )(dropped)
     pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped)
+    inputs = [ids]
+    if static_features is not None:
+        # The frozen channel: pooled vectors of the shared store, standardised.
+        features = keras.Input(shape=(static_features.shape[1],), dtype="float32", name="features")
+        normalize = keras.layers.Normalization(name="standardize")
+        normalize.adapt(static_features)
+        pooled = keras.layers.Concatenate(name="channels")([pooled, normalize(features)])
+        inputs.append(features)
     outputs = _head(pooled, n_classes, config)
-    return keras.Model(ids, outputs, name="finetune")
+    return keras.Model(inputs, outputs, name="finetune")
 
 
 def class_weight_map(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -137,9 +148,9 @@ class History:
 
 def fit(
     model: Any,
-    x_train: np.ndarray,
+    x_train: dict[str, np.ndarray],
     y_train: np.ndarray,
-    x_val: np.ndarray,
+    x_val: dict[str, np.ndarray],
     y_val: np.ndarray,
     n_classes: int,
     config: HeadConfig,

@@ -58,6 +58,7 @@ class TrainConfig:
     top_words: int = 50_000
     buckets: int = 200_000
     bigrams: bool = True
+    static: bool = True
     random_vectors: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     compare: bool = False
@@ -120,13 +121,14 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
             featurizer.sif_weights = sif_weights(featurizer, splits.train.texts, len(store))
         x_train = featurizer.encode(splits.train.texts).inputs
         x_val = featurizer.encode(splits.validation.texts).inputs
-        keras_model = models.build_frozen(x_train, len(labels), config.head)
+        keras_model = models.build_frozen(x_train["features"], len(labels), config.head)
         own_store = None
     else:
         words, own_matrix = finetune_vocabulary(store, table, preprocessor, splits.train.texts, config.top_words)
         features = FeatureConfig(mode="finetune", pooling=config.pooling,  # type: ignore[arg-type]
-                                 buckets=config.buckets, bigrams=config.bigrams)
-        featurizer = Featurizer(features, preprocessor, VocabularyIndex.build(words), len(words))
+                                 buckets=config.buckets, bigrams=config.bigrams, static=config.static)
+        featurizer = Featurizer(features, preprocessor, VocabularyIndex.build(words), len(words),
+                                matrix=table if config.static else None, store_index=store.index)
         rng = np.random.default_rng(config.seed)
         dim = own_matrix.shape[1]
         # Row 0 is padding; hashed rows start small, as fastText's do, so they add
@@ -135,7 +137,8 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         embedding = np.concatenate([np.zeros((1, dim), np.float32), own_matrix, buckets])
         x_train = featurizer.encode(splits.train.texts).inputs
         x_val = featurizer.encode(splits.validation.texts).inputs
-        keras_model = models.build_finetune(embedding, len(labels), config.pooling, config.head)
+        keras_model = models.build_finetune(embedding, len(labels), config.pooling, config.head,
+                                            x_train.get("features"))
         own_store = (words, own_matrix)
     history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose)
     if own_store is not None:
@@ -214,9 +217,7 @@ def train(config: TrainConfig) -> TrainResult:
     staging = bundle.staging_folder(model_dir)
     try:
         onnx_path = staging / bundle.MODEL_FILE
-        width = None if config.mode == "finetune" else encoded.inputs.shape[1]
-        dtype = "int64" if config.mode == "finetune" else "float32"
-        export.to_onnx(fitted.keras_model, fitted.featurizer.config.input_name, dtype, width, onnx_path)
+        export.to_onnx(fitted.keras_model, encoded.inputs, onnx_path)
         parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
         (staging / bundle.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
         (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")
@@ -228,6 +229,8 @@ def train(config: TrainConfig) -> TrainResult:
                                          source_name=store.manifest.source_name,
                                          source_sha256=store.manifest.source_sha256)
             store_info = {**asdict(store_manifest), "shared": False, "base_fingerprint": store.fingerprint}
+            if config.static:
+                copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
         else:
             copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
             store_info = {**asdict(store.manifest), "shared": True}
@@ -245,8 +248,9 @@ def train(config: TrainConfig) -> TrainResult:
             "preprocessing": json.loads(fitted.featurizer.preprocessor.config.to_json()),
             "features": fitted.featurizer.config.to_dict(),
             "vector_store": store_info,
-            "onnx": {"file": bundle.MODEL_FILE, "opset": export.OPSET, "input": fitted.featurizer.config.input_name,
-                     "input_dtype": dtype, "output": "probabilities"},
+            "onnx": {"file": bundle.MODEL_FILE, "opset": export.OPSET,
+                     "inputs": {name: str(array.dtype) for name, array in encoded.inputs.items()},
+                     "output": "probabilities"},
             "parity": parity.to_dict(),
             "metrics": evaluation.headline(),
             "training_data": {
@@ -261,6 +265,7 @@ def train(config: TrainConfig) -> TrainResult:
             },
             "hyperparameters": {**asdict(config.head), "pooling": config.pooling, "sif": config.sif,
                                 "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
+                                "static": config.static,
                                 "random_vectors": config.random_vectors},
             "library_versions": library_versions(),
         }
