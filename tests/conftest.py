@@ -57,8 +57,8 @@ class Trained:
 
 
 def _train(store: Path, repository: Path, model: str, mode: str, **overrides: object) -> object:
-    from tlserve.trainer.models import HeadConfig
-    from tlserve.trainer.train import TrainConfig, train
+    from tlserve.trainer.config import HeadConfig, TrainConfig
+    from tlserve.trainer.train import train
 
     head = HeadConfig(hidden=32, epochs=8, batch_size=64, patience=2)
     config = TrainConfig(data=WORDNET_SAMPLE, vectors=store, repository=repository, model=model, mode=mode,

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tlserve.trainer.config import HeadConfig, TrainConfig
+
 TRAIN_EXAMPLES = """examples:
   tlserve train --data tickets.csv --vectors data/stores/glove-6b-50d --repository models --model tickets
   tlserve train --data reviews.jsonl --text-column body --label-column stars --vectors STORE \\
@@ -61,30 +63,31 @@ def register(verbs: Any) -> None:
                        help="empty texts: skip and count, or fail")
     train.add_argument("--validation-data", type=Path, help="own validation file instead of a split")
     train.add_argument("--test-data", type=Path, help="own test file instead of a split")
-    train.add_argument("--test-fraction", type=float, default=0.2)
-    train.add_argument("--validation-fraction", type=float, default=0.1)
-    train.add_argument("--train-fraction", type=float, default=1.0,
+    train.add_argument("--test-fraction", type=float, default=TrainConfig.test_fraction)
+    train.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction)
+    train.add_argument("--train-fraction", type=float, default=TrainConfig.train_fraction,
                        help="use this stratified share of the training labels (learning-curve studies)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
     train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin")
-    train.add_argument("--max-tokens", type=int, default=256)
-    train.add_argument("--pooling", choices=["mean", "mean_max"], default="mean_max")
+    train.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
+    train.add_argument("--pooling", choices=["mean", "mean_max"], default=TrainConfig.pooling)
     train.add_argument("--sif", action="store_true", help="frozen: SIF-weighted mean")
-    train.add_argument("--top-words", type=int, default=50_000, help="finetune: frequent store words kept")
-    train.add_argument("--buckets", type=int, default=200_000, help="finetune: hashed rows (0 = none)")
+    train.add_argument("--top-words", type=int, default=TrainConfig.top_words,
+                       help="finetune: frequent store words kept")
+    train.add_argument("--buckets", type=int, default=TrainConfig.buckets, help="finetune: hashed rows (0 = none)")
     train.add_argument("--no-bigrams", dest="bigrams", action="store_false", help="finetune: no word bigrams")
     train.add_argument("--no-static", dest="static", action="store_false",
                        help="finetune: no frozen channel of pooled shared-store vectors beside the adapted table")
     train.add_argument("--random-vectors", action="store_true", help="replace the vectors by random ones (ablation)")
-    train.add_argument("--hidden", type=int, default=256)
-    train.add_argument("--dropout", type=float, default=0.3)
-    train.add_argument("--l2", type=float, default=1e-5)
-    train.add_argument("--learning-rate", type=float, default=2e-3)
-    train.add_argument("--epochs", type=int, default=40)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--patience", type=int, default=4)
+    train.add_argument("--hidden", type=int, default=HeadConfig.hidden)
+    train.add_argument("--dropout", type=float, default=HeadConfig.dropout)
+    train.add_argument("--l2", type=float, default=HeadConfig.l2)
+    train.add_argument("--learning-rate", type=float, default=HeadConfig.learning_rate)
+    train.add_argument("--epochs", type=int, default=HeadConfig.epochs)
+    train.add_argument("--batch-size", type=int, default=HeadConfig.batch_size)
+    train.add_argument("--patience", type=int, default=HeadConfig.patience)
     train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
-    train.add_argument("--word-dropout", type=float, default=0.1)
+    train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout)
     train.add_argument("--compare", action="store_true",
                        help="also run the peers and ablations on the same split and report them")
     train.add_argument("--no-learning-curve", dest="learning_curve", action="store_false",
@@ -117,8 +120,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from tlserve.trainer.models import HeadConfig
-    from tlserve.trainer.train import TrainConfig, train
+    from tlserve.trainer.train import train
 
     head = HeadConfig(hidden=args.hidden, dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
                       epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,

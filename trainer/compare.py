@@ -109,15 +109,16 @@ def _write_vec(path: Path, store: VectorStore, words: set[str]) -> None:
             handle.write(f"{vocabulary[row]} {values}\n")
 
 
-def _train_fasttext(train_file: Path, dim: int, epoch: int, lr: float, seed: int, options: dict[str, Any]) -> Any:
+def _train_fasttext(train_file: Path, epoch: int, lr: float, seed: int, options: dict[str, Any]) -> Any:
     """fastText supervised; None if it diverges at eight seeds in a row."""
     import fasttext
 
     # fastText 0.9.3 aborts with "Encountered NaN" at about half of the seeds on these
     # files (seen with plain fastText on a fresh process too); another seed trains fine.
     for attempt in range(8):
+        threads = 1 + attempt % 2  # two threads change the order of updates, and the outcome
         try:
-            return fasttext.train_supervised(str(train_file), dim=dim, epoch=epoch, lr=lr, minCount=1, thread=1,
+            return fasttext.train_supervised(str(train_file), epoch=epoch, lr=lr, minCount=1, thread=threads,
                                              seed=seed + attempt, verbose=0, **options)
         except RuntimeError as exc:  # fastText's "Encountered NaN": it happens at some seeds
             _LOGGER.info("fastText epoch=%d lr=%g seed=%d: %s", epoch, lr, seed + attempt, exc)
@@ -157,9 +158,11 @@ def _fasttext_worker(train: list[str], train_labels: list[str], val: list[str], 
     """Runs in the spawned process: grid on validation, then test predictions per variant."""
     by_name = {label.replace(" ", "_"): label for label in set(train_labels)}
     variants: dict[str, dict[str, Any]] = {
-        "fasttext": {"wordNgrams": 1},
-        "fasttext_bigrams": {"wordNgrams": 2},
-        "fasttext_pretrained": {"wordNgrams": 2, "pretrainedVectors": str(vec_file)},
+        # fastText's default dimension (100) for the peers without vectors: at 50, plain
+        # fastText 0.9.3 (bucket=0) aborts with "Encountered NaN" at most seeds.
+        "fasttext": {"wordNgrams": 1, "dim": 100},
+        "fasttext_bigrams": {"wordNgrams": 2, "dim": 100},
+        "fasttext_pretrained": {"wordNgrams": 2, "dim": dim, "pretrainedVectors": str(vec_file)},
     }
     out: dict[str, tuple[list[str], float, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,13 +173,13 @@ def _fasttext_worker(train: list[str], train_labels: list[str], val: list[str], 
             best: tuple[float, int, float] = (-1.0, 5, 0.1)
             for epoch in (5, 25):
                 for lr in (0.1, 0.5):
-                    model = _train_fasttext(train_file, dim, epoch, lr, seed, options)
+                    model = _train_fasttext(train_file, epoch, lr, seed, options)
                     if model is None:
                         continue
                     predicted = [by_name[label] for label in _fasttext_predict(model, val)]
                     accuracy = float(np.mean(np.array(predicted) == np.array(val_labels)))
                     best = max(best, (accuracy, epoch, lr))
-            model = _train_fasttext(train_file, dim, best[1], best[2], seed, options)
+            model = _train_fasttext(train_file, best[1], best[2], seed, options)
             if model is None:
                 _LOGGER.warning("fastText %s diverged at every setting; left out", name)
                 continue

@@ -16,32 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from tlserve.trainer.config import HeadConfig
+
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class HeadConfig:
-    """Hyper-parameters of the MLP head and its training."""
-
-    hidden: int = 256
-    """Units of the hidden layer; 0 makes the head linear (softmax regression)."""
-    dropout: float = 0.3
-    """Dropout rate after the hidden layer."""
-    l2: float = 1e-5
-    """L2 penalty on the dense kernels."""
-    learning_rate: float = 2e-3
-    """Adam learning rate."""
-    epochs: int = 40
-    """Most epochs; early stopping on validation loss usually ends sooner."""
-    batch_size: int = 64
-    """Examples per gradient step."""
-    patience: int = 4
-    """Epochs without a better validation loss before stopping (the best weights are restored)."""
-    class_weights: bool = False
-    """Weight classes inversely to their frequency, for imbalanced data."""
-    word_dropout: float = 0.1
-    """finetune only: probability of dropping each token id during training."""
-
 
 
 def seed_everything(seed: int) -> None:

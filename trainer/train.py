@@ -13,7 +13,7 @@ import json
 import logging
 import platform
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,47 +23,13 @@ import numpy as np
 from tlserve import __version__, bundle
 from tlserve.features import EncodedBatch, FeatureConfig, Featurizer
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
-from tlserve.trainer.models import HeadConfig
 from tlserve.vector_store import VectorStore, VocabularyIndex, copy_store, write_store
 
 _LOGGER = logging.getLogger(__name__)
 
 SIF_A = 1e-3
-
-
-@dataclass
-class TrainConfig:
-    """Everything `tlserve train` needs; every field has a flag."""
-
-    data: Path
-    vectors: Path
-    repository: Path
-    model: str
-    mode: str = "finetune"
-    data_format: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    empty: str = "skip"
-    validation_data: Path | None = None
-    test_data: Path | None = None
-    test_fraction: float = 0.2
-    validation_fraction: float = 0.1
-    train_fraction: float = 1.0
-    seed: int = 0
-    tokenizer: str = "latin"
-    max_tokens: int = 256
-    pooling: str = "mean_max"
-    sif: bool = False
-    top_words: int = 50_000
-    buckets: int = 200_000
-    bigrams: bool = True
-    static: bool = True
-    random_vectors: bool = False
-    head: HeadConfig = field(default_factory=HeadConfig)
-    compare: bool = False
-    learning_curve: bool = True
-    progress: bool = True
 
 
 @dataclass
@@ -115,7 +81,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
     y_train = np.array([index[label] for label in splits.train.labels])
     y_val = np.array([index.get(label, 0) for label in splits.validation.labels])
     if config.mode == "frozen":
-        features = FeatureConfig(mode="frozen", pooling=config.pooling, sif=config.sif)  # type: ignore[arg-type]
+        features = FeatureConfig(mode="frozen", pooling=config.pooling, sif=config.sif)
         featurizer = Featurizer(features, preprocessor, store.index, len(store), table)
         if config.sif:
             featurizer.sif_weights = sif_weights(featurizer, splits.train.texts, len(store))
@@ -125,7 +91,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         own_store = None
     else:
         words, own_matrix = finetune_vocabulary(store, table, preprocessor, splits.train.texts, config.top_words)
-        features = FeatureConfig(mode="finetune", pooling=config.pooling,  # type: ignore[arg-type]
+        features = FeatureConfig(mode="finetune", pooling=config.pooling,
                                  buckets=config.buckets, bigrams=config.bigrams, static=config.static)
         featurizer = Featurizer(features, preprocessor, VocabularyIndex.build(words), len(words),
                                 matrix=table if config.static else None, store_index=store.index)

@@ -1,0 +1,96 @@
+"""Settings of the trainer as typed objects, one docstring per field.
+
+Imported by `tlserve train`'s argument parser for its defaults, so this module imports
+nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of the MLP head and its training."""
+
+    hidden: int = 256
+    """Units of the hidden layer; 0 makes the head linear (softmax regression)."""
+    dropout: float = 0.3
+    """Dropout rate after the hidden layer."""
+    l2: float = 1e-5
+    """L2 penalty on the dense kernels."""
+    learning_rate: float = 2e-3
+    """Adam learning rate."""
+    epochs: int = 40
+    """Most epochs; early stopping on validation loss usually ends sooner."""
+    batch_size: int = 256
+    """Examples per gradient step."""
+    patience: int = 3
+    """Epochs without a better validation loss before stopping (the best weights are restored)."""
+    class_weights: bool = False
+    """Weight classes inversely to their frequency, for imbalanced data."""
+    word_dropout: float = 0.1
+    """finetune only: probability of dropping each token id during training."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `tlserve train` needs; every field has a flag."""
+
+    data: Path
+    """Labelled file: .csv, .tsv, .jsonl or fastText .txt."""
+    vectors: Path
+    """Vector store folder (from `tlserve vectors import`)."""
+    repository: Path
+    """Model repository to publish into."""
+    model: str
+    """Model name (letters, digits, '_', '-', '.')."""
+    mode: str = "finetune"
+    """"finetune" (adapted embeddings + frozen channel) or "frozen" (pooled shared vectors + MLP head)."""
+    data_format: str | None = None
+    """csv, tsv, jsonl or fasttext; None: from the file suffix."""
+    text_column: str = "text"
+    """Column (CSV/TSV) or field (JSONL) of the text."""
+    label_column: str = "label"
+    """Column or field of the label."""
+    empty: str = "skip"
+    """Empty texts: "skip" (and count) or "error"."""
+    validation_data: Path | None = None
+    """Own validation file instead of a split."""
+    test_data: Path | None = None
+    """Own test file instead of a split."""
+    test_fraction: float = 0.2
+    """Share of each class held out for the test split."""
+    validation_fraction: float = 0.1
+    """Share of the rest held out for validation (model selection, early stopping)."""
+    train_fraction: float = 1.0
+    """Stratified share of the training labels to use (learning-curve studies)."""
+    seed: int = 0
+    """Seed of the splits, the subsampling and the training."""
+    tokenizer: str = "latin"
+    """"latin" (CJK as characters) or "jieba" (Chinese words)."""
+    max_tokens: int = 256
+    """Tokens kept per text."""
+    pooling: str = "mean_max"
+    """"mean" or "mean_max" (mean and element-wise max, concatenated)."""
+    sif: bool = False
+    """frozen: SIF-weighted mean, a/(a+p(w)) with p(w) from the training texts."""
+    top_words: int = 50_000
+    """finetune: the store's most frequent words kept besides the training words."""
+    buckets: int = 100_000
+    """finetune: hashed rows for unknown words and bigrams (0 = none)."""
+    bigrams: bool = True
+    """finetune: hashed word bigrams as extra tokens."""
+    static: bool = True
+    """finetune: a frozen channel of pooled shared-store vectors beside the adapted table."""
+    random_vectors: bool = False
+    """Replace the vectors by random ones of the same shape (the no-transfer ablation)."""
+    head: HeadConfig = field(default_factory=HeadConfig)
+    """Hyper-parameters of the head and of training."""
+    compare: bool = False
+    """Also run the peers and ablations on the same split and report them."""
+    learning_curve: bool = True
+    """With compare: also the learning curve (the slowest part)."""
+    progress: bool = True
+    """Per-epoch progress output."""
