@@ -84,7 +84,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--l2", type=float, default=HeadConfig.l2)
     train.add_argument("--learning-rate", type=float, default=HeadConfig.learning_rate)
     train.add_argument("--epochs", type=int, default=HeadConfig.epochs)
-    train.add_argument("--batch-size", type=int, default=HeadConfig.batch_size)
+    train.add_argument("--batch-size", type=int, default=HeadConfig.batch_size,
+                       help="examples per step (0: about 100 steps per epoch, 16 to 256)")
     train.add_argument("--patience", type=int, default=HeadConfig.patience)
     train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
     train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout)

@@ -24,8 +24,9 @@ class HeadConfig:
     """Adam learning rate."""
     epochs: int = 40
     """Most epochs; early stopping on validation loss usually ends sooner."""
-    batch_size: int = 256
-    """Examples per gradient step."""
+    batch_size: int = 0
+    """Examples per gradient step; 0 picks one from the data: about 100 steps per epoch, between 16 and
+    256, so a few hundred labels still get enough updates before early stopping looks."""
     patience: int = 3
     """Epochs without a better validation loss before stopping (the best weights are restored)."""
     class_weights: bool = False

@@ -108,6 +108,10 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     return keras.Model(inputs, outputs, name="finetune")
 
 
+def auto_batch_size(examples: int) -> int:
+    return int(min(256, max(16, examples // 100)))
+
+
 def class_weight_map(y: np.ndarray, n_classes: int) -> dict[int, float]:
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     weights = len(y) / (n_classes * np.maximum(counts, 1))
@@ -141,6 +145,7 @@ def fit(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    batch_size = config.batch_size or auto_batch_size(len(y_train))
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.patience, restore_best_weights=True, verbose=0
     )
@@ -148,7 +153,7 @@ def fit(
         x_train, y_train,
         validation_data=(x_val, y_val),
         epochs=config.epochs,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         shuffle=True,
         callbacks=[stopper],
         class_weight=class_weight_map(y_train, n_classes) if config.class_weights else None,
