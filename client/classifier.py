@@ -17,6 +17,7 @@ over all of them (scaled replicas share the load).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,6 +222,19 @@ class Classifier:
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """SERVING, NOT_SERVING, SERVICE_UNKNOWN (or UNKNOWN), from grpc.health.v1."""
         return _health(self._channel, service, timeout or self._options.timeout)
+
+    def wait_until_serving(self, timeout: float, service: str = "") -> str:
+        """Asks for health until SERVING or `timeout` seconds; returns the last status (or error code)."""
+        deadline = time.monotonic() + timeout
+        status = "UNKNOWN"
+        while True:
+            try:
+                status = self.health(service, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            except ClassifierError as exc:
+                status = exc.code.name
+            if status == "SERVING" or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.05)
 
 
 def _code(number: int) -> tuple[int, str]:

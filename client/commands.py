@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 CLASSIFY_EXAMPLES = """examples:
@@ -100,18 +99,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_health(args: argparse.Namespace) -> int:
-    from tlserve.client import ClassifierError
-
-    deadline = time.monotonic() + args.wait
-    status = "UNKNOWN"
     with _client(args) as client:
-        while True:
-            try:
-                status = client.health(args.service, timeout=min(args.timeout, 2.0))
-            except ClassifierError as exc:
-                status = exc.code.name
-            if status == "SERVING" or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
+        status = client.wait_until_serving(args.wait, args.service)
     print(status)
     return 0 if status == "SERVING" else 1

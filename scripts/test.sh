@@ -10,7 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 marker="not slow"
 if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
 echo "== ruff" && ruff check .
-echo "== mypy" && mypy tlserve server trainer client scripts
+echo "== mypy" && mypy tlserve server trainer client scripts bench
 echo "== pytest -m '$marker'"
 set +e
 pytest -m "$marker" "$@"

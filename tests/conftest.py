@@ -7,7 +7,6 @@ tests/fixtures is 1,200 WordNet noun glosses (120 per category).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -114,17 +113,15 @@ def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, en
 
 
 def wait_serving(server: ServerProcess, timeout: float = 60) -> None:
-    from tlserve.client import Classifier, ClassifierError
+    from tlserve.client import Classifier
 
     deadline = time.monotonic() + timeout
     with Classifier(server.target, timeout=1) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise AssertionError(f"server exited with {server.process.returncode}:\n{server.output()}")
-            with contextlib.suppress(ClassifierError):
-                if client.health() == "SERVING":
-                    return
-            time.sleep(0.05)
+            if client.wait_until_serving(0.5) == "SERVING":
+                return
     raise AssertionError(f"server not SERVING after {timeout}s:\n{server.output()}")
 
 
