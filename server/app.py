@@ -151,9 +151,9 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     return 0
 
 
-def run(settings: ServerSettings) -> int:
+def run(settings: ServerSettings, log_level: str = "INFO") -> int:
     """Serves in this process (one worker) or forks `settings.workers` workers."""
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, logging.getLevelName(log_level.upper()))
     if settings.workers == 1:
         from tlserve.server import metrics
 

@@ -28,4 +28,4 @@ def register(verbs: Any) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from tlserve.server.app import run
 
-    return run(ServerSettings.from_sources(args))
+    return run(ServerSettings.from_sources(args), args.log_level)
