@@ -6,12 +6,16 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 RUN python -m venv /opt/tlserve
-COPY constraints.txt pyproject.toml README.md ./
+# Dependencies first, in their own layer: a code change does not reinstall them.
+COPY constraints.txt pyproject.toml docker/requirements.py ./
+RUN python requirements.py pyproject.toml server > requirements.txt \
+ && /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY tlserve ./tlserve
 COPY server ./server
 COPY trainer ./trainer
 COPY client ./client
-RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q -c constraints.txt '.[server]' \
+RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*
 

