@@ -72,6 +72,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     from tlserve.server.dataplane import DataPlane
     from tlserve.server.repository import ModelRepository
     from tlserve.server.runtime import session_options
+    from tlserve.server.security import BearerTokenInterceptor, server_credentials
     from tlserve.server.servicers import ClassifierServicer
 
     started = time.perf_counter()
@@ -80,7 +81,9 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
         session_options(settings.intra_op_threads, settings.inter_op_threads, settings.allow_spinning),
     )
     plane = DataPlane(repository, settings)
-    server = grpc.aio.server(options=[
+    token = settings.token()
+    interceptors = [BearerTokenInterceptor(token)] if token else []
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", max(4 << 20, settings.max_texts_per_request * settings.max_text_bytes)),
     ])
@@ -98,13 +101,16 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     SERVING = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", NOT_SERVING)
     await health_servicer.set(CLASSIFIER_SERVICE, NOT_SERVING)
+    credentials = server_credentials(settings)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
         _LOGGER.error("cannot bind %s: %s", address, exc)
         return 1
     await server.start()
-    _LOGGER.info("listening on %s:%d (NOT_SERVING while loading %s)", settings.host, port, settings.repository)
+    _LOGGER.info("listening on %s:%d (%s%s; NOT_SERVING while loading %s)", settings.host, port,
+                 "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+                 ", bearer token required" if token else "", settings.repository)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +145,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     _LOGGER.info(
         "SERVING on %s:%d after %.2fs: %d model version(s) %s over %d store(s); settings %s",
         settings.host, port, time.perf_counter() - started, len(loaded), loaded, len(repository.stores),
-        {k: str(v) for k, v in vars(settings).items()},
+        {k: "***" if k == "auth_token" and v else str(v) for k, v in vars(settings).items()},
     )
 
     await stop.wait()

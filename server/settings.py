@@ -43,6 +43,13 @@ class ServerSettings:
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long calls in flight may take to finish")
     warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
     log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
+    tls_cert: str = _setting("", "PEM certificate chain of the server; with --tls-key, the gRPC port speaks TLS")
+    tls_key: str = _setting("", "PEM private key of the server certificate")
+    tls_client_ca: str = _setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    auth_token_file: str = _setting(
+        "", "file holding a bearer token every call must send as 'authorization: Bearer <token>' "
+        "(health checks are exempt); TLSERVE_AUTH_TOKEN sets the token directly")
+    auth_token: str = _setting("", "the bearer token itself (prefer the environment or a file: flags show in ps)")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -84,6 +91,23 @@ class ServerSettings:
             raise ValueError(f"max_queue_delay_us must be >= 0, not {self.max_queue_delay_us}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+
+    def token(self) -> str | None:
+        """The bearer token calls must carry, or None when authentication is off."""
+        if self.auth_token_file:
+            token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
+            if not token:
+                raise ValueError(f"auth_token_file {self.auth_token_file!r} is empty")
+            return token
+        return self.auth_token or None
 
 
 def _convert(name: str, default: Any, raw: Any, source: str) -> Any:

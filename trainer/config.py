@@ -29,6 +29,8 @@ class HeadConfig:
     256, so a few hundred labels still get enough updates before early stopping looks."""
     patience: int = 3
     """Epochs without a better validation loss before stopping (the best weights are restored)."""
+    monitor: str = "val_loss"
+    """What early stopping watches: "val_loss" or "val_accuracy" (the best epoch's weights are restored)."""
     class_weights: bool = False
     """Weight classes inversely to their frequency, for imbalanced data."""
     word_dropout: float = 0.1

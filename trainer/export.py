@@ -70,13 +70,15 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], bat
     """Runs Keras and onnxruntime on all `inputs`; the bundle is refused if they disagree."""
     import onnxruntime as ort
 
+    from tlserve.trainer.models import keras_inputs
+
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     count = len(next(iter(inputs.values())))
     max_diff = 0.0
     agree = 0
     for start in range(0, count, batch_size):
         chunk = {name: array[start : start + batch_size] for name, array in inputs.items()}
-        expected = np.asarray(model(chunk, training=False))
+        expected = np.asarray(model(keras_inputs(chunk), training=False))
         actual = session.run([OUTPUT], chunk)[0]
         max_diff = max(max_diff, float(np.max(np.abs(expected - actual))))
         agree += int(np.sum(expected.argmax(1) == actual.argmax(1)))

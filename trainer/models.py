@@ -127,6 +127,11 @@ class History:
     best_epoch: int
 
 
+def keras_inputs(inputs: dict[str, np.ndarray]) -> Any:
+    """What a Keras model takes: the array itself for one input, the dict by name for several."""
+    return next(iter(inputs.values())) if len(inputs) == 1 else inputs
+
+
 def fit(
     model: Any,
     x_train: dict[str, np.ndarray],
@@ -147,11 +152,12 @@ def fit(
     )
     batch_size = config.batch_size or auto_batch_size(len(y_train))
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True, verbose=0
+        monitor=config.monitor, patience=config.patience, restore_best_weights=True, verbose=0,
+        mode="max" if config.monitor == "val_accuracy" else "min",
     )
     result = model.fit(
-        x_train, y_train,
-        validation_data=(x_val, y_val),
+        keras_inputs(x_train), y_train,
+        validation_data=(keras_inputs(x_val), y_val),
         epochs=config.epochs,
         batch_size=batch_size,
         shuffle=True,
@@ -160,5 +166,5 @@ def fit(
         verbose=verbose,
     )
     h = result.history
-    best = int(np.argmin(h["val_loss"]))
+    best = int(np.argmax(h["val_accuracy"]) if config.monitor == "val_accuracy" else np.argmin(h["val_loss"]))
     return History(h["loss"], h["val_loss"], h["accuracy"], h["val_accuracy"], best)

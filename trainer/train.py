@@ -126,7 +126,9 @@ def finetune_vocabulary(store: VectorStore, table: np.ndarray, preprocessor: Pre
 
 def predict(fitted: FittedModel, texts: list[str], batch_size: int = 1024) -> tuple[np.ndarray, EncodedBatch]:
     encoded = fitted.featurizer.encode(texts)
-    probabilities = fitted.keras_model.predict(encoded.inputs, batch_size=batch_size, verbose=0)
+    from tlserve.trainer.models import keras_inputs
+
+    probabilities = fitted.keras_model.predict(keras_inputs(encoded.inputs), batch_size=batch_size, verbose=0)
     return np.asarray(probabilities), encoded
 
 
