@@ -67,13 +67,13 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    from tlserve.client.v1 import classifier_pb2, classifier_pb2_grpc
+    from tlserve.client.v1 import classifier_pb2
     from tlserve.server import metrics
     from tlserve.server.dataplane import DataPlane
     from tlserve.server.repository import ModelRepository
     from tlserve.server.runtime import session_options
     from tlserve.server.security import BearerTokenInterceptor, server_credentials
-    from tlserve.server.servicers import ClassifierServicer
+    from tlserve.server.servicers import ClassifierServicer, add_classifier_service
 
     started = time.perf_counter()
     repository = ModelRepository(
@@ -89,7 +89,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     ])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(plane), server)
+    add_classifier_service(ClassifierServicer(plane), server)
     services = (
         classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

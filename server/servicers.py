@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
@@ -14,6 +16,45 @@ from tlserve.server.dataplane import DataPlane, ServingError
 from tlserve.server.runtime import ModelRuntime
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class MalformedRequest:
+    """Stands in for a request whose bytes do not parse, so it gets INVALID_ARGUMENT, not UNKNOWN."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant_parser(message_type: type[Message]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return MalformedRequest(f"the request is not a valid {message_type.DESCRIPTOR.full_name}: {exc}")
+
+    return parse
+
+
+def add_classifier_service(servicer: ClassifierServicer, server: grpc.aio.Server) -> None:
+    """Registers tlserve.v1.Classifier like the generated helper, but with tolerant parsers."""
+    def unary(method: Any, request: type[Message], response: type[Message]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(method, _tolerant_parser(request), response.SerializeToString)
+
+    handlers = {
+        "Classify": unary(servicer.Classify, pb.ClassifyRequest, pb.ClassifyResponse),
+        "ClassifyStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ClassifyStream, _tolerant_parser(pb.ClassifyRequest), pb.ClassifyResponse.SerializeToString),
+        "ListModels": unary(servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+        "GetModel": unary(servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, MalformedRequest):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -55,6 +96,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         self.plane = plane
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        await _refuse_malformed(request, context)
         try:
             return await self.plane.classify(request, _deadline(context), "Classify")
         except ServingError as exc:
@@ -68,6 +110,9 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         pending: asyncio.Queue[asyncio.Task[pb.ClassifyResponse] | None] = asyncio.Queue(maxsize=256)
 
         async def one(request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+            if isinstance(request, MalformedRequest):
+                return pb.ClassifyResponse(error=pb.ErrorStatus(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                                                message=request.message))
             try:
                 return await self.plane.classify(request, _deadline(context), "ClassifyStream")
             except ServingError as exc:
@@ -95,9 +140,11 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ListModelsResponse:
+        await _refuse_malformed(request, context)
         return pb.ListModelsResponse(models=[model_info(self.plane, runtime) for runtime in self.plane.repository])
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        await _refuse_malformed(request, context)
         try:
             return model_info(self.plane, self.plane.runtime(request.model, request.version))
         except ServingError as exc:
