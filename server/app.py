@@ -68,7 +68,6 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     from grpc_reflection.v1alpha import reflection
 
     from tlserve.client.v1 import classifier_pb2
-    from tlserve.server import metrics
     from tlserve.server.dataplane import DataPlane
     from tlserve.server.repository import ModelRepository
     from tlserve.server.runtime import session_options
@@ -79,6 +78,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     repository = ModelRepository(
         settings.repository,
         session_options(settings.intra_op_threads, settings.inter_op_threads, settings.allow_spinning),
+        version_policy=settings.version_policy,
     )
     plane = DataPlane(repository, settings)
     token = settings.token()
@@ -117,7 +117,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    loader = asyncio.ensure_future(asyncio.to_thread(repository.load_all, settings.warmup_text))
+    loader = asyncio.ensure_future(plane.reload())
     await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if not loader.done():
         _LOGGER.info("stopping during start-up")
@@ -129,16 +129,20 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
         _LOGGER.error("cannot load the repository: %s", exc)
         await server.stop(0)
         return 1
-    for failure in repository.failures:
-        metrics.LOAD_FAILURES.labels("invalid_bundle").inc()
-        _LOGGER.warning("not serving %s", failure)
     if not repository.models:
         _LOGGER.error("no model could be loaded from %s", settings.repository)
         await server.stop(0)
         return 1
-    plane.start()
-    for name in repository.models:
-        await health_servicer.set(model_health_name(name), SERVING)
+
+    async def update_health() -> None:
+        for name in {name for name, _ in plane.batchers} | served_names:
+            status = SERVING if name in repository.models else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            await health_servicer.set(model_health_name(name), status)
+        served_names.clear()
+        served_names.update(repository.models)
+
+    served_names: set[str] = set()
+    await update_health()
     await health_servicer.set(CLASSIFIER_SERVICE, SERVING)
     await health_servicer.set("", SERVING)
     loaded = [runtime.describe() for versions in repository.models.values() for runtime in versions.values()]
@@ -148,7 +152,26 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
         {k: "***" if k == "auth_token" and v else str(v) for k, v in vars(settings).items()},
     )
 
+    reload_now = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+
+    async def watch() -> None:
+        # Polls the repository (and reloads at once on SIGHUP).
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload_now.wait(), settings.poll_seconds or None)
+            reload_now.clear()
+            try:
+                changed = await plane.reload()
+            except Exception:
+                _LOGGER.exception("repository scan failed; serving what is loaded")
+                continue
+            if changed.loaded or changed.unloaded:
+                await update_health()
+
+    watcher = asyncio.ensure_future(watch())
     await stop.wait()
+    watcher.cancel()
     _LOGGER.info("shutting down: NOT_SERVING, %.1fs grace for calls in flight", settings.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_seconds)

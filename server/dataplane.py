@@ -10,6 +10,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -41,6 +43,22 @@ def _record_batch(runtime: ModelRuntime, stats: BatchStats) -> None:
         metrics.QUEUE_SECONDS.labels(runtime.name).observe(seconds)
 
 
+@dataclass
+class ReloadResult:
+    """What one pass over the repository changed."""
+
+    loaded: list[dict[str, object]] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def _manifest_stamp(path: Path) -> float:
+    try:
+        return (path / "manifest.json").stat().st_mtime
+    except OSError:
+        return -1.0
+
+
 class DataPlane:
     """Classifies with the repository's models through one batcher per model version."""
 
@@ -49,16 +67,61 @@ class DataPlane:
         self.settings = settings
         self.batchers: dict[tuple[str, int], DynamicBatcher] = {}
         self.ready = False
+        self._reload_lock = asyncio.Lock()
+        self._refused: dict[tuple[str, int], float] = {}
 
-    def start(self) -> None:
-        for name, versions in self.repository.models.items():
-            for version, runtime in versions.items():
-                batcher = DynamicBatcher(runtime, self.settings.max_batch_size, self.settings.max_queue_delay_us,
-                                         self.settings.max_queue_size, _record_batch)
-                batcher.start()
-                self.batchers[(name, version)] = batcher
-        metrics.MODELS_LOADED.set(len(self.batchers))
-        self.ready = True
+    async def reload(self) -> ReloadResult:
+        """Brings the served versions in line with the repository, never dropping a call.
+
+        New versions are loaded, verified against their manifest (sha256 of every file, the
+        store's fingerprint) and warmed in a thread, and only then swapped in. Versions gone
+        from disk (or from the policy) are taken out of routing first, then their batchers
+        finish the calls already queued. A bad version is refused once (log line and
+        metric) until its manifest changes; what already serves keeps serving.
+        """
+        async with self._reload_lock:
+            result = ReloadResult()
+            desired = await asyncio.to_thread(self.repository.desired)
+            for name, versions in desired.items():
+                for version in versions:
+                    if (name, version) in self.batchers:
+                        continue
+                    path = self.repository.root / name / str(version)
+                    stamp = _manifest_stamp(path)
+                    if self._refused.get((name, version)) == stamp:
+                        continue
+                    try:
+                        runtime = await asyncio.to_thread(self._load_and_warm, path)
+                    except Exception as exc:  # any bad bundle: refuse it, keep serving the rest
+                        self._refused[(name, version)] = stamp
+                        metrics.LOAD_FAILURES.labels(type(exc).__name__).inc()
+                        _LOGGER.error("refused %s: %s", path, exc)
+                        result.refused.append(f"{path}: {exc}")
+                        continue
+                    batcher = DynamicBatcher(runtime, self.settings.max_batch_size,
+                                             self.settings.max_queue_delay_us, self.settings.max_queue_size,
+                                             _record_batch)
+                    batcher.start()
+                    self.batchers[(name, version)] = batcher
+                    self.repository.add(runtime)  # from here on, calls can reach it
+                    result.loaded.append(runtime.describe())
+                    _LOGGER.info("serving %s", runtime.describe())
+            for name, version in list(self.batchers):
+                if version in desired.get(name, ()):
+                    continue
+                self.repository.remove(name, version)  # no new call reaches it...
+                batcher = self.batchers.pop((name, version))
+                await batcher.close()  # ...and the calls already queued finish
+                result.unloaded.append(f"{name}/{version}")
+                _LOGGER.info("unloaded %s/%d", name, version)
+            metrics.MODELS_LOADED.set(len(self.batchers))
+            self.ready = True
+            return result
+
+    def _load_and_warm(self, path: Path) -> ModelRuntime:
+        runtime = self.repository.load(path)
+        runtime.warm_up(self.settings.warmup_text)
+        return runtime
 
     async def close(self) -> None:
         await asyncio.gather(*(batcher.close() for batcher in self.batchers.values()))

@@ -22,6 +22,19 @@ from tlserve.vector_store import VectorStore
 _LOGGER = logging.getLogger(__name__)
 
 
+def select_versions(available: list[int], policy: str) -> list[int]:
+    """Versions to serve under `policy`: "all", "latest", "latest:N" or "specific:1,3"."""
+    if policy == "all":
+        return list(available)
+    if policy == "latest" or policy.startswith("latest:"):
+        count = int(policy.partition(":")[2] or 1)
+        return sorted(available)[-count:] if count > 0 else []
+    if policy.startswith("specific:"):
+        pinned = {int(v) for v in policy.partition(":")[2].split(",") if v.strip()}
+        return [v for v in available if v in pinned]
+    raise ValueError(f"version policy {policy!r}: use all, latest, latest:N or specific:V1,V2")
+
+
 class ModelNotFound(LookupError):
     """No such model, or no such version of it."""
 
@@ -34,7 +47,7 @@ class ModelRepository:
     options: ort.SessionOptions
     models: dict[str, dict[int, ModelRuntime]] = field(default_factory=dict)
     stores: dict[str, VectorStore] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    version_policy: str = "all"
 
     def _open(self, key: str, path: Path, fingerprint: str) -> VectorStore:
         if key not in self.stores:
@@ -58,22 +71,25 @@ class ModelRepository:
             return None
         return self._open(fingerprint, path, fingerprint)
 
-    def load_all(self, warmup_text: str) -> None:
-        """Loads every complete version of every model; a bad version is logged and skipped."""
+    def desired(self) -> dict[str, list[int]]:
+        """The complete versions on disk that the version policy asks to serve, by model."""
         if not self.root.is_dir():
             raise BundleError(f"{self.root}: model repository not found")
+        wanted: dict[str, list[int]] = {}
         for name in model_names(self.root):
-            for version in versions_of(self.root / name):
-                path = self.root / name / str(version)
-                try:
-                    runtime = self.load(path)
-                    runtime.warm_up(warmup_text)
-                except (BundleError, ValueError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-                    _LOGGER.error("refused %s: %s", path, exc)
-                    self.failures.append(f"{path}: {exc}")
-                    continue
-                self.models.setdefault(name, {})[version] = runtime
-                _LOGGER.info("loaded %s", runtime.describe())
+            versions = select_versions(versions_of(self.root / name), self.version_policy)
+            if versions:
+                wanted[name] = versions
+        return wanted
+
+    def add(self, runtime: ModelRuntime) -> None:
+        self.models.setdefault(runtime.name, {})[runtime.version] = runtime
+
+    def remove(self, name: str, version: int) -> None:
+        versions = self.models.get(name, {})
+        versions.pop(version, None)
+        if not versions:
+            self.models.pop(name, None)
 
     def load(self, path: Path) -> ModelRuntime:
         bundle = Bundle.open(path, verify=True)

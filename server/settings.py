@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class ServerSettings:
     inter_op_threads: int = _setting(1, "onnxruntime inter-op threads")
     allow_spinning: bool = _setting(False, "let onnxruntime threads spin-wait for work (lower latency, more CPU)")
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long calls in flight may take to finish")
+    poll_seconds: float = _setting(
+        2.0, "how often the repository is scanned for new, changed or removed versions (0: only on SIGHUP)")
+    version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
     warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
     log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
     tls_cert: str = _setting("", "PEM certificate chain of the server; with --tls-key, the gRPC port speaks TLS")
@@ -91,6 +95,10 @@ class ServerSettings:
             raise ValueError(f"max_queue_delay_us must be >= 0, not {self.max_queue_delay_us}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if not re.fullmatch(r"all|latest|latest:\d+|specific:\d+(,\d+)*", self.version_policy):
+            raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
+        if self.poll_seconds < 0:
+            raise ValueError(f"poll_seconds must be >= 0, not {self.poll_seconds}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         if self.tls_client_ca and not self.tls_cert:

@@ -1,0 +1,122 @@
+"""Hot reload under load: new, corrupt and removed versions while calls keep flowing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import ServerProcess, Trained, start_server
+
+from tlserve.client import AsyncClassifier, Classifier
+
+
+def publish(source: Path, model_dir: Path, version: int, corrupt: bool = False) -> None:
+    """Writes a version the way the trainer does: staging folder, then one rename."""
+    staging = model_dir / f".staging-{version}"
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest.update(model=model_dir.name, version=version)
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    if corrupt:
+        with open(staging / "labels.json", "a") as handle:
+            handle.write("\n")  # no longer matches its sha256 in the manifest
+    os.rename(staging, model_dir / str(version))
+
+
+def retire(model_dir: Path, version: int) -> None:
+    hidden = model_dir / f".removed-{version}"
+    os.rename(model_dir / str(version), hidden)
+    shutil.rmtree(hidden)
+
+
+def refused_total(server: ServerProcess) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("tlserve_model_load_failures_total"))
+
+
+def versions_served(server: ServerProcess) -> list[int]:
+    with Classifier(server.target) as client:
+        return list(client.model("hot").versions)
+
+
+def wait_for(condition, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(trained.repository / "_stores", repository / "_stores")
+    model_dir = repository / "hot"
+    model_dir.mkdir()
+    source = trained.frozen.path
+    publish(source, model_dir, 1)
+    server = start_server(repository, tmp_path / "server.log", "--poll-seconds", "0.2")
+    answers: list[int] = []
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        async with AsyncClassifier(server.target, model="hot", retries=0) as client:
+            while not stop.is_set():
+                try:
+                    answers.append((await client.classify(["a small domesticated cat"]))[0].version)
+                except Exception as exc:
+                    failures.append(repr(exc))
+
+    async def reloads() -> None:
+        def step(action, expected: list[int]) -> None:  # type: ignore[no-untyped-def]
+            action()
+            wait_for(lambda: versions_served(server) == expected)
+
+        await asyncio.to_thread(step, lambda: publish(source, model_dir, 2), [2, 1])
+        await asyncio.to_thread(step, lambda: publish(source, model_dir, 3), [3, 2, 1])
+        await asyncio.to_thread(publish, source, model_dir, 4, True)
+        await asyncio.to_thread(wait_for, lambda: refused_total(server) == 1)
+        await asyncio.to_thread(step, lambda: publish(source, model_dir, 5), [5, 3, 2, 1])
+        await asyncio.to_thread(step, lambda: retire(model_dir, 1), [5, 3, 2])
+        await asyncio.sleep(0.5)
+        stop.set()
+
+    async def run() -> None:
+        await asyncio.gather(reloads(), *(caller() for _ in range(6)))
+
+    try:
+        asyncio.run(run())
+        assert failures == []
+        assert len(answers) > 200
+        assert set(answers) <= {1, 2, 3, 5} and 4 not in answers
+        assert answers[-1] == 5
+        assert refused_total(server) == 1  # refused once, not at every poll
+        assert server.process.poll() is None
+    finally:
+        assert server.stop() == 0
+    log = server.output()
+    assert "refused" in log and "labels.json" in log and "unloaded hot/1" in log
+
+
+def test_version_policy_latest_and_sighup_reload(trained: Trained, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(trained.repository / "_stores", repository / "_stores")
+    model_dir = repository / "hot"
+    model_dir.mkdir()
+    publish(trained.frozen.path, model_dir, 1)
+    publish(trained.frozen.path, model_dir, 2)
+    server = start_server(repository, tmp_path / "server.log", "--poll-seconds", "0", "--version-policy", "latest")
+    try:
+        assert versions_served(server) == [2]
+        publish(trained.frozen.path, model_dir, 3)
+        time.sleep(0.5)
+        assert versions_served(server) == [2]  # no polling: nothing changes...
+        server.process.send_signal(1)  # ...until SIGHUP
+        wait_for(lambda: versions_served(server) == [3])
+    finally:
+        assert server.stop() == 0
