@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ServerProcess, Trained, start_server
-
 from tlserve.client import AsyncClassifier, Classifier
+
+from conftest import ServerProcess, Trained, start_server
 
 
 def publish(source: Path, model_dir: Path, version: int, corrupt: bool = False) -> None:
