@@ -17,7 +17,7 @@ from tlserve.trainer.demo import prepare
 from tlserve.trainer.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
