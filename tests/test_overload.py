@@ -62,8 +62,8 @@ def test_burst_beyond_capacity_is_refused_with_bounded_memory_then_recovers(trai
 
 
 def test_sigterm_under_load_loses_no_accepted_call(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "1500000", "--max-batch-size", "2048",
-                        "--grace-seconds", "20")
+    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "1500000",
+                        "--max-batch-size", "2048", "--grace-seconds", "20")
 
     async def load() -> tuple[list[grpc.StatusCode], list[grpc.StatusCode]]:
         async with grpc.aio.insecure_channel(proc.target) as channel:
