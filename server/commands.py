@@ -37,13 +37,15 @@ def register(verbs: Any) -> None:
     soak.add_argument("--interval", type=float, default=30.0, help="seconds per report line (default 30)")
     soak.add_argument("--workers", type=int, default=1)
     soak.add_argument("--out", type=Path, help="write the intervals and summary as JSON")
+    soak.add_argument("--peak-seconds", type=float, default=10.0, help="length of the peak measurement")
     soak.set_defaults(run=_run_soak)
 
 
 def _run_soak(args: argparse.Namespace) -> int:
     from tlserve.server.soak import run
 
-    return run(args.repository, args.model, args.minutes, args.load, args.interval, args.workers, args.out, [])
+    return run(args.repository, args.model, args.minutes, args.load, args.interval, args.workers, args.out, [],
+               args.peak_seconds)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

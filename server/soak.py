@@ -81,7 +81,7 @@ async def _peak_rate(stub: Any, request: Any, seconds: float, concurrency: int) 
 
 
 async def _soak(target: str, model: str, minutes: float, load: float, interval: float, pids: list[int],
-                max_outstanding: int) -> tuple[float, float, list[Interval]]:
+                max_outstanding: int, peak_seconds: float) -> tuple[float, float, list[Interval]]:
     import grpc
 
     from tlserve.client.v1 import classifier_pb2 as pb
@@ -90,7 +90,7 @@ async def _soak(target: str, model: str, minutes: float, load: float, interval: 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.ClassifierStub(channel)
         requests = [pb.ClassifyRequest(model=model, texts=[text]) for text in TEXTS]
-        peak = await _peak_rate(stub, requests[0], 10.0, 32)
+        peak = await _peak_rate(stub, requests[0], peak_seconds, 32)
         rate = peak * load
         print(f"peak {peak:.0f} calls/s (closed loop, 32 in flight); soaking at {rate:.0f} calls/s "
               f"for {minutes:g} min", flush=True)
@@ -141,7 +141,7 @@ async def _soak(target: str, model: str, minutes: float, load: float, interval: 
 
 
 def run(repository: Path, model: str, minutes: float, load: float, interval: float, workers: int,
-        out: Path | None, extra: list[str]) -> int:
+        out: Path | None, extra: list[str], peak_seconds: float = 10.0) -> int:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve", "--repository", str(repository),
@@ -157,7 +157,7 @@ def run(repository: Path, model: str, minutes: float, load: float, interval: flo
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         pids = [server.pid, *map(int, children)]
         peak, rate, intervals = asyncio.run(
-            _soak(f"127.0.0.1:{port}", model, minutes, load, interval, pids, max_outstanding=1000))
+            _soak(f"127.0.0.1:{port}", model, minutes, load, interval, pids, 1000, peak_seconds))
     finally:
         server.terminate()
         code = server.wait(60)

@@ -92,3 +92,20 @@ def test_sigterm_under_load_loses_no_accepted_call(trained: Trained, tmp_path: P
     assert set(later) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
     log = proc.output()
     assert log.index("shutting down") < log.index("stopped")
+
+
+def test_soak_command_reports_errors_p99_and_rss(trained: Trained, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tlserve.cli", "soak", "--repository", str(trained.repository), "--model", "wn-frozen",
+         "--minutes", "0.1", "--interval", "2", "--peak-seconds", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["errors"] == 0 and report["summary"]["calls"] > 100
+    assert len(report["intervals"]) >= 2
+    assert all(row["rss_mb"] > 10 and row["p99_ms"] > 0 for row in report["intervals"])
