@@ -120,3 +120,25 @@ def test_version_policy_latest_and_sighup_reload(trained: Trained, tmp_path: Pat
         wait_for(lambda: versions_served(server) == [3])
     finally:
         assert server.stop() == 0
+
+
+def test_bundle_for_a_missing_store_is_refused_and_the_rest_serves(trained: Trained, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(trained.repository / "_stores", repository / "_stores")
+    (repository / "hot").mkdir()
+    publish(trained.frozen.path, repository / "hot", 1)
+    (repository / "orphan").mkdir()
+    publish(trained.frozen.path, repository / "orphan", 1)
+    manifest_path = repository / "orphan" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["vector_store"]["fingerprint"] = "0" * 64  # a store this repository does not have
+    manifest_path.write_text(json.dumps(manifest))
+    server = start_server(repository, tmp_path / "server.log")
+    try:
+        assert versions_served(server) == [1]
+        assert refused_total(server) == 1
+        with Classifier(server.target) as client:
+            assert {info.name for info in client.models()} == {"hot"}
+    finally:
+        assert server.stop() == 0
+    assert "refused" in server.output() and "0000000000" in server.output()
