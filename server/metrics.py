@@ -41,8 +41,6 @@ OOV_FRACTION = Histogram(
 TOKENS = Counter("tlserve_tokens", "Tokens seen, and how many were out of vocabulary", ["model", "kind"])
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
-QUEUED_TEXTS = Gauge("tlserve_queued_texts", "Texts waiting in a batching queue", ["model"],
-                     multiprocess_mode="livesum")
 
 
 def start_metrics_server(host: str, port: int, multiprocess: bool) -> None:

@@ -238,6 +238,25 @@ def test_cancelled_call_is_dropped_before_inference(trained: Trained, tmp_path: 
         assert proc.stop() == 0
 
 
+def test_cancelled_stream_releases_its_queued_work(trained: Trained, tmp_path: Path) -> None:
+    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "400000")
+    try:
+        async def cancel_stream() -> None:
+            async with grpc.aio.insecure_channel(proc.target) as channel:
+                call = pb_grpc.ClassifierStub(channel).ClassifyStream()
+                for i in range(5):
+                    await call.write(pb.ClassifyRequest(model="wn-frozen", texts=[f"text {i}"], request_id=str(i)))
+                await asyncio.sleep(0.1)
+                call.cancel()
+
+        asyncio.run(cancel_stream())
+        time.sleep(0.6)
+        assert metric(proc, "tlserve_batch_size_count", model="wn-frozen") == 0, "a cancelled stream's work ran"
+        _still_serving(proc)
+    finally:
+        assert proc.stop() == 0
+
+
 def test_classify_verb_reads_stdin_and_prints_json_lines(server: ServerProcess) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tlserve.cli", "classify", "--target", server.target, "--model", "wn-frozen",
