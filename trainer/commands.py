@@ -70,7 +70,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
     train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin")
     train.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
-    train.add_argument("--pooling", choices=["mean", "mean_max"], default=TrainConfig.pooling)
+    train.add_argument("--pooling", choices=["auto", "mean", "mean_max"], default=TrainConfig.pooling,
+                       help="auto: mean_max for frozen, mean for finetune")
     train.add_argument("--sif", action="store_true", help="frozen: SIF-weighted mean")
     train.add_argument("--top-words", type=int, default=TrainConfig.top_words,
                        help="finetune: frequent store words kept")

@@ -75,8 +75,15 @@ class TrainConfig:
     """"latin" (CJK as characters) or "jieba" (Chinese words)."""
     max_tokens: int = 256
     """Tokens kept per text."""
-    pooling: str = "mean_max"
-    """"mean" or "mean_max" (mean and element-wise max, concatenated)."""
+    pooling: str = "auto"
+    """"mean", "mean_max" (mean and element-wise max, concatenated) or "auto": mean_max for frozen, mean for
+    finetune (4-fold cross-validation on the 10 % WordNet budget's training labels: 0.798 vs 0.784 for mean_max)."""
+
+    @property
+    def resolved_pooling(self) -> str:
+        if self.pooling != "auto":
+            return self.pooling
+        return "mean_max" if self.mode == "frozen" else "mean"
     sif: bool = False
     """frozen: SIF-weighted mean, a/(a+p(w)) with p(w) from the training texts."""
     top_words: int = 50_000

@@ -81,7 +81,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
     y_train = np.array([index[label] for label in splits.train.labels])
     y_val = np.array([index.get(label, 0) for label in splits.validation.labels])
     if config.mode == "frozen":
-        features = FeatureConfig(mode="frozen", pooling=config.pooling, sif=config.sif)
+        features = FeatureConfig(mode="frozen", pooling=config.resolved_pooling, sif=config.sif)
         featurizer = Featurizer(features, preprocessor, store.index, len(store), table)
         if config.sif:
             featurizer.sif_weights = sif_weights(featurizer, splits.train.texts, len(store))
@@ -91,7 +91,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         own_store = None
     else:
         words, own_matrix = finetune_vocabulary(store, table, preprocessor, splits.train.texts, config.top_words)
-        features = FeatureConfig(mode="finetune", pooling=config.pooling,
+        features = FeatureConfig(mode="finetune", pooling=config.resolved_pooling,
                                  buckets=config.buckets, bigrams=config.bigrams, static=config.static)
         featurizer = Featurizer(features, preprocessor, VocabularyIndex.build(words), len(words),
                                 matrix=table if config.static else None, store_index=store.index)
@@ -103,7 +103,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         embedding = np.concatenate([np.zeros((1, dim), np.float32), own_matrix, buckets])
         x_train = featurizer.encode(splits.train.texts).inputs
         x_val = featurizer.encode(splits.validation.texts).inputs
-        keras_model = models.build_finetune(embedding, len(labels), config.pooling, config.head,
+        keras_model = models.build_finetune(embedding, len(labels), config.resolved_pooling, config.head,
                                             x_train.get("features"))
         own_store = (words, own_matrix)
     history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose)
@@ -231,7 +231,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "seed": config.seed,
                 "train_fraction": config.train_fraction,
             },
-            "hyperparameters": {**asdict(config.head), "pooling": config.pooling, "sif": config.sif,
+            "hyperparameters": {**asdict(config.head), "pooling": config.resolved_pooling, "sif": config.sif,
                                 "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
                                 "static": config.static,
                                 "random_vectors": config.random_vectors},
