@@ -4,7 +4,7 @@ Systems (hyper-parameters of each chosen on the validation split; the test split
 scored once per system):
 
 - the other tlserve transfer mode;
-- the same model on random vectors of the store's shape (no transfer);
+- each tlserve mode on random vectors of the store's shape (no transfer);
 - TF-IDF over word uni- and bigrams + logistic regression (scikit-learn);
 - fastText supervised: plain, with word bigrams, and with the same pretrained vectors
   (optional extra ``compare``; skipped with a note if fasttext is not installed);
@@ -237,9 +237,10 @@ def run(config: Any, splits: Splits, store: VectorStore, labels: list[str], eval
     systems[f"tlserve_{other}"] = _scores(_tlserve(replace(config, mode=other), splits, store, labels, None),
                                           time.perf_counter() - started)
     random_matrix = random_like(store, config.seed)
-    started = time.perf_counter()
-    systems["random_vectors"] = _scores(_tlserve(config, splits, store, labels, random_matrix),
-                                        time.perf_counter() - started)
+    for mode in (config.mode, other):  # no transfer: the same model of each mode on random vectors
+        started = time.perf_counter()
+        systems[f"random_vectors_{mode}"] = _scores(
+            _tlserve(replace(config, mode=mode), splits, store, labels, random_matrix), time.perf_counter() - started)
     started = time.perf_counter()
     tfidf, chosen = tfidf_logistic(splits, preprocessor, labels)
     systems["tfidf_logreg"] = _scores(tfidf, time.perf_counter() - started, **chosen)
@@ -247,6 +248,7 @@ def run(config: Any, splits: Splits, store: VectorStore, labels: list[str], eval
     tlserve_best = max(v["accuracy"] for k, v in systems.items() if k.startswith("tlserve_"))
     peers = {k: v["accuracy"] for k, v in systems.items() if k.startswith(("tfidf", "fasttext"))}
     result: dict[str, Any] = {
+        "mode": config.mode,
         "systems": systems,
         "best_tlserve": tlserve_best,
         "best_peer": max(peers.values()) if peers else None,

@@ -122,8 +122,9 @@ def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None) -> list
         )
     else:
         notes.append(f"Vocabulary coverage is good: {evaluation.oov_share:.1%} of test tokens are out of vocabulary.")
-    if comparison and "random_vectors" in comparison.get("systems", {}):
-        random_accuracy = comparison["systems"]["random_vectors"]["accuracy"]
+    random_key = f"random_vectors_{comparison.get('mode', '')}" if comparison else ""
+    if comparison and random_key in comparison.get("systems", {}):
+        random_accuracy = comparison["systems"][random_key]["accuracy"]
         gain = evaluation.accuracy - random_accuracy
         if gain <= 0.0:
             notes.append(
