@@ -88,6 +88,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--batch-size", type=int, default=HeadConfig.batch_size,
                        help="examples per step (0: about 100 steps per epoch, 16 to 256)")
     train.add_argument("--patience", type=int, default=HeadConfig.patience)
+    train.add_argument("--monitor", choices=["auto", "val_loss", "val_accuracy"], default=HeadConfig.monitor,
+                       help="what early stopping watches (auto: loss for frozen, accuracy for finetune)")
     train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
     train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout)
     train.add_argument("--compare", action="store_true",
@@ -125,7 +127,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from tlserve.trainer.train import train
 
     head = HeadConfig(hidden=args.hidden, dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
-                      epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+                      epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, monitor=args.monitor,
                       class_weights=args.class_weights, word_dropout=args.word_dropout)
     config = TrainConfig(
         data=args.data, vectors=args.vectors, repository=args.repository, model=args.model, mode=args.mode,

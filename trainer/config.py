@@ -27,10 +27,12 @@ class HeadConfig:
     batch_size: int = 0
     """Examples per gradient step; 0 picks one from the data: about 100 steps per epoch, between 16 and
     256, so a few hundred labels still get enough updates before early stopping looks."""
-    patience: int = 3
-    """Epochs without a better validation loss before stopping (the best weights are restored)."""
-    monitor: str = "val_loss"
-    """What early stopping watches: "val_loss" or "val_accuracy" (the best epoch's weights are restored)."""
+    patience: int = 4
+    """Epochs without a better validation score before stopping (the best weights are restored)."""
+    monitor: str = "auto"
+    """What early stopping watches: "val_loss", "val_accuracy", or "auto": validation loss for the frozen head,
+    validation accuracy for finetune, whose adapted embeddings grow over-confident (validation loss rises while
+    accuracy still climbs); 4-fold CV on the 10 % WordNet budget: 0.803 vs 0.798."""
     class_weights: bool = False
     """Weight classes inversely to their frequency, for imbalanced data."""
     word_dropout: float = 0.1

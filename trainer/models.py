@@ -151,9 +151,12 @@ def fit(
         metrics=["accuracy"],
     )
     batch_size = config.batch_size or auto_batch_size(len(y_train))
+    monitor = config.monitor
+    if monitor == "auto":
+        monitor = "val_accuracy" if any(t.dtype == "int64" for t in model.inputs) else "val_loss"
     stopper = keras.callbacks.EarlyStopping(
-        monitor=config.monitor, patience=config.patience, restore_best_weights=True, verbose=0,
-        mode="max" if config.monitor == "val_accuracy" else "min",
+        monitor=monitor, patience=config.patience, restore_best_weights=True, verbose=0,
+        mode="max" if monitor == "val_accuracy" else "min",
     )
     result = model.fit(
         keras_inputs(x_train), y_train,
@@ -166,5 +169,5 @@ def fit(
         verbose=verbose,
     )
     h = result.history
-    best = int(np.argmax(h["val_accuracy"]) if config.monitor == "val_accuracy" else np.argmin(h["val_loss"]))
+    best = int(np.argmax(h["val_accuracy"]) if monitor == "val_accuracy" else np.argmin(h["val_loss"]))
     return History(h["loss"], h["val_loss"], h["accuracy"], h["val_accuracy"], best)
