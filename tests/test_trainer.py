@@ -132,3 +132,22 @@ def test_preprocessing_tokenises_latin_and_chinese() -> None:
     words = Preprocessor(PreprocessingConfig(case="keep", tokenizer="jieba"))
     tokens = words.tokens("我喜欢小猫 and Dogs")
     assert "喜欢" in tokens and "Dogs" in tokens and "我喜欢小猫" not in tokens
+
+
+def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, tmp_path: Path) -> None:
+    from conftest import _train
+
+    result = _train(glove_store, tmp_path, "wn-compare", "frozen", compare=True, learning_curve=True)
+    path = result.path  # type: ignore[attr-defined]
+    report = json.loads((path / "report.json").read_text())
+    systems = report["comparison"]["systems"]
+    assert {"tlserve_frozen", "tlserve_finetune", "random_vectors_frozen", "random_vectors_finetune",
+            "tfidf_logreg", "fasttext", "fasttext_bigrams", "fasttext_pretrained"} <= set(systems)
+    assert all(0.0 <= scores["accuracy"] <= 1.0 for scores in systems.values())
+    curve = report["comparison"]["learning_curve"]
+    assert [point["fraction"] for point in curve] == [0.01, 0.05, 0.10, 0.25, 0.50, 1.0]
+    assert curve[-1]["examples"] > curve[0]["examples"]
+    assert "learning_curve.png" in Bundle.open(path).manifest["files"]
+    assert any(note.startswith(("Transfer helped", "Negative transfer")) for note in report["findings"])
+    markdown = (path / "report.md").read_text()
+    assert "## Comparison" in markdown and "fasttext_pretrained" in markdown and "## Learning curve" in markdown
