@@ -13,7 +13,7 @@ import json
 import logging
 import platform
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,25 @@ def random_like(store: VectorStore, seed: int) -> np.ndarray:
 
 def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
               matrix: np.ndarray | None = None, verbose: int = 0) -> FittedModel:
-    """Encodes the splits and fits the model of `config.mode`; `matrix` replaces the store's vectors."""
+    """Fits the model of `config.mode`, choosing among the pooling candidates on validation accuracy."""
+    best: tuple[float, FittedModel] | None = None
+    for pooling in config.pooling_candidates():
+        fitted = _fit_one(replace(config, pooling=pooling), splits, store, labels, matrix, verbose)
+        if len(config.pooling_candidates()) == 1:
+            return fitted
+        probabilities, _ = predict(fitted, splits.validation.texts)
+        accuracy = float(np.mean([labels[i] == label for i, label in
+                                  zip(probabilities.argmax(1), splits.validation.labels, strict=True)]))
+        _LOGGER.info("pooling %s: validation accuracy %.4f", pooling, accuracy)
+        if best is None or accuracy > best[0]:
+            best = (accuracy, fitted)
+    assert best is not None
+    return best[1]
+
+
+def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
+             matrix: np.ndarray | None = None, verbose: int = 0) -> FittedModel:
+    """Encodes the splits and fits one model; `matrix` replaces the store's vectors."""
     from tlserve.trainer import models
 
     models.seed_everything(config.seed)
@@ -231,7 +249,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "seed": config.seed,
                 "train_fraction": config.train_fraction,
             },
-            "hyperparameters": {**asdict(config.head), "pooling": config.resolved_pooling, "sif": config.sif,
+            "hyperparameters": {**asdict(config.head), "pooling": fitted.featurizer.config.pooling, "sif": config.sif,
                                 "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
                                 "static": config.static,
                                 "random_vectors": config.random_vectors},
