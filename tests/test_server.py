@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -298,15 +299,16 @@ def many_versions(trained: Trained, folder: Path, count: int) -> Path:
     source = trained.frozen.path
     for version in range(1, count + 1):
         target = folder / "many" / str(version)
-        shutil.copytree(source, target)
+        shutil.copytree(source, target, copy_function=os.link)  # hard links: cheap, and inside the bundle
         manifest = json.loads((target / "manifest.json").read_text())
         manifest.update(model="many", version=version)
+        (target / "manifest.json").unlink()  # a new file, not a write through the link to the source
         (target / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
 def test_health_reflection_and_metrics(trained: Trained, tmp_path: Path) -> None:
-    repository = many_versions(trained, tmp_path / "repo", 60)
+    repository = many_versions(trained, tmp_path / "repo", 200)
     proc = start_server(repository, tmp_path / "server.log", wait=False)
     seen: list[str] = []
     try:
