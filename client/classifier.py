@@ -114,9 +114,16 @@ def _target(target: str, round_robin: bool) -> str:
     return target
 
 
-def _credentials(root_certificates: bytes | None, private_key: bytes | None, certificate_chain: bytes | None
-                 ) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+def _open_channel(module: Any, target: str, round_robin: bool, retries: int, tls: bool,
+                  root_certificates: bytes | None, private_key: bytes | None, certificate_chain: bytes | None,
+                  options: Iterable[tuple[str, Any]]) -> Any:
+    """A channel of `module` (grpc or grpc.aio) with the service config, keepalive and TLS options."""
+    opts = channel_options(round_robin, retries) + list(options)
+    address = _target(target, round_robin)
+    if tls or root_certificates or certificate_chain:
+        credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        return module.secure_channel(address, credentials, opts)
+    return module.insecure_channel(address, opts)
 
 
 def _results(response: pb.ClassifyResponse) -> list[Classification]:
@@ -169,13 +176,8 @@ class Classifier:
         token: str | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        opts = channel_options(round_robin, retries) + list(options)
-        address = _target(target, round_robin)
-        if tls or root_certificates or certificate_chain:
-            self._channel = grpc.secure_channel(
-                address, _credentials(root_certificates, private_key, certificate_chain), opts)
-        else:
-            self._channel = grpc.insecure_channel(address, opts)
+        self._channel = _open_channel(grpc, target, round_robin, retries, tls, root_certificates, private_key,
+                                      certificate_chain, options)
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._options = _Options(model, timeout, token)
 
@@ -291,13 +293,8 @@ class AsyncClassifier:
         token: str | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        opts = channel_options(round_robin, retries) + list(options)
-        address = _target(target, round_robin)
-        if tls or root_certificates or certificate_chain:
-            self._channel = grpc.aio.secure_channel(
-                address, _credentials(root_certificates, private_key, certificate_chain), opts)
-        else:
-            self._channel = grpc.aio.insecure_channel(address, opts)
+        self._channel = _open_channel(grpc.aio, target, round_robin, retries, tls, root_certificates, private_key,
+                                      certificate_chain, options)
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._options = _Options(model, timeout, token)
 

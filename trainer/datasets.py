@@ -22,7 +22,6 @@ from tlserve.errors import InputFileError
 _LOGGER = logging.getLogger(__name__)
 
 DataFormat = Literal["csv", "tsv", "jsonl", "fasttext"]
-EmptyPolicy = Literal["skip", "error"]
 _BY_SUFFIX: dict[str, DataFormat] = {
     ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "fasttext", ".ft": "fasttext",
 }
