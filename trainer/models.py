@@ -52,7 +52,7 @@ def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> An
 
 
 def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig,
-                   static_features: np.ndarray | None = None) -> Any:
+                   static_features: np.ndarray | None = None, name: str = "finetune") -> Any:
     """Token ids (and, with `static_features`, the shared store's pooled vectors) -> probabilities."""
     import keras
     from keras import ops
@@ -105,7 +105,40 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
         pooled = keras.layers.Concatenate(name="channels")([pooled, normalize(features)])
         inputs.append(features)
     outputs = _head(pooled, n_classes, config)
-    return keras.Model(inputs, outputs, name="finetune")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_average(members: list[Any], feature_widths: list[int]) -> Any:
+    """One graph that averages the probabilities of trained finetune `members`.
+
+    All members read the same token ids; member i reads the first `feature_widths[i]`
+    columns of the static features (the mean+max layout starts with the mean), so one
+    featurizer feeds them all. An empty `feature_widths` means no static input.
+    """
+    import keras
+
+    class FirstColumns(keras.layers.Layer):
+        def __init__(self, width: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.width = width
+
+        def call(self, x: Any) -> Any:
+            return x[:, : self.width]
+
+    ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
+    inputs = [ids]
+    features = None
+    if feature_widths:
+        features = keras.Input(shape=(max(feature_widths),), dtype="float32", name="features")
+        inputs.append(features)
+    outputs = []
+    for i, member in enumerate(members):
+        if features is None:
+            outputs.append(member(ids))
+        else:
+            outputs.append(member([ids, FirstColumns(feature_widths[i], name=f"features_{i}")(features)]))
+    averaged = keras.layers.Average(name="probabilities")(outputs)
+    return keras.Model(inputs, averaged, name="finetune_average")
 
 
 def auto_batch_size(examples: int) -> int:
