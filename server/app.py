@@ -69,6 +69,8 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
 
     from tlserve.client.v1 import classifier_pb2
     from tlserve.server.dataplane import DataPlane
+    from tlserve.server.open_inference import SERVICE as INFERENCE_SERVICE
+    from tlserve.server.open_inference import InferenceServicer, add_inference_service
     from tlserve.server.repository import ModelRepository
     from tlserve.server.runtime import session_options
     from tlserve.server.security import BearerTokenInterceptor, server_credentials
@@ -90,8 +92,10 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_classifier_service(ClassifierServicer(plane), server)
+    add_inference_service(InferenceServicer(plane), server)
     services = (
         classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name,
+        INFERENCE_SERVICE,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
@@ -173,6 +177,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     await stop.wait()
     watcher.cancel()
     _LOGGER.info("shutting down: NOT_SERVING, %.1fs grace for calls in flight", settings.grace_seconds)
+    plane.draining = True
     await health_servicer.enter_graceful_shutdown()
     await server.stop(settings.grace_seconds)
     await plane.close()

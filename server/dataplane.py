@@ -7,9 +7,10 @@ into a status. Status codes follow the contract in protos/tlserve/v1/classifier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class DataPlane:
         self.settings = settings
         self.batchers: dict[tuple[str, int], DynamicBatcher] = {}
         self.ready = False
+        self.draining = False
+        """Set at shutdown: calls in flight finish, but the server no longer reports ready."""
         self._reload_lock = asyncio.Lock()
         self._refused: dict[tuple[str, int], float] = {}
 
@@ -175,25 +178,39 @@ class DataPlane:
 
     async def classify(self, request: pb.ClassifyRequest, deadline: float | None, method: str
                        ) -> pb.ClassifyResponse:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        version = str(request.version or "latest")
-        try:
+        with observe_call(request.model, request.version, method) as call:
             runtime, prediction = await self.predict(request.model, request.version, request.texts, deadline)
-            version = str(runtime.version)
+            call.version = runtime.version
             responded = time.perf_counter()
             response = build_response(runtime, prediction, request.top_k, request.request_id)
             metrics.STAGE_SECONDS.labels(runtime.name, "respond").observe(time.perf_counter() - responded)
             return response
-        except ServingError as exc:
-            code = exc.code
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            metrics.REQUESTS.labels(request.model, version, method, code.name).inc()
-            metrics.LATENCY.labels(request.model, method).observe(time.perf_counter() - started)
+
+
+@dataclass
+class CallRecord:
+    """What a call learns about itself while it runs, for its metrics."""
+
+    version: int
+
+
+@contextlib.contextmanager
+def observe_call(model: str, version: int, method: str) -> Iterator[CallRecord]:
+    """Counts the call by status code and times it, whichever API it came through."""
+    started = time.perf_counter()
+    call = CallRecord(version)
+    code = grpc.StatusCode.OK
+    try:
+        yield call
+    except ServingError as exc:
+        code = exc.code
+        raise
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        metrics.REQUESTS.labels(model, str(call.version or "latest"), method, code.name).inc()
+        metrics.LATENCY.labels(model, method).observe(time.perf_counter() - started)
 
 
 def build_response(runtime: ModelRuntime, prediction: Prediction, top_k: int, request_id: str

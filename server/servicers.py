@@ -35,29 +35,44 @@ def _tolerant_parser(message_type: type[Message]) -> Callable[[bytes], Any]:
     return parse
 
 
-def add_classifier_service(servicer: ClassifierServicer, server: grpc.aio.Server) -> None:
-    """Registers tlserve.v1.Classifier like the generated helper, but with tolerant parsers."""
-    def unary(method: Any, request: type[Message], response: type[Message]) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(method, _tolerant_parser(request), response.SerializeToString)
+Handler = Callable[..., Any]
 
+
+def add_tolerant_service(server: grpc.aio.Server, service: str,
+                         methods: dict[str, tuple[Handler, type[Message], type[Message]]],
+                         streams: dict[str, tuple[Handler, type[Message], type[Message]]] | None = None) -> None:
+    """Registers a service like the generated helpers do, but with parsers that never raise."""
     handlers = {
-        "Classify": unary(servicer.Classify, pb.ClassifyRequest, pb.ClassifyResponse),
-        "ClassifyStream": grpc.stream_stream_rpc_method_handler(
-            servicer.ClassifyStream, _tolerant_parser(pb.ClassifyRequest), pb.ClassifyResponse.SerializeToString),
-        "ListModels": unary(servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
-        "GetModel": unary(servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
+        name: grpc.unary_unary_rpc_method_handler(method, _tolerant_parser(request), response.SerializeToString)
+        for name, (method, request, response) in methods.items()
     }
-    name = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-    server.add_registered_method_handlers(name, handlers)
+    for name, (method, request, response) in (streams or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(method, _tolerant_parser(request),
+                                                               response.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
-async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+def add_classifier_service(servicer: ClassifierServicer, server: grpc.aio.Server) -> None:
+    """Registers tlserve.v1.Classifier."""
+    add_tolerant_service(
+        server,
+        pb.DESCRIPTOR.services_by_name["Classifier"].full_name,
+        {
+            "Classify": (servicer.Classify, pb.ClassifyRequest, pb.ClassifyResponse),
+            "ListModels": (servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+            "GetModel": (servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
+        },
+        {"ClassifyStream": (servicer.ClassifyStream, pb.ClassifyRequest, pb.ClassifyResponse)},
+    )
+
+
+async def refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
     if isinstance(request, MalformedRequest):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
         return None
@@ -96,9 +111,9 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
         self.plane = plane
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        await _refuse_malformed(request, context)
+        await refuse_malformed(request, context)
         try:
-            return await self.plane.classify(request, _deadline(context), "Classify")
+            return await self.plane.classify(request, deadline_of(context), "Classify")
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
             raise  # abort raises; this keeps type checkers content
@@ -114,7 +129,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                 return pb.ClassifyResponse(error=pb.ErrorStatus(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
                                                                 message=request.message))
             try:
-                return await self.plane.classify(request, _deadline(context), "ClassifyStream")
+                return await self.plane.classify(request, deadline_of(context), "ClassifyStream")
             except ServingError as exc:
                 return pb.ClassifyResponse(model=request.model, request_id=request.request_id,
                                            error=pb.ErrorStatus(code=exc.code.value[0], message=exc.message))
@@ -140,11 +155,11 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
                          ) -> pb.ListModelsResponse:
-        await _refuse_malformed(request, context)
+        await refuse_malformed(request, context)
         return pb.ListModelsResponse(models=[model_info(self.plane, runtime) for runtime in self.plane.repository])
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
-        await _refuse_malformed(request, context)
+        await refuse_malformed(request, context)
         try:
             return model_info(self.plane, self.plane.runtime(request.model, request.version))
         except ServingError as exc:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STUBS = ROOT / "client" / "v1"
+STUBS = {"v1": ROOT / "client" / "v1", "oip": ROOT / "server" / "oip"}
 
 
 def generate(out: Path, protos: Path = ROOT / "protos") -> None:
+    """Writes out/v1 and out/oip."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(out), "--protos",
                     str(protos)], check=True, capture_output=True)
 
@@ -27,8 +28,9 @@ def differences(a: Path, b: Path) -> list[str]:
 
 
 def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
-    generate(tmp_path / "v1")
-    assert differences(STUBS, tmp_path / "v1") == [], "stubs are stale: run `python scripts/gen_protos.py`"
+    generate(tmp_path)
+    for key, committed in STUBS.items():
+        assert differences(committed, tmp_path / key) == [], f"{committed} is stale: run `python scripts/gen_protos.py`"
 
 
 def test_stale_stub_check_fails_when_the_proto_changes(tmp_path: Path) -> None:
@@ -38,8 +40,8 @@ def test_stale_stub_check_fails_when_the_proto_changes(tmp_path: Path) -> None:
     text = proto.read_text()
     field = "  string request_id = 5;\n"
     proto.write_text(text.replace(field, field + "  bool new_field = 6;\n", 1))
-    generate(tmp_path / "v1", protos)
-    assert "classifier_pb2.py" in differences(STUBS, tmp_path / "v1")
+    generate(tmp_path / "out", protos)
+    assert "classifier_pb2.py" in differences(STUBS["v1"], tmp_path / "out" / "v1")
 
 
 @pytest.mark.parametrize("protobuf", ["5.29.6", "6.33.5", "7.36.2"])

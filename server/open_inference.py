@@ -1,0 +1,287 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`.
+
+Clients written for Triton, MLServer or KServe call tlserve's models unchanged. The servicer
+is thin: it converts tensors to texts and back, and every call goes through the same
+`DataPlane` as tlserve.v1.Classifier (batching, limits, metrics, status codes).
+
+Each model has one input and two outputs:
+- `text`, BYTES, shape [-1] (or [-1, 1]): UTF-8 strings, in `raw_input_contents` (4-byte
+  little-endian length before each element, as tritonclient sends them) or in
+  `contents.bytes_contents`;
+- `probabilities`, FP32, shape [-1, C], columns in the order of the model's labels;
+- `label`, BYTES, shape [-1]: the most probable label.
+Outputs come back the way the inputs came: raw when the request was raw (as Triton always
+answers, and as tritonclient reads), in `contents` otherwise (readable by generic tools).
+Triton's classification extension is honoured: a requested output with the parameter
+`classification` = k answers k strings "probability:index:label" per text, best first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from tlserve import __version__
+from tlserve.server import metrics
+from tlserve.server.dataplane import DataPlane, ServingError, observe_call
+from tlserve.server.oip import grpc_predict_v2_pb2 as v2
+from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+from tlserve.server.runtime import ModelRuntime, Prediction
+from tlserve.server.servicers import add_tolerant_service, deadline_of, refuse_malformed
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+INPUT = "text"
+PROBABILITIES = "probabilities"
+LABEL = "label"
+OUTPUTS = (PROBABILITIES, LABEL)
+PLATFORM = "tlserve_onnx"
+EXTENSIONS = ["classification"]
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_LENGTH = struct.Struct("<I")
+
+
+def parse_version(text: str) -> int:
+    """"" is the latest version; otherwise the protocol's version string must be a tlserve version number."""
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) <= 0:
+        raise ServingError(_INVALID, f"model_version {text!r} is not a version number (1, 2, ...; empty = latest)")
+    return int(text)
+
+
+def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
+    """Elements of a BYTES tensor in the protocol's raw form: each one a uint32 LE length and its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ServingError(_INVALID, f"{where}: {len(raw) - offset} stray bytes at offset {offset}; each "
+                                         "BYTES element is a 4-byte little-endian length and that many bytes")
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ServingError(_INVALID, f"{where}: element {len(elements)} says {size} bytes at offset "
+                                         f"{offset - 4} but only {len(raw) - offset} remain")
+        elements.append(raw[offset : offset + size])
+        offset += size
+    return elements
+
+
+def join_bytes_tensor(elements: list[bytes]) -> bytes:
+    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
+
+
+def texts_of(request: v2.ModelInferRequest) -> list[str]:
+    """The request's `text` input as strings; every error names the input, field or element."""
+    names = [tensor.name for tensor in request.inputs]
+    if names != [INPUT]:
+        raise ServingError(_INVALID, f"inputs are {names}; the model has one input, '{INPUT}' (BYTES, shape [-1])")
+    tensor = request.inputs[0]
+    where = f"inputs[0] '{INPUT}'"
+    if tensor.datatype != "BYTES":
+        raise ServingError(_INVALID, f"{where}: datatype is {tensor.datatype or 'empty'}; send BYTES (UTF-8 texts)")
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
+        raise ServingError(_INVALID, f"{where}: shape is {shape}; send [n] (or [n, 1]) for n texts")
+    if request.raw_input_contents:
+        if len(request.raw_input_contents) != 1:
+            raise ServingError(_INVALID, f"raw_input_contents holds {len(request.raw_input_contents)} entries for "
+                                         "1 input")
+        if tensor.HasField("contents"):
+            raise ServingError(_INVALID, f"{where}: both contents and raw_input_contents are set; send one")
+        elements = split_bytes_tensor(request.raw_input_contents[0], "raw_input_contents[0]")
+    else:
+        elements = list(tensor.contents.bytes_contents)
+    if len(elements) != shape[0]:
+        raise ServingError(_INVALID, f"{where}: shape {shape} says {shape[0]} texts but {len(elements)} were sent")
+    texts = []
+    for i, element in enumerate(elements):
+        try:
+            texts.append(element.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ServingError(_INVALID, f"{where}: element {i} is not UTF-8 (byte {exc.start})") from None
+    return texts
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    classification: int = 0
+    """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
+
+
+def requested_outputs(request: v2.ModelInferRequest) -> list[RequestedOutput]:
+    if not request.outputs:
+        return [RequestedOutput(name) for name in OUTPUTS]
+    wanted = []
+    for i, output in enumerate(request.outputs):
+        if output.name not in OUTPUTS:
+            raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': the model's outputs are {list(OUTPUTS)}")
+        k = 0
+        if "classification" in output.parameters:
+            k = int(output.parameters["classification"].int64_param)
+            if k <= 0:
+                raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': parameter classification must be "
+                                             f"an int64 > 0, got {output.parameters['classification']}")
+        wanted.append(RequestedOutput(output.name, k))
+    return wanted
+
+
+def build_infer_response(runtime: ModelRuntime, prediction: Prediction, request: v2.ModelInferRequest,
+                         outputs: list[RequestedOutput]) -> v2.ModelInferResponse:
+    probabilities = prediction.probabilities
+    n, n_labels = probabilities.shape
+    raw = bool(request.raw_input_contents)
+    response = v2.ModelInferResponse(model_name=runtime.name, model_version=str(runtime.version), id=request.id)
+    for output in outputs:
+        tensor = response.outputs.add(name=output.name)
+        if output.classification:
+            k = min(output.classification, n_labels)
+            order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            values = np.take_along_axis(probabilities, order, axis=1)
+            elements = [f"{p:f}:{j}:{runtime.labels[j]}".encode()
+                        for row, probs in zip(order.tolist(), values.tolist(), strict=True)
+                        for j, p in zip(row, probs, strict=True)]
+            tensor.datatype, shape = "BYTES", [n, k]
+        elif output.name == PROBABILITIES:
+            tensor.datatype, shape = "FP32", [n, n_labels]
+            if raw:
+                response.raw_output_contents.append(np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
+            else:
+                tensor.contents.fp32_contents.extend(probabilities.ravel().tolist())
+            tensor.shape.extend(shape)
+            continue
+        else:
+            tensor.datatype, shape = "BYTES", [n]
+            elements = [runtime.labels[j].encode() for j in probabilities.argmax(axis=1).tolist()]
+        tensor.shape.extend(shape)
+        if raw:
+            response.raw_output_contents.append(join_bytes_tensor(elements))
+        else:
+            tensor.contents.bytes_contents.extend(elements)
+    return response
+
+
+def _string(value: str) -> v2.InferParameter:
+    return v2.InferParameter(string_param=value)
+
+
+def model_metadata(plane: DataPlane, runtime: ModelRuntime) -> v2.ModelMetadataResponse:
+    tensor = v2.ModelMetadataResponse.TensorMetadata
+    n_labels = len(runtime.labels)
+    return v2.ModelMetadataResponse(
+        name=runtime.name,
+        versions=[str(v) for v in plane.repository.versions(runtime.name)],
+        platform=PLATFORM,
+        # content_type "str" is how MLServer's codecs recognise UTF-8 text.
+        inputs=[tensor(name=INPUT, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")})],
+        outputs=[
+            tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels],
+                   parameters={"labels": _string(json.dumps(runtime.labels, ensure_ascii=False))}),
+            tensor(name=LABEL, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")}),
+        ],
+        parameters={
+            "labels": _string(json.dumps(runtime.labels, ensure_ascii=False)),
+            "version": _string(str(runtime.version)),
+            "mode": _string(runtime.bundle.features.mode),
+            "max_texts_per_request": v2.InferParameter(int64_param=plane.settings.max_texts_per_request),
+            "max_text_bytes": v2.InferParameter(int64_param=plane.settings.max_text_bytes),
+        },
+    )
+
+
+class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def ServerLive(self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
+                         ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
+                          ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self.plane.ready and not self.plane.draining)
+
+    async def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
+                         ) -> v2.ModelReadyResponse:
+        await refuse_malformed(request, context)
+        try:
+            self.plane.runtime(request.name, parse_version(request.version))
+        except ServingError as exc:
+            if exc.code == _INVALID:
+                await context.abort(exc.code, exc.message)
+            return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=not self.plane.draining)
+
+    async def ServerMetadata(self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+                             ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name="tlserve", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+                            ) -> v2.ModelMetadataResponse:
+        await refuse_malformed(request, context)
+        try:
+            return model_metadata(self.plane, self.plane.runtime(request.name, parse_version(request.version)))
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
+                         ) -> v2.ModelInferResponse:
+        await refuse_malformed(request, context)
+        try:
+            with observe_call(request.model_name, 0, "ModelInfer") as call:
+                version = parse_version(request.model_version)
+                call.version = version
+                texts = texts_of(request)
+                outputs = requested_outputs(request)
+                runtime, prediction = await self.plane.predict(request.model_name, version, texts,
+                                                               deadline_of(context))
+                call.version = runtime.version
+                responded = time.perf_counter()
+                response = build_infer_response(runtime, prediction, request, outputs)
+                metrics.STAGE_SECONDS.labels(runtime.name, "respond").observe(time.perf_counter() - responded)
+                return response
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+    async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,
+                                  context: grpc.aio.ServicerContext) -> v2.RepositoryModelLoadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _REPOSITORY_HINT)
+        raise AssertionError
+
+    async def RepositoryModelUnload(self, request: v2.RepositoryModelUnloadRequest,
+                                    context: grpc.aio.ServicerContext) -> v2.RepositoryModelUnloadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _REPOSITORY_HINT)
+        raise AssertionError
+
+
+_REPOSITORY_HINT = ("tlserve serves what its repository folder holds: publish a version there (tlserve train) "
+                    "or remove one, and the server picks it up within --poll-seconds or on SIGHUP")
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Registers inference.GRPCInferenceService."""
+    add_tolerant_service(server, SERVICE, {
+        "ServerLive": (servicer.ServerLive, v2.ServerLiveRequest, v2.ServerLiveResponse),
+        "ServerReady": (servicer.ServerReady, v2.ServerReadyRequest, v2.ServerReadyResponse),
+        "ModelReady": (servicer.ModelReady, v2.ModelReadyRequest, v2.ModelReadyResponse),
+        "ServerMetadata": (servicer.ServerMetadata, v2.ServerMetadataRequest, v2.ServerMetadataResponse),
+        "ModelMetadata": (servicer.ModelMetadata, v2.ModelMetadataRequest, v2.ModelMetadataResponse),
+        "ModelInfer": (servicer.ModelInfer, v2.ModelInferRequest, v2.ModelInferResponse),
+        "RepositoryModelLoad": (servicer.RepositoryModelLoad, v2.RepositoryModelLoadRequest,
+                                v2.RepositoryModelLoadResponse),
+        "RepositoryModelUnload": (servicer.RepositoryModelUnload, v2.RepositoryModelUnloadRequest,
+                                  v2.RepositoryModelUnloadResponse),
+    })
