@@ -37,11 +37,12 @@ class ServingError(Exception):
 
 
 def _record_batch(runtime: ModelRuntime, stats: BatchStats) -> None:
-    metrics.BATCH_SIZE.labels(runtime.name).observe(stats.size)
-    metrics.STAGE_SECONDS.labels(runtime.name, "encode").observe(stats.encode_seconds)
-    metrics.STAGE_SECONDS.labels(runtime.name, "inference").observe(stats.inference_seconds)
+    model = metrics.for_model(runtime.name)
+    model.batch_size.observe(stats.size)
+    model.encode.observe(stats.encode_seconds)
+    model.inference.observe(stats.inference_seconds)
     for seconds in stats.queue_seconds:
-        metrics.QUEUE_SECONDS.labels(runtime.name).observe(seconds)
+        model.queue.observe(seconds)
 
 
 @dataclass
@@ -103,7 +104,7 @@ class DataPlane:
                         continue
                     batcher = DynamicBatcher(runtime, self.settings.max_batch_size,
                                              self.settings.max_queue_delay_us, self.settings.max_queue_size,
-                                             _record_batch)
+                                             _record_batch, self.settings.inline_batch_texts)
                     batcher.start()
                     self.batchers[(name, version)] = batcher
                     self.repository.add(runtime)  # from here on, calls can reach it
@@ -166,25 +167,30 @@ class DataPlane:
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except DeadlineExceeded as exc:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
-        tokens = int(prediction.token_counts.sum())
-        oov = int(np.rint(prediction.oov_fractions @ prediction.token_counts))
-        metrics.TOKENS.labels(runtime.name, "all").inc(tokens)
-        metrics.TOKENS.labels(runtime.name, "oov").inc(oov)
-        histogram = metrics.OOV_FRACTION.labels(runtime.name)
-        for fraction in prediction.oov_fractions[prediction.token_counts > 0]:
-            histogram.observe(float(fraction))
-        metrics.TEXTS.labels(runtime.name, str(runtime.version)).inc(len(texts))
+        counts = prediction.token_counts.tolist()
+        fractions = prediction.oov_fractions.tolist()
+        model = metrics.for_model(runtime.name)
+        model.tokens_all.inc(sum(counts))
+        model.tokens_oov.inc(round(sum(f * c for f, c in zip(fractions, counts, strict=True))))
+        for fraction, count in zip(fractions, counts, strict=True):
+            if count:
+                model.oov_fraction.observe(fraction)
+        metrics.texts_counter(runtime.name, str(runtime.version)).inc(len(texts))
         return runtime, prediction
 
-    async def classify(self, request: pb.ClassifyRequest, deadline: float | None, method: str
-                       ) -> pb.ClassifyResponse:
-        with observe_call(request.model, request.version, method) as call:
+    async def classify(self, request: pb.ClassifyRequest, deadline: float | None, method: str) -> bytes:
+        """The call's ClassifyResponse, already serialized (see tlserve.server.encoding)."""
+        with observe_call(self.model_label(request.model), request.version, method) as call:
             runtime, prediction = await self.predict(request.model, request.version, request.texts, deadline)
             call.version = runtime.version
             responded = time.perf_counter()
             response = build_response(runtime, prediction, request.top_k, request.request_id)
-            metrics.STAGE_SECONDS.labels(runtime.name, "respond").observe(time.perf_counter() - responded)
+            metrics.for_model(runtime.name).respond.observe(time.perf_counter() - responded)
             return response
+
+    def model_label(self, name: str) -> str:
+        """`name` for metrics if it is served, else "unknown": clients cannot mint label values."""
+        return name if name in self.repository.models else "unknown"
 
 
 @dataclass
@@ -209,27 +215,17 @@ def observe_call(model: str, version: int, method: str) -> Iterator[CallRecord]:
         code = grpc.StatusCode.CANCELLED
         raise
     finally:
-        metrics.REQUESTS.labels(model, str(call.version or "latest"), method, code.name).inc()
-        metrics.LATENCY.labels(model, method).observe(time.perf_counter() - started)
+        metrics.request_counter(model, str(call.version or "latest"), method, code.name).inc()
+        metrics.request_latency(model, method).observe(time.perf_counter() - started)
 
 
-def build_response(runtime: ModelRuntime, prediction: Prediction, top_k: int, request_id: str
-                   ) -> pb.ClassifyResponse:
-    """One TextResult per text: labels by decreasing probability, token count and OOV share."""
+def build_response(runtime: ModelRuntime, prediction: Prediction, top_k: int, request_id: str) -> bytes:
+    """The serialized ClassifyResponse: per text, labels by decreasing probability, token count and OOV share."""
     probabilities = prediction.probabilities
     n_labels = probabilities.shape[1]
     k = n_labels if top_k <= 0 or top_k >= n_labels else top_k
     # argsort on the negated rows: stable, so ties keep label order, same as the client sees.
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(probabilities, order, axis=1).tolist()
-    labels = runtime.labels
-    results = [
-        pb.TextResult(
-            labels=[pb.LabelProbability(label=labels[j], probability=p) for j, p in zip(row, probs, strict=True)],
-            token_count=int(tokens),
-            oov_fraction=float(oov),
-        )
-        for row, probs, tokens, oov in zip(order.tolist(), top, prediction.token_counts.tolist(),
-                                           prediction.oov_fractions.tolist(), strict=True)
-    ]
-    return pb.ClassifyResponse(model=runtime.name, version=runtime.version, results=results, request_id=request_id)
+    top = np.take_along_axis(probabilities, order, axis=1)
+    return runtime.encoder.encode(runtime.name, runtime.version, top, order, prediction.token_counts.tolist(),
+                                  prediction.oov_fractions.tolist(), request_id)

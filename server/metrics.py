@@ -7,8 +7,10 @@ process serves the sum on the metrics port, so one scrape sees the whole server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -41,6 +43,46 @@ OOV_FRACTION = Histogram(
 TOKENS = Counter("tlserve_tokens", "Tokens seen, and how many were out of vocabulary", ["model", "kind"])
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
+
+
+# Resolving a labelled child takes a lock and a dict lookup per call; the hot path does it
+# a dozen times per request, so children are looked up once per label combination.
+# Model labels come only from served models (unknown names are counted as "unknown"), so
+# the caches stay small.
+
+
+@functools.lru_cache(maxsize=4096)
+def request_counter(model: str, version: str, method: str, code: str) -> Any:
+    return REQUESTS.labels(model, version, method, code)
+
+
+@functools.lru_cache(maxsize=1024)
+def request_latency(model: str, method: str) -> Any:
+    return LATENCY.labels(model, method)
+
+
+@functools.lru_cache(maxsize=1024)
+def texts_counter(model: str, version: str) -> Any:
+    return TEXTS.labels(model, version)
+
+
+class ModelMetrics:
+    """The children of one model's per-model metrics, resolved once."""
+
+    def __init__(self, model: str) -> None:
+        self.batch_size = BATCH_SIZE.labels(model)
+        self.encode = STAGE_SECONDS.labels(model, "encode")
+        self.inference = STAGE_SECONDS.labels(model, "inference")
+        self.respond = STAGE_SECONDS.labels(model, "respond")
+        self.queue = QUEUE_SECONDS.labels(model)
+        self.oov_fraction = OOV_FRACTION.labels(model)
+        self.tokens_all = TOKENS.labels(model, "all")
+        self.tokens_oov = TOKENS.labels(model, "oov")
+
+
+@functools.lru_cache(maxsize=1024)
+def for_model(model: str) -> ModelMetrics:
+    return ModelMetrics(model)
 
 
 def start_metrics_server(host: str, port: int, multiprocess: bool) -> None:

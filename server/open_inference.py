@@ -240,7 +240,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                          ) -> v2.ModelInferResponse:
         await refuse_malformed(request, context)
         try:
-            with observe_call(request.model_name, 0, "ModelInfer") as call:
+            with observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
                 version = parse_version(request.model_version)
                 call.version = version
                 texts = texts_of(request)
@@ -250,7 +250,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 call.version = runtime.version
                 responded = time.perf_counter()
                 response = build_infer_response(runtime, prediction, request, outputs)
-                metrics.STAGE_SECONDS.labels(runtime.name, "respond").observe(time.perf_counter() - responded)
+                metrics.for_model(runtime.name).respond.observe(time.perf_counter() - responded)
                 return response
         except ServingError as exc:
             await context.abort(exc.code, exc.message)

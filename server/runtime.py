@@ -17,6 +17,7 @@ import onnxruntime as ort
 from tlserve.bundle import Bundle
 from tlserve.features import OUTPUT, Featurizer
 from tlserve.preprocessing import Preprocessor
+from tlserve.server.encoding import ResponseEncoder
 from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class ModelRuntime:
         if names != sorted(features.input_names):
             raise ValueError(f"{bundle.model_file}: inputs {names}, expected {sorted(features.input_names)}")
         self.label_array = np.array(self.labels, dtype=object)
+        self.encoder = ResponseEncoder(self.labels)
 
     def predict(self, texts: list[str]) -> Prediction:
         start = time.perf_counter()

@@ -38,17 +38,21 @@ def _tolerant_parser(message_type: type[Message]) -> Callable[[bytes], Any]:
 Handler = Callable[..., Any]
 
 
+def _serialize(response: Message | bytes) -> bytes:
+    # The hot path hands over bytes it encoded itself (tlserve.server.encoding).
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def add_tolerant_service(server: grpc.aio.Server, service: str,
                          methods: dict[str, tuple[Handler, type[Message], type[Message]]],
                          streams: dict[str, tuple[Handler, type[Message], type[Message]]] | None = None) -> None:
     """Registers a service like the generated helpers do, but with parsers that never raise."""
     handlers = {
-        name: grpc.unary_unary_rpc_method_handler(method, _tolerant_parser(request), response.SerializeToString)
-        for name, (method, request, response) in methods.items()
+        name: grpc.unary_unary_rpc_method_handler(method, _tolerant_parser(request), _serialize)
+        for name, (method, request, _) in methods.items()
     }
-    for name, (method, request, response) in (streams or {}).items():
-        handlers[name] = grpc.stream_stream_rpc_method_handler(method, _tolerant_parser(request),
-                                                               response.SerializeToString)
+    for name, (method, request, _) in (streams or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(method, _tolerant_parser(request), _serialize)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
 
@@ -110,7 +114,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.ClassifyResponse | bytes:
         await refuse_malformed(request, context)
         try:
             return await self.plane.classify(request, deadline_of(context), "Classify")
@@ -119,12 +124,12 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
             raise  # abort raises; this keeps type checkers content
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassifyResponse]:
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassifyResponse | bytes]:
         # Requests are processed concurrently so a stream fills batches like many unary
         # calls do; responses are yielded in request order.
-        pending: asyncio.Queue[asyncio.Task[pb.ClassifyResponse] | None] = asyncio.Queue(maxsize=256)
+        pending: asyncio.Queue[asyncio.Task[pb.ClassifyResponse | bytes] | None] = asyncio.Queue(maxsize=256)
 
-        async def one(request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+        async def one(request: pb.ClassifyRequest) -> pb.ClassifyResponse | bytes:
             if isinstance(request, MalformedRequest):
                 return pb.ClassifyResponse(error=pb.ErrorStatus(code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
                                                                 message=request.message))

@@ -35,6 +35,9 @@ class ServerSettings:
     max_queue_delay_us: int = _setting(
         0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
         "(requests arriving during a batch still form the next one)")
+    inline_batch_texts: int = _setting(
+        16, "batches of at most this many texts run on the event loop itself; larger ones in the inference "
+        "thread (for a few texts the hand-off between threads costs more than the work; 0 = always the thread)")
     max_queue_size: int = _setting(2048, "most texts queued per model; beyond it calls get RESOURCE_EXHAUSTED")
     max_texts_per_request: int = _setting(1024, "most texts in one request (INVALID_ARGUMENT beyond)")
     max_text_bytes: int = _setting(16384, "most UTF-8 bytes in one text (INVALID_ARGUMENT beyond)")
@@ -91,6 +94,8 @@ class ServerSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.inline_batch_texts < 0:
+            raise ValueError(f"inline_batch_texts must be >= 0, not {self.inline_batch_texts}")
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us must be >= 0, not {self.max_queue_delay_us}")
         if self.log_format not in ("text", "json"):

@@ -1,0 +1,1 @@
+"""tlserve's benchmark harness (`tlserve bench`), installed as tlserve.bench."""

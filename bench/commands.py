@@ -1,0 +1,44 @@
+"""`tlserve bench`: arguments only; the harness is imported when the verb runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = """examples:
+  tlserve bench --quick                          # about 3 minutes: fewer points, one repeat
+  tlserve bench                                  # the full run (README): 3 repeats, c = 1, 4, 16, 64
+  tlserve bench --systems tlserve ceiling --seconds 10 --out /tmp/b.json
+"""
+
+
+def register(verbs: Any) -> None:
+    parser = verbs.add_parser("bench", help="benchmark tlserve against the gRPC and compute ceilings, the seed's "
+                              "approach, MLServer and fastText", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the ~3 minute preset")
+    parser.add_argument("--out", type=Path, help="JSON result (default bench/results/bench[-quick].json)")
+    parser.add_argument("--data", type=Path, help="data folder (default ./data)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per point")
+    parser.add_argument("--repeats", type=int, help="runs per point; medians are reported")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="closed-loop sweep")
+    parser.add_argument("--workers", type=int, help="processes of the multi-process servers (default 2)")
+    parser.add_argument("--systems", nargs="+", choices=["tlserve", "ceiling", "seed", "mlserver", "fasttext"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS/PSS measurements")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tlserve.bench.harness import BenchConfig, run
+
+    config = BenchConfig(quick=args.quick)
+    if args.quick:
+        config.apply_quick()  # first, so explicit flags below still win
+    config.out = args.out or config.out.with_name("bench-quick.json" if args.quick else "bench.json")
+    for name in ("data", "seconds", "repeats", "concurrency", "workers", "systems"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.memory = not args.no_memory
+    report = run(config)
+    return 0 if all(check["met"] for check in report["acceptance"]) else 1
