@@ -54,6 +54,10 @@ class BatchStats:
     queue_seconds: list[float]
     encode_seconds: float
     inference_seconds: float
+    token_counts: np.ndarray
+    """Tokens per text of the batch."""
+    oov_fractions: np.ndarray
+    """Out-of-vocabulary share per text of the batch."""
 
 
 @dataclass
@@ -192,7 +196,8 @@ class DynamicBatcher:
             if self.on_batch is not None:
                 self.on_batch(self.runtime, BatchStats(
                     len(texts), [started - chunk.enqueued for chunk in batch],
-                    prediction.encode_seconds, prediction.inference_seconds))
+                    prediction.encode_seconds, prediction.inference_seconds,
+                    prediction.token_counts, prediction.oov_fractions))
             # Let the callers answer and the calls that arrived meanwhile queue up (and
             # so share the next batch) before taking it.
             await asyncio.sleep(0)

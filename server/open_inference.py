@@ -29,7 +29,7 @@ import numpy as np
 
 from tlserve import __version__
 from tlserve.server import metrics
-from tlserve.server.dataplane import DataPlane, ServingError, observe_call
+from tlserve.server.dataplane import CallObserver, DataPlane, ServingError
 from tlserve.server.oip import grpc_predict_v2_pb2 as v2
 from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from tlserve.server.runtime import ModelRuntime, Prediction
@@ -240,7 +240,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                          ) -> v2.ModelInferResponse:
         await refuse_malformed(request, context)
         try:
-            with observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
+            with CallObserver(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
                 version = parse_version(request.model_version)
                 call.version = version
                 texts = texts_of(request)
