@@ -5,9 +5,11 @@ thread (health checks are answered meanwhile), then SERVING. On SIGTERM or SIGIN
 health NOT_SERVING, refuse new calls, let calls in flight finish within the grace
 period, drain the batchers, exit 0.
 
-With ``--workers N`` the parent forks N workers before any gRPC object exists (gRPC's
-core does not survive a fork), each binds the same port with SO_REUSEPORT so the kernel
-spreads connections, and the parent serves the summed metrics and forwards signals.
+With ``--workers N`` the process imports what workers need, then forks N-1 more workers
+before any gRPC object exists (gRPC's core does not survive a fork), so the imported pages
+are shared; every worker, itself included, binds the same port with SO_REUSEPORT so the
+kernel spreads connections. The first worker also serves the summed metrics, passes
+signals on, and stops the server if another worker dies.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
 from tlserve.server.settings import ServerSettings
 
@@ -61,8 +65,13 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
-    """Runs one server process until SIGTERM/SIGINT; returns its exit code."""
+async def serve(settings: ServerSettings, reuse_port: bool = False,
+                on_signal: Callable[[int], None] | None = None) -> int:
+    """Runs one server process until SIGTERM/SIGINT; returns its exit code.
+
+    `on_signal` sees every SIGTERM, SIGINT and SIGHUP first (the first worker passes them on
+    to the others).
+    """
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
@@ -118,8 +127,14 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_on(signum: int) -> None:
+        if on_signal is not None:
+            on_signal(signum)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig)
 
     loader = asyncio.ensure_future(plane.reload())
     await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -157,7 +172,13 @@ async def serve(settings: ServerSettings, reuse_port: bool = False) -> int:
     )
 
     reload_now = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+
+    def reload_on_hup() -> None:
+        if on_signal is not None:
+            on_signal(signal.SIGHUP)
+        reload_now.set()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
 
     async def watch() -> None:
         # Polls the repository (and reloads at once on SIGHUP).
@@ -218,12 +239,17 @@ def _preload() -> None:
 
 
 def _run_workers(settings: ServerSettings) -> int:
+    """Worker 1 is this process; workers 2..N are forked from it after the preload.
+
+    Serving from the parent too saves a whole process: an idle supervisor would keep, as
+    private memory, the original of every preloaded page a worker later writes.
+    """
     # prometheus_client picks its multiprocess storage at import time: set it up first.
     metrics_dir = tempfile.mkdtemp(prefix="tlserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     _preload()
     children: list[int] = []
-    for index in range(settings.workers):
+    for index in range(1, settings.workers):
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -239,28 +265,37 @@ def _run_workers(settings: ServerSettings) -> int:
 
     metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=True)
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(signum: int) -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    worst = 0
-    remaining = set(children)
-    while remaining:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        remaining.discard(pid)
-        metrics.mark_worker_dead(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            _LOGGER.error("worker %d exited with %d; stopping the others", pid, code)
-            forward(signal.SIGTERM, None)
-        worst = max(worst, abs(code))
+    exit_codes: list[int] = []
+
+    def supervise() -> None:
+        # A worker that dies stops the whole server, so the orchestrator restarts it whole.
+        remaining = set(children)
+        while remaining:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+            remaining.discard(pid)
+            metrics.mark_worker_dead(pid)
+            code = os.waitstatus_to_exitcode(status)
+            exit_codes.append(abs(code))
+            if code != 0:
+                _LOGGER.error("worker %d exited with %d; stopping the others", pid, code)
+                forward(signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    supervisor = threading.Thread(target=supervise, name="supervise-workers", daemon=True)
+    supervisor.start()
+    _LOGGER.info("worker 1/%d started", settings.workers)
+    code = asyncio.run(serve(settings, reuse_port=True, on_signal=forward))
+    forward(signal.SIGTERM)  # this worker stopped, for whatever reason: so do the others
+    supervisor.join(settings.grace_seconds + 30)
     import shutil
 
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return worst
+    return max([abs(code), *exit_codes])

@@ -384,8 +384,9 @@ def test_two_workers_and_two_models_share_one_store(trained: Trained, tmp_path: 
         with Classifier(proc.target, model="wn-frozen") as client:
             for _ in range(20):
                 assert client.classify(["a small feline"])[0].labels
-        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.process.pid)], capture_output=True,
-                                                      text=True).stdout.split()]
+        forked = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.process.pid)], capture_output=True,
+                                                     text=True).stdout.split()]
+        workers = [proc.process.pid, *forked]  # the first worker is the process started
         assert len(workers) == 2
         store = (trained.repository / "_stores").resolve()
         for pid in workers:

@@ -108,8 +108,8 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_average(members: list[Any], feature_widths: list[int]) -> Any:
-    """One graph that averages the probabilities of trained finetune `members`.
+def build_mixture(members: list[Any], feature_widths: list[int], weights: list[float]) -> Any:
+    """One graph whose probabilities are the `weights`-weighted sum of trained finetune `members`'.
 
     All members read the same token ids; member i reads the first `feature_widths[i]`
     columns of the static features (the mean+max layout starts with the mean), so one
@@ -125,6 +125,17 @@ def build_average(members: list[Any], feature_widths: list[int]) -> Any:
         def call(self, x: Any) -> Any:
             return x[:, : self.width]
 
+    class WeightedSum(keras.layers.Layer):
+        def __init__(self, mix: list[float], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.mix = [float(w) for w in mix]
+
+        def call(self, inputs: list[Any]) -> Any:
+            total = inputs[0] * self.mix[0]
+            for weight, x in zip(self.mix[1:], inputs[1:], strict=True):
+                total = total + x * weight
+            return total
+
     ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
     inputs = [ids]
     features = None
@@ -137,8 +148,8 @@ def build_average(members: list[Any], feature_widths: list[int]) -> Any:
             outputs.append(member(ids))
         else:
             outputs.append(member([ids, FirstColumns(feature_widths[i], name=f"features_{i}")(features)]))
-    averaged = keras.layers.Average(name="probabilities")(outputs)
-    return keras.Model(inputs, averaged, name="finetune_average")
+    mixed = WeightedSum(weights, name="probabilities")(outputs)
+    return keras.Model(inputs, mixed, name="finetune_mixture")
 
 
 def auto_batch_size(examples: int) -> int:
