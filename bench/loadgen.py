@@ -46,6 +46,9 @@ class LoadSpec:
     processes: int = 2
     warmup_seconds: float = 1.0
     timeout: float = 10.0
+    channels: int = 4
+    """Connections per client process (callers share them round-robin). Several, because
+    SO_REUSEPORT spreads connections, not calls, over a multi-process server's workers."""
 
 
 @dataclass
@@ -142,9 +145,14 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
     texts = spec.texts
     latencies: list[float] = []
     counters = {"calls": 0, "errors": 0}
-    async with grpc.aio.insecure_channel(spec.target, options=[("grpc.max_receive_message_length", 64 << 20)]
-                                         ) as channel:
-        await channel.channel_ready()
+    callers_here = max(1, round(spec.concurrency * share)) if spec.rate <= 0 else 1
+    # A local subchannel pool: otherwise gRPC would share one connection among the channels.
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(spec.target, options=options)
+                for _ in range(max(1, min(spec.channels, callers_here if spec.rate <= 0 else spec.channels)))]
+    try:
+        for ch in channels:
+            await ch.channel_ready()
 
         def batch() -> list[str]:
             start = int(rng.integers(0, max(1, len(texts) - spec.texts_per_call)))
@@ -169,11 +177,12 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
         cpu_start = None
         if spec.rate <= 0:
             callers = max(1, round(spec.concurrency * share))
-            streams = [_Stream(spec, channel) for _ in range(callers)] if spec.shape == "stream" else []
-            unary = _caller(spec, channel) if spec.shape != "stream" else None
+            streams = ([_Stream(spec, channels[i % len(channels)]) for i in range(callers)]
+                       if spec.shape == "stream" else [])
+            unaries = [_caller(spec, ch) for ch in channels] if spec.shape != "stream" else []
 
             async def loop_one(i: int) -> None:
-                send = streams[i] if streams else unary
+                send = streams[i] if streams else unaries[i % len(unaries)]
                 assert send is not None
                 while loop.time() < stop_at:
                     await timed(send, loop.time())
@@ -191,22 +200,27 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
         else:
             if spec.shape == "stream":
                 raise ValueError("open loop uses unary or v2 calls")
-            send = _caller(spec, channel)
+            senders = [_caller(spec, ch) for ch in channels]
             interval = 1.0 / (spec.rate * share)
             pending: set[asyncio.Task[None]] = set()
             next_at = loop.time()
+            sent = 0
             while next_at < stop_at:
                 if cpu_start is None and next_at >= measure_from:
                     cpu_start = time.process_time()
                 delay = next_at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                task = asyncio.ensure_future(timed(send, next_at))
+                task = asyncio.ensure_future(timed(senders[sent % len(senders)], next_at))
+                sent += 1
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 next_at += interval
             if pending:
                 await asyncio.wait(pending, timeout=spec.timeout)
+    finally:
+        for ch in channels:
+            await ch.close()
     cpu = time.process_time() - (cpu_start if cpu_start is not None else 0.0)
     return {"latencies": latencies, "cpu": cpu, **counters}
 
