@@ -18,6 +18,11 @@ loop keeps accepting calls while they run. Small batches (``inline_batch_texts``
 the event loop itself: for a few texts (~0.1 ms of work) waking a thread and waking the
 loop again costs more than the work, and calls arriving meanwhile wait in gRPC's queue
 and form the next batch.
+
+When the batcher is idle (nothing queued or running, and no call for ``IDLE_GAP_SECONDS``)
+and ``max_queue_delay_us`` is 0, a small request skips the queue and runs at once in its
+own call: a lone caller then pays no hand-off to the batching task and back. Under load
+calls arrive back to back, so they queue and share batches as above.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ import numpy as np
 from tlserve.server.runtime import ModelRuntime, Prediction
 
 _LOGGER = logging.getLogger(__name__)
+
+
+# A call arriving this long after the last arrival or answer finds the server idle.
+IDLE_GAP_SECONDS = 150e-6
 
 
 class QueueFull(Exception):
@@ -92,6 +101,8 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{runtime.name}")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._running = False
+        self._last_activity = 0.0
 
     @property
     def queued_texts(self) -> int:
@@ -117,6 +128,11 @@ class DynamicBatcher:
                 f"queue of model {self.runtime.name!r} holds {self._queued_texts} texts; {len(texts)} more "
                 f"would pass max_queue_size={self.max_queue_size}"
             )
+        now = time.perf_counter()
+        idle = not self._queue and not self._running and now - self._last_activity > IDLE_GAP_SECONDS
+        self._last_activity = now
+        if idle and self.max_delay == 0 and len(texts) <= self.inline_batch_texts:
+            return self._run_now(texts)
         loop = asyncio.get_running_loop()
         chunks = [
             _Chunk(texts[i : i + self.max_batch_size], loop.create_future(), deadline)
@@ -141,6 +157,20 @@ class DynamicBatcher:
             sum(p.encode_seconds for p in parts),
             sum(p.inference_seconds for p in parts),
         )
+
+    def _run_now(self, texts: list[str]) -> Prediction:
+        """Runs a lone small request in the calling task (see the module docstring)."""
+        self._running = True
+        try:
+            prediction = self.runtime.predict(texts)
+        finally:
+            self._running = False
+            self._last_activity = time.perf_counter()
+        if self.on_batch is not None:
+            self.on_batch(self.runtime, BatchStats(
+                len(texts), [0.0], prediction.encode_seconds, prediction.inference_seconds,
+                prediction.token_counts, prediction.oov_fractions))
+        return prediction
 
     def _take_batch(self) -> list[_Chunk]:
         batch: list[_Chunk] = []
@@ -181,6 +211,7 @@ class DynamicBatcher:
                 continue
             texts = [text for chunk in batch for text in chunk.texts]
             started = time.perf_counter()
+            self._running = True
             try:
                 if len(texts) <= self.inline_batch_texts:
                     prediction = self.runtime.predict(texts)
@@ -192,6 +223,9 @@ class DynamicBatcher:
                     if not chunk.future.done():
                         chunk.future.set_exception(exc)
                 continue
+            finally:
+                self._running = False
+                self._last_activity = time.perf_counter()
             self._deliver(batch, prediction)
             if self.on_batch is not None:
                 self.on_batch(self.runtime, BatchStats(
