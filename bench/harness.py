@@ -261,9 +261,10 @@ def run(config: BenchConfig) -> dict[str, Any]:
     report["acceptance"] = acceptance(report, config)
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=1) + "\n")
-    from tlserve.bench.report import figure, table
+    from tlserve.bench.report import figure, markdown, table
 
     figure(report, config.out.with_suffix(".png"))
+    config.out.with_suffix(".md").write_text(markdown(report))
     print(table(report))
     return report
 

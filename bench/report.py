@@ -64,3 +64,31 @@ def table(report: dict[str, Any]) -> str:
         mark = "MET " if check["met"] else "MISS"
         lines.append(f"[{mark}] {check['check']}: {check['value']} (target {check['target']})")
     return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README's tables: 1 text per call by concurrency, the other shapes, and the targets."""
+    curves = _curves(report, "unary-1")
+    concurrency = sorted({c for points in curves.values() for c, _ in points})
+    lines = ["| system (1 text per call) | " + " | ".join(f"c={c}: calls/s, p50 / p99 ms" for c in concurrency) + " |",
+             "|---|" + "---|" * len(concurrency)]
+    for system, points in curves.items():
+        by_c = dict(points)
+        cells = [f"{by_c[c]['calls_per_s']:.0f}, {by_c[c]['p50_ms']:.2f} / {by_c[c]['p99_ms']:.2f}" if c in by_c
+                 else "-" for c in concurrency]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    lines += ["", "| other shapes and references | texts/s | p50 / p99 ms |", "|---|---|---|"]
+    for key, value in sorted(report["results"].items()):
+        group, system, load = key.split("|")
+        if group == "unary-1":
+            continue
+        m = value["median"]
+        shape = "256 texts per call" if group == "unary-256" else "1 text per call, open loop"
+        lines.append(f"| {system}, {shape}, {load} | {m['texts_per_s']:.0f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} |")
+    for name, value in report["in_process"].items():
+        lines.append(f"| in-process {name.replace('_', ' ')} texts per call | {value['texts_per_s']:.0f} | "
+                     f"{value['p50_ms']:.3f} per call / - |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for check in report["acceptance"]:
+        lines.append(f"| {check['check']} {check['target']} | {check['value']} | {'yes' if check['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
