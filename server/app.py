@@ -66,11 +66,13 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
 
 
 async def serve(settings: ServerSettings, reuse_port: bool = False,
-                on_signal: Callable[[int], None] | None = None) -> int:
+                on_signal: Callable[[int], None] | None = None,
+                stop_requested: Callable[[], bool] | None = None) -> int:
     """Runs one server process until SIGTERM/SIGINT; returns its exit code.
 
     `on_signal` sees every SIGTERM, SIGINT and SIGHUP first (the first worker passes them on
-    to the others).
+    to the others); `stop_requested` says whether a stop signal came before this function
+    took over the signals.
     """
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -135,6 +137,8 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_on, sig)
+    if stop_requested is not None and stop_requested():
+        stop.set()
 
     loader = asyncio.ensure_future(plane.reload())
     await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -265,7 +269,13 @@ def _run_workers(settings: ServerSettings) -> int:
 
     metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=True)
 
+    stopping = threading.Event()
+
     def forward(signum: int) -> None:
+        if signum != signal.SIGHUP:
+            if stopping.is_set():
+                return  # once: a second SIGTERM could reach a worker after its handlers are gone
+            stopping.set()
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
@@ -284,16 +294,22 @@ def _run_workers(settings: ServerSettings) -> int:
             metrics.mark_worker_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             exit_codes.append(abs(code))
-            if code != 0:
+            if code != 0 and not stopping.is_set():
                 _LOGGER.error("worker %d exited with %d; stopping the others", pid, code)
-                forward(signal.SIGTERM)
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # this worker's handler forwards it
 
+    def early_stop(signum: int, _frame: object) -> None:
+        forward(signum)  # before this worker's event loop takes over the signals
+
+    signal.signal(signal.SIGTERM, early_stop)
+    signal.signal(signal.SIGINT, early_stop)
     supervisor = threading.Thread(target=supervise, name="supervise-workers", daemon=True)
     supervisor.start()
     _LOGGER.info("worker 1/%d started", settings.workers)
-    code = asyncio.run(serve(settings, reuse_port=True, on_signal=forward))
-    forward(signal.SIGTERM)  # this worker stopped, for whatever reason: so do the others
+    code = asyncio.run(serve(settings, reuse_port=True, on_signal=forward, stop_requested=stopping.is_set))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the loop's handlers are gone; finish the cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forward(signal.SIGTERM)  # this worker stopped, for whatever reason: so do the others (once)
     supervisor.join(settings.grace_seconds + 30)
     import shutil
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -404,3 +405,15 @@ def test_repository_with_json_logs(trained: Trained, tmp_path: Path) -> None:
     assert proc.stop() == 0
     lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
     assert any("SERVING on" in line["message"] for line in lines)
+
+
+def test_a_dead_worker_stops_the_whole_server_without_orphans(trained: Trained, tmp_path: Path) -> None:
+    proc = start_server(trained.repository, tmp_path / "server.log", "--workers", "2")
+    forked = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.process.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+    assert len(forked) == 1
+    os.kill(forked[0], signal.SIGKILL)
+    code = proc.process.wait(60)
+    assert code != 0, "the server went on with a worker missing"
+    assert "exited with -9; stopping the others" in proc.output()
+    assert not Path(f"/proc/{forked[0]}").exists()
