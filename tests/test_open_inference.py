@@ -92,6 +92,7 @@ def test_tritonclient_sees_ready_models_metadata_and_the_native_probabilities(
     assert len(got) == len(expected) == 1000
     worst = max(abs(a - b) for row_a, row_b in zip(got, expected, strict=True) for a, b in zip(row_a, row_b,
                                                                                                 strict=True))
+    print(f"{model}: tritonclient vs native, {len(got)} texts: max |dp| = {worst:.3g}")
     assert worst <= 1e-6, worst
     assert seen["labels"] == [labels[max(range(len(row)), key=row.__getitem__)] for row in expected]
 
