@@ -15,6 +15,7 @@ COPY tlserve ./tlserve
 COPY server ./server
 COPY trainer ./trainer
 COPY client ./client
+COPY bench ./bench
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*

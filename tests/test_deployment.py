@@ -60,3 +60,15 @@ def test_dockerignore_keeps_data_and_venvs_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".venv", "data", ".git", "**/__pycache__"):
         assert entry in ignored
+
+
+def test_images_copy_every_package_folder_pyproject_maps() -> None:
+    """`pip install .` in the image needs every folder of [tool.setuptools] package-dir."""
+    import tomllib
+
+    package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for dockerfile in dockerfiles():
+        copied = {line.split()[1] for line in dockerfile.read_text().splitlines()
+                  if line.startswith("COPY") and "--from=" not in line}
+        missing = sorted(set(package_dir.values()) - copied)
+        assert not missing, f"{dockerfile.name} does not COPY {missing}"
