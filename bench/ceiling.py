@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from tlserve.bench.peer_server import serve_until_signalled
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -49,14 +50,7 @@ class NoOpClassifier(pb_grpc.ClassifierServicer):
 async def serve(port: int, labels: int, reuse_port: bool) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     pb_grpc.add_ClassifierServicer_to_server(NoOpClassifier(labels), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signalled(server, port)
 
 
 def main() -> None:

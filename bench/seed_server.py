@@ -15,12 +15,12 @@ import argparse
 import asyncio
 import csv
 import logging
-import signal
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from tlserve.bench.peer_server import serve_until_signalled
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
 
@@ -80,15 +80,7 @@ async def serve(port: int, store: Path, data: Path, limit: int) -> None:
     model, labels = fit(vectors, data, dimension, limit)
     server = grpc.aio.server()
     pb_grpc.add_ClassifierServicer_to_server(SeedClassifier(vectors, model, labels, dimension), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    _LOGGER.warning("seed server ready on %d", port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signalled(server, port)
 
 
 def main() -> None:
