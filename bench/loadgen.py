@@ -145,11 +145,11 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
     texts = spec.texts
     latencies: list[float] = []
     counters = {"calls": 0, "errors": 0}
-    callers_here = max(1, round(spec.concurrency * share)) if spec.rate <= 0 else 1
+    callers = max(1, round(spec.concurrency * share))  # closed loop
     # A local subchannel pool: otherwise gRPC would share one connection among the channels.
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(spec.target, options=options)
-                for _ in range(max(1, min(spec.channels, callers_here if spec.rate <= 0 else spec.channels)))]
+    count = spec.channels if spec.rate > 0 else min(spec.channels, callers)
+    channels = [grpc.aio.insecure_channel(spec.target, options=options) for _ in range(max(1, count))]
     try:
         for ch in channels:
             await ch.channel_ready()
@@ -176,7 +176,6 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
 
         cpu_start = None
         if spec.rate <= 0:
-            callers = max(1, round(spec.concurrency * share))
             streams = ([_Stream(spec, channels[i % len(channels)]) for i in range(callers)]
                        if spec.shape == "stream" else [])
             unaries = [_caller(spec, ch) for ch in channels] if spec.shape != "stream" else []

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
+from tlserve.bench.systems import free_port, tlserve_serve_command
 from tlserve.client import Classifier
 
 
@@ -34,16 +33,9 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def measure(repository: Path, workers: int, texts: list[str], models: list[str]) -> dict[str, object]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve", "--repository",
-                               str(repository), "--port", str(port), "--metrics-port", "0", "--workers", str(workers)])
+    server = subprocess.Popen(tlserve_serve_command(repository, port, workers=workers))
     try:
         target = f"127.0.0.1:{port}"
         with Classifier(target) as client:

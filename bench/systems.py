@@ -35,6 +35,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tlserve_serve_command(repository: Path, port: int, metrics_port: int = 0, workers: int = 1) -> list[str]:
+    """`tlserve serve` on 127.0.0.1:`port`, logging warnings only."""
+    return [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve", "--repository", str(repository),
+            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+            "--workers", str(workers)]
+
+
 @dataclass
 class Running:
     """A server process started by the benchmark."""
@@ -90,9 +97,7 @@ def _classify_works(target: str, model: str) -> bool:
 
 def start_tlserve(name: str, repository: Path, workers: int, logs: Path) -> Running:
     port, metrics_port = free_port(), free_port()
-    process, log = _spawn(name, [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve",
-                                 "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
-                                 "--metrics-port", str(metrics_port), "--workers", str(workers)], logs)
+    process, log = _spawn(name, tlserve_serve_command(repository, port, metrics_port, workers), logs)
     running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port)
 
     def serving() -> bool:
@@ -228,9 +233,7 @@ def cold_start(repository: Path, runs: int, logs: Path) -> list[float]:
     for i in range(runs):
         port = free_port()
         began = time.perf_counter()
-        process, _ = _spawn(f"cold-{i}", [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve",
-                                          "--repository", str(repository), "--host", "127.0.0.1", "--port",
-                                          str(port), "--metrics-port", "0"], logs)
+        process, _ = _spawn(f"cold-{i}", tlserve_serve_command(repository, port), logs)
         try:
             with Classifier(f"127.0.0.1:{port}", timeout=2) as client:
                 status = client.wait_until_serving(120)

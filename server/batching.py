@@ -166,11 +166,14 @@ class DynamicBatcher:
         finally:
             self._running = False
             self._last_activity = time.perf_counter()
-        if self.on_batch is not None:
-            self.on_batch(self.runtime, BatchStats(
-                len(texts), [0.0], prediction.encode_seconds, prediction.inference_seconds,
-                prediction.token_counts, prediction.oov_fractions))
+        self._report(len(texts), [0.0], prediction)
         return prediction
+
+    def _report(self, size: int, queue_seconds: list[float], prediction: Prediction) -> None:
+        if self.on_batch is not None:
+            self.on_batch(self.runtime, BatchStats(size, queue_seconds, prediction.encode_seconds,
+                                                   prediction.inference_seconds, prediction.token_counts,
+                                                   prediction.oov_fractions))
 
     def _take_batch(self) -> list[_Chunk]:
         batch: list[_Chunk] = []
@@ -227,11 +230,7 @@ class DynamicBatcher:
                 self._running = False
                 self._last_activity = time.perf_counter()
             self._deliver(batch, prediction)
-            if self.on_batch is not None:
-                self.on_batch(self.runtime, BatchStats(
-                    len(texts), [started - chunk.enqueued for chunk in batch],
-                    prediction.encode_seconds, prediction.inference_seconds,
-                    prediction.token_counts, prediction.oov_fractions))
+            self._report(len(texts), [started - chunk.enqueued for chunk in batch], prediction)
             # Let the callers answer and the calls that arrived meanwhile queue up (and
             # so share the next batch) before taking it.
             await asyncio.sleep(0)
