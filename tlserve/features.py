@@ -14,6 +14,9 @@ Two feature kinds, one per transfer mode:
 
 Both are computed for a whole batch at once: one vectorised lookup over all tokens, and
 segment reductions (``np.add.reduceat``) for pooling, so no Python loop touches vectors.
+A batch of a few tokens (a lone short text, the common call of a serving API) takes the
+same pooling with the bookkeeping around it in plain Python, where NumPy's per-call cost
+would dominate; the numbers are computed by the same reductions, so they are bit-identical.
 """
 
 from __future__ import annotations
@@ -90,8 +93,19 @@ class EncodedBatch:
         return (self.oov_counts / counts).astype(np.float32)
 
 
+# Up to this many tokens in a batch, `encode` does its bookkeeping in Python.
+FEW_TOKENS = 48
+
+
+_FIRST_ROW = np.zeros(1, dtype=np.int64)
+
+
 def _segment_ids(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+
+
+def _counts(tokens: list[list[str]]) -> np.ndarray:
+    return np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
 
 
 def _bucket(key: str, buckets: int) -> int:
@@ -135,12 +149,15 @@ class Featurizer:
     def lookup(self, texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
         """Tokens per text, their rows (flat, -1 if unknown) and the token count per text."""
         tokens = self.preprocessor.batch_tokens(texts)
-        counts = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
         flat = [token for text_tokens in tokens for token in text_tokens]
-        return tokens, self.index.lookup(flat), counts
+        return tokens, self.index.lookup(flat), _counts(tokens)
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
-        tokens, rows, counts = self.lookup(texts)
+        tokens = self.preprocessor.batch_tokens(texts)
+        flat = [token for text_tokens in tokens for token in text_tokens]
+        if self.config.mode == "frozen" and len(flat) <= FEW_TOKENS:
+            return self._encode_few(tokens, self.index.lookup_few(flat))
+        rows, counts = self.index.lookup(flat), _counts(tokens)
         known = rows >= 0
         oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
         inputs: dict[str, np.ndarray] = {}
@@ -149,19 +166,44 @@ class Featurizer:
         else:
             inputs[FINETUNE_INPUT] = self._token_ids(tokens, rows)
             if self.config.static:
-                flat = [token for text_tokens in tokens for token in text_tokens]
                 store_rows = self.store_index.lookup(flat)
                 inputs[FROZEN_INPUT] = self._pool(store_rows, counts, store_rows >= 0)
         return EncodedBatch(inputs, counts.astype(np.int32), oov)
 
+    def _encode_few(self, tokens: list[list[str]], rows: list[int]) -> EncodedBatch:
+        """`encode` (frozen) of a few tokens, `rows` from `VocabularyIndex.lookup_few`."""
+        known_rows: list[int] = []
+        known_counts: list[int] = []
+        oov: list[int] = []
+        start = 0
+        for text_tokens in tokens:
+            end = start + len(text_tokens)
+            known = [row for row in rows[start:end] if row >= 0]
+            known_rows.extend(known)
+            known_counts.append(len(known))
+            oov.append(end - start - len(known))
+            start = end
+        pooled = self._pool_known(np.array(known_rows, dtype=np.int32), np.array(known_counts, dtype=np.int64))
+        return EncodedBatch({FROZEN_INPUT: pooled}, np.array([len(t) for t in tokens], dtype=np.int32),
+                            np.array(oov, dtype=np.int32))
+
     def _pool(self, rows: np.ndarray, counts: np.ndarray, known: np.ndarray) -> np.ndarray:
+        known_counts = np.bincount(_segment_ids(counts)[known], minlength=len(counts))
+        return self._pool_known(rows[known], known_counts)
+
+    def _pool_known(self, known_rows: np.ndarray, known_counts: np.ndarray) -> np.ndarray:
+        """Pooled vectors of each text from its in-vocabulary rows (all texts' rows, in order)."""
         assert self.matrix is not None
-        n, dim = len(counts), int(self.matrix.shape[1])
-        known_rows = rows[known]
-        known_counts = np.bincount(_segment_ids(counts)[known], minlength=n)
+        n, dim = len(known_counts), int(self.matrix.shape[1])
         vectors = np.asarray(self.matrix[known_rows], dtype=np.float32)
         if self.sif_weights is not None:
             vectors = vectors * self.sif_weights[known_rows, None]
+        if n == 1 and len(known_rows):
+            # One text: the same reductions without the segment bookkeeping.
+            mean = np.add.reduceat(vectors, _FIRST_ROW, axis=0) / np.float32(len(known_rows))
+            if self.config.pooling == "mean":
+                return mean
+            return np.concatenate([mean, np.maximum.reduceat(vectors, _FIRST_ROW, axis=0)], axis=1)
         nonempty = known_counts > 0
         starts = (np.cumsum(known_counts) - known_counts)[nonempty]
         mean = np.zeros((n, dim), dtype=np.float32)
