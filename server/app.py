@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from tlserve.server import loop_idle
 from tlserve.server.settings import ServerSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     from grpc_reflection.v1alpha import reflection
 
     from tlserve.client.v1 import classifier_pb2
+    from tlserve.server import metrics
     from tlserve.server.dataplane import DataPlane
     from tlserve.server.open_inference import SERVICE as INFERENCE_SERVICE
     from tlserve.server.open_inference import InferenceServicer, add_inference_service
@@ -94,6 +96,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
         version_policy=settings.version_policy,
     )
     plane = DataPlane(repository, settings)
+    loop_idle.METER.on_idle.append(metrics.DEFERRED.flush)
     token = settings.token()
     interceptors = [BearerTokenInterceptor(token)] if token else []
     server = grpc.aio.server(interceptors=interceptors, options=[
@@ -217,7 +220,7 @@ def run(settings: ServerSettings, log_level: str = "INFO") -> int:
         from tlserve.server import metrics
 
         metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=False)
-        return asyncio.run(serve(settings))
+        return loop_idle.run(serve(settings))
     return _run_workers(settings)
 
 
@@ -259,7 +262,7 @@ def _run_workers(settings: ServerSettings) -> int:
             code = 1
             try:
                 _LOGGER.info("worker %d/%d started", index + 1, settings.workers)
-                code = asyncio.run(serve(settings, reuse_port=True))
+                code = loop_idle.run(serve(settings, reuse_port=True))
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -306,7 +309,7 @@ def _run_workers(settings: ServerSettings) -> int:
     supervisor = threading.Thread(target=supervise, name="supervise-workers", daemon=True)
     supervisor.start()
     _LOGGER.info("worker 1/%d started", settings.workers)
-    code = asyncio.run(serve(settings, reuse_port=True, on_signal=forward, stop_requested=stopping.is_set))
+    code = loop_idle.run(serve(settings, reuse_port=True, on_signal=forward, stop_requested=stopping.is_set))
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the loop's handlers are gone; finish the cleanup
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward(signal.SIGTERM)  # this worker stopped, for whatever reason: so do the others (once)

@@ -19,10 +19,18 @@ the event loop itself: for a few texts (~0.1 ms of work) waking a thread and wak
 loop again costs more than the work, and calls arriving meanwhile wait in gRPC's queue
 and form the next batch.
 
-When the batcher is idle (nothing queued or running, and no call for ``IDLE_GAP_SECONDS``)
-and ``max_queue_delay_us`` is 0, a small request skips the queue and runs at once in its
-own call: a lone caller then pays no hand-off to the batching task and back. Under load
-calls arrive back to back, so they queue and share batches as above.
+With ``max_queue_delay_us`` 0 the batcher reads the load off the event loop itself
+(`tlserve.server.loop_idle`), since gRPC hands calls to Python one at a time and their
+spacing says nothing about load:
+- when nothing is queued or running and the loop has waited for work since the last call,
+  a small request skips the queue and runs at once in its own call: a lone caller pays no
+  hand-off to the batching task and back;
+- otherwise calls queue, and the batch gathers them while the loop is busy receiving more
+  (events ready on its file descriptors); it runs when the loop runs out of work, the batch
+  is full, or its oldest text has waited ``adaptive_delay_us``. Under load a batch thus
+  holds what arrived while the previous one ran and was answered, and per-batch work
+  (preprocessing, one onnxruntime run) is shared: ~3,000 instead of ~2,000 calls/s here
+  at 16 callers.
 """
 
 from __future__ import annotations
@@ -38,13 +46,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tlserve.server import loop_idle
 from tlserve.server.runtime import ModelRuntime, Prediction
 
 _LOGGER = logging.getLogger(__name__)
 
 
-# A call arriving this long after the last arrival or answer finds the server idle.
-IDLE_GAP_SECONDS = 150e-6
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class QueueFull(Exception):
@@ -88,6 +98,7 @@ class DynamicBatcher:
         max_queue_size: int,
         on_batch: Callable[[ModelRuntime, BatchStats], None] | None = None,
         inline_batch_texts: int = 0,
+        adaptive_delay_us: int = 0,
     ) -> None:
         self.runtime = runtime
         self.max_batch_size = max_batch_size
@@ -95,6 +106,8 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch
         self.inline_batch_texts = inline_batch_texts
+        self.adaptive_delay = adaptive_delay_us / 1e6
+        self._gathering: asyncio.Future[None] | None = None
         self._queue: deque[_Chunk] = deque()
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
@@ -102,7 +115,8 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = False
-        self._last_activity = 0.0
+        self._meter = loop_idle.METER
+        self._waits_seen = -1  # so the first call finds the server idle
 
     @property
     def queued_texts(self) -> int:
@@ -115,6 +129,8 @@ class DynamicBatcher:
         """Finishes the queued work, then stops."""
         self._closed = True
         self._wakeup.set()
+        if self._gathering is not None and not self._gathering.done():
+            self._gathering.set_result(None)
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
@@ -128,9 +144,9 @@ class DynamicBatcher:
                 f"queue of model {self.runtime.name!r} holds {self._queued_texts} texts; {len(texts)} more "
                 f"would pass max_queue_size={self.max_queue_size}"
             )
-        now = time.perf_counter()
-        idle = not self._queue and not self._running and now - self._last_activity > IDLE_GAP_SECONDS
-        self._last_activity = now
+        waits = self._meter.waits
+        idle = not self._queue and not self._running and waits != self._waits_seen
+        self._waits_seen = waits
         if idle and self.max_delay == 0 and len(texts) <= self.inline_batch_texts:
             return self._run_now(texts)
         loop = asyncio.get_running_loop()
@@ -141,6 +157,9 @@ class DynamicBatcher:
         self._queue.extend(chunks)
         self._queued_texts += len(texts)
         self._wakeup.set()
+        gathering = self._gathering
+        if gathering is not None and not gathering.done() and self._queued_texts >= self.max_batch_size:
+            gathering.set_result(None)
         try:
             parts = [await chunk.future for chunk in chunks]
         except BaseException:
@@ -165,7 +184,7 @@ class DynamicBatcher:
             prediction = self.runtime.predict(texts)
         finally:
             self._running = False
-            self._last_activity = time.perf_counter()
+            self._waits_seen = self._meter.waits
         self._report(len(texts), [0.0], prediction)
         return prediction
 
@@ -209,6 +228,8 @@ class DynamicBatcher:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     if self._queued_texts < self.max_batch_size and time.perf_counter() - oldest < self.max_delay:
                         continue
+            elif self.adaptive_delay > 0 and self._queued_texts < self.max_batch_size and not self._closed:
+                await self._gather(loop)
             batch = self._take_batch()
             if not batch:
                 continue
@@ -228,12 +249,31 @@ class DynamicBatcher:
                 continue
             finally:
                 self._running = False
-                self._last_activity = time.perf_counter()
+                self._waits_seen = self._meter.waits
             self._deliver(batch, prediction)
             self._report(len(texts), [started - chunk.enqueued for chunk in batch], prediction)
             # Let the callers answer and the calls that arrived meanwhile queue up (and
             # so share the next batch) before taking it.
             await asyncio.sleep(0)
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lets calls join the batch while the loop is busy receiving them: until the loop
+        would idle, the batch is full, or the oldest text has waited `adaptive_delay`.
+        One future and one timer per batch: a task per arrival (asyncio.wait_for) would
+        cost more than the batching saves."""
+        waited = time.perf_counter() - self._queue[0].enqueued
+        if waited >= self.adaptive_delay:
+            return
+        gathering: asyncio.Future[None] = loop.create_future()
+        self._gathering = gathering
+        self._meter.gathering.add(gathering)
+        timer = loop.call_later(self.adaptive_delay - waited, _resolve, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._meter.gathering.discard(gathering)
+            self._gathering = None
 
     @staticmethod
     def _deliver(batch: list[_Chunk], prediction: Prediction) -> None:

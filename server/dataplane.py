@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from tlserve.client.v1 import classifier_pb2 as pb
 from tlserve.server import metrics
@@ -36,21 +35,25 @@ class ServingError(Exception):
 
 
 def _record_batch(runtime: ModelRuntime, stats: BatchStats) -> None:
+    metrics.DEFERRED.add(_apply_batch_stats, runtime, stats)
+
+
+def _apply_batch_stats(aggregate: metrics.Aggregate, runtime: ModelRuntime, stats: BatchStats) -> None:
     # Per batch rather than per call: under load one batch serves many calls.
     model = metrics.for_model(runtime.name)
-    model.batch_size.observe(stats.size)
-    model.encode.observe(stats.encode_seconds)
-    model.inference.observe(stats.inference_seconds)
+    aggregate.observe(model.batch_size, stats.size)
+    aggregate.observe(model.encode, stats.encode_seconds)
+    aggregate.observe(model.inference, stats.inference_seconds)
     for seconds in stats.queue_seconds:
-        model.queue.observe(seconds)
+        aggregate.observe(model.queue, seconds)
     counts = stats.token_counts.tolist()
     fractions = stats.oov_fractions.tolist()
-    model.tokens_all.inc(sum(counts))
-    model.tokens_oov.inc(round(sum(f * c for f, c in zip(fractions, counts, strict=True))))
+    aggregate.inc(model.tokens_all, sum(counts))
+    aggregate.inc(model.tokens_oov, round(sum(f * c for f, c in zip(fractions, counts, strict=True))))
     for fraction, count in zip(fractions, counts, strict=True):
         if count:
-            model.oov_fraction.observe(fraction)
-    metrics.texts_counter(runtime.name, str(runtime.version)).inc(stats.size)
+            aggregate.observe(model.oov_fraction, fraction)
+    aggregate.inc(metrics.texts_counter(runtime.name, str(runtime.version)), stats.size)
 
 
 @dataclass
@@ -112,7 +115,8 @@ class DataPlane:
                         continue
                     batcher = DynamicBatcher(runtime, self.settings.max_batch_size,
                                              self.settings.max_queue_delay_us, self.settings.max_queue_size,
-                                             _record_batch, self.settings.inline_batch_texts)
+                                             _record_batch, self.settings.inline_batch_texts,
+                                             self.settings.adaptive_delay_us)
                     batcher.start()
                     self.batchers[(name, version)] = batcher
                     self.repository.add(runtime)  # from here on, calls can reach it
@@ -184,7 +188,8 @@ class DataPlane:
             call.version = runtime.version
             responded = time.perf_counter()
             response = build_response(runtime, prediction, request.top_k, request.request_id)
-            metrics.for_model(runtime.name).respond.observe(time.perf_counter() - responded)
+            metrics.DEFERRED.add(metrics.observe, metrics.for_model(runtime.name).respond,
+                                 time.perf_counter() - responded)
             return response
 
     def model_label(self, name: str) -> str:
@@ -221,17 +226,17 @@ class CallObserver:
             code = grpc.StatusCode.CANCELLED
         else:
             code = grpc.StatusCode.UNKNOWN
-        metrics.request_counter(self.model, str(self.version or "latest"), self.method, code.name).inc()
-        metrics.request_latency(self.model, self.method).observe(time.perf_counter() - self.started)
+        metrics.DEFERRED.add(_count_call, self.model, self.version, self.method, code.name,
+                             time.perf_counter() - self.started)
+
+
+def _count_call(aggregate: metrics.Aggregate, model: str, version: int, method: str, code: str,
+                seconds: float) -> None:
+    aggregate.inc(metrics.request_counter(model, str(version or "latest"), method, code))
+    aggregate.observe(metrics.request_latency(model, method), seconds)
 
 
 def build_response(runtime: ModelRuntime, prediction: Prediction, top_k: int, request_id: str) -> bytes:
     """The serialized ClassifyResponse: per text, labels by decreasing probability, token count and OOV share."""
-    probabilities = prediction.probabilities
-    n_labels = probabilities.shape[1]
-    k = n_labels if top_k <= 0 or top_k >= n_labels else top_k
-    # argsort on the negated rows: stable, so ties keep label order, same as the client sees.
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(probabilities, order, axis=1)
-    return runtime.encoder.encode(runtime.name, runtime.version, top, order, prediction.token_counts.tolist(),
-                                  prediction.oov_fractions.tolist(), request_id)
+    return runtime.encoder.encode(runtime.name, runtime.version, prediction.probabilities, top_k,
+                                  prediction.token_counts.tolist(), prediction.oov_fractions.tolist(), request_id)

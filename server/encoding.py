@@ -58,20 +58,18 @@ class ResponseEncoder:
         self.entry_lengths = lengths
         self.entry_starts = np.cumsum(lengths) - lengths
 
-    def encode(self, model: str, version: int, top: np.ndarray, order: np.ndarray, token_counts: list[int],
+    def encode(self, model: str, version: int, probabilities: np.ndarray, top_k: int, token_counts: list[int],
                oov_fractions: list[float], request_id: str) -> bytes:
-        """`order` [n, k]: label indices by decreasing probability; `top` [n, k]: their probabilities."""
-        n, k = order.shape
-        floats = np.ascontiguousarray(top, dtype="<f4").tobytes()
-        if n * k < _NUMPY_FROM_ENTRIES:
-            entries = self.entries
-            rows = order.tolist()
-            bodies = [
-                b"".join([entries[j] + floats[4 * (i * k + p) : 4 * (i * k + p) + 4] for p, j in enumerate(row)])
-                for i, row in enumerate(rows)
-            ]
+        """Labels by decreasing probability (ties in label order), the first `top_k` (0: all) per text."""
+        n, n_labels = probabilities.shape
+        k = n_labels if top_k <= 0 or top_k >= n_labels else top_k
+        if n * n_labels < _NUMPY_FROM_ENTRIES:
+            bodies = self._few_bodies(probabilities, k)
         else:
-            bodies = self._bodies(order, floats)
+            # argsort on the negated rows: stable, so ties keep label order (as sorted() does in `_few_bodies`).
+            order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            top = np.take_along_axis(probabilities, order, axis=1)
+            bodies = self._bodies(order, np.ascontiguousarray(top, dtype="<f4").tobytes())
         parts = []
         if model:
             parts.append(_field(1, model.encode("utf-8")))
@@ -87,6 +85,19 @@ class ResponseEncoder:
         if request_id:
             parts.append(_field(4, request_id.encode("utf-8")))
         return b"".join(parts)
+
+    def _few_bodies(self, probabilities: np.ndarray, k: int) -> list[bytes]:
+        """Each text's label entries, ordered and joined in Python (few labels in all)."""
+        n_labels = probabilities.shape[1]
+        floats = np.ascontiguousarray(probabilities, dtype="<f4").tobytes()
+        entries, labels = self.entries, range(n_labels)
+        bodies = []
+        for i, row in enumerate(probabilities.tolist()):
+            base = 4 * n_labels * i
+            # sorted() is stable with reverse=True too: equal probabilities keep label order.
+            order = sorted(labels, key=row.__getitem__, reverse=True)[:k]
+            bodies.append(b"".join([entries[j] + floats[base + 4 * j : base + 4 * j + 4] for j in order]))
+        return bodies
 
     def _bodies(self, order: np.ndarray, floats: bytes) -> list[bytes]:
         """Each text's label entries, gathered for all texts in one vectorised pass."""

@@ -7,14 +7,112 @@ process serves the sum on the metrics port, so one scrape sees the whole server.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class Aggregate:
+    """Counter increments and histogram observations summed per labelled child, then applied.
+
+    Applying n observations of one histogram child costs one bucket search each in
+    Python and one locked add per touched bucket, instead of n full `observe` calls.
+    It writes the child's `_sum` and `_buckets` values, attributes prometheus_client has
+    kept since its first releases (tests/test_metrics_deferred.py compares the exposition
+    with `observe`'s, so an upgrade that changes them fails there).
+    """
+
+    def __init__(self) -> None:
+        self.increments: dict[Any, float] = {}
+        self.observations: dict[Any, list[float]] = {}
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        self.increments[child] = self.increments.get(child, 0.0) + amount
+
+    def observe(self, child: Any, value: float) -> None:
+        values = self.observations.get(child)
+        if values is None:
+            self.observations[child] = [value]
+        else:
+            values.append(value)
+
+    def apply(self) -> None:
+        for child, amount in self.increments.items():
+            child.inc(amount)
+        for child, values in self.observations.items():
+            bounds = child._upper_bounds
+            per_bucket = [0] * len(bounds)
+            for value in values:
+                per_bucket[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
+            child._sum.inc(sum(values))
+            for bucket, count in zip(child._buckets, per_bucket, strict=True):
+                if count:
+                    bucket.inc(count)
+
+
+class DeferredUpdates:
+    """Metric updates of the hot path, applied off it and in bulk.
+
+    A call's dozen counter and histogram updates cost prometheus_client a lock and a few
+    Python calls each: about 4 % of a lone caller's latency here. So calls queue them (a
+    list append of the function that makes them) and they are applied, summed per metric
+    child (`Aggregate`), when the event loop would otherwise wait for work
+    (`tlserve.server.loop_idle`), when a scrape of this process comes in, or once `limit`
+    are pending (a saturated loop never idles).
+    """
+
+    def __init__(self, limit: int = 512) -> None:
+        self.limit = limit
+        self._pending: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        # The scrape thread flushes too: the lock keeps an update from landing in a list
+        # that is being applied (and so from being lost).
+        self._lock = threading.Lock()
+
+    def add(self, update: Callable[..., None], *args: Any) -> None:
+        """Queues `update(aggregate, *args)`."""
+        with self._lock:
+            self._pending.append((update, args))
+            full = len(self._pending) >= self.limit
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        aggregate = Aggregate()
+        for update, args in pending:
+            update(aggregate, *args)
+        aggregate.apply()
+
+
+def observe(aggregate: Aggregate, child: Any, value: float) -> None:
+    """An update for `DeferredUpdates.add`: one histogram observation."""
+    aggregate.observe(child, value)
+
+
+DEFERRED = DeferredUpdates()
+
+
+class _FlushBeforeScrape:
+    """Registered before every metric, so a scrape of this process sees every call so far."""
+
+    def collect(self) -> Iterator[Metric]:
+        DEFERRED.flush()
+        return iter(())
+
+
+REGISTRY.register(_FlushBeforeScrape())
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

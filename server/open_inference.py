@@ -250,7 +250,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 call.version = runtime.version
                 responded = time.perf_counter()
                 response = build_infer_response(runtime, prediction, request, outputs)
-                metrics.for_model(runtime.name).respond.observe(time.perf_counter() - responded)
+                metrics.DEFERRED.add(metrics.observe, metrics.for_model(runtime.name).respond,
+                                     time.perf_counter() - responded)
                 return response
         except ServingError as exc:
             await context.abort(exc.code, exc.message)

@@ -35,6 +35,9 @@ class ServerSettings:
     max_queue_delay_us: int = _setting(
         0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
         "(requests arriving during a batch still form the next one)")
+    adaptive_delay_us: int = _setting(
+        1000, "with max_queue_delay_us 0 and calls queued, most microseconds a batch waits until as many calls "
+        "are queued as the last batch answered (they amortise the per-batch work; 0 = never wait)")
     inline_batch_texts: int = _setting(
         16, "batches of at most this many texts run on the event loop itself; larger ones in the inference "
         "thread (for a few texts the hand-off between threads costs more than the work; 0 = always the thread)")
@@ -96,8 +99,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.inline_batch_texts < 0:
             raise ValueError(f"inline_batch_texts must be >= 0, not {self.inline_batch_texts}")
-        if self.max_queue_delay_us < 0:
-            raise ValueError(f"max_queue_delay_us must be >= 0, not {self.max_queue_delay_us}")
+        for name in ("max_queue_delay_us", "adaptive_delay_us"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if not re.fullmatch(r"all|latest|latest:\d+|specific:\d+(,\d+)*", self.version_policy):

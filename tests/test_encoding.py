@@ -37,12 +37,15 @@ def test_encoded_bytes_parse_to_the_api_built_message(labels: list[str], n: int,
     rng = np.random.default_rng(seed)
     probabilities = rng.dirichlet(np.ones(len(labels)), size=n).astype(np.float32)
     probabilities[rng.random(probabilities.shape) < 0.1] = 0.0  # exact zeros are written explicitly
+    if len(labels) > 2:  # exact ties between non-zero probabilities keep label order
+        probabilities[rng.random(n) < 0.3, 2] = probabilities[0, 1]
+    top_k = k
     k = len(labels) if k == 0 or k >= len(labels) else k
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(probabilities, order, axis=1)
     tokens = rng.choice([0, 1, 300, 70_000], size=n).tolist()
     oov = rng.choice([0.0, 0.25, 1 / 3, 1.0], size=n).tolist()
-    encoded = ResponseEncoder(labels).encode(model, version, top, order, tokens, oov, request_id)
+    encoded = ResponseEncoder(labels).encode(model, version, probabilities, top_k, tokens, oov, request_id)
     assert pb.ClassifyResponse.FromString(encoded) == reference(model, version, labels, top, order, tokens, oov,
                                                                  request_id)
 
@@ -51,10 +54,11 @@ def test_large_responses_take_the_vectorised_path_and_match() -> None:
     labels = [f"noun.label{i}" for i in range(10)] + ["ünïcödé", "x" * 200]
     rng = np.random.default_rng(1)
     probabilities = rng.dirichlet(np.ones(len(labels)), size=300).astype(np.float32)
+    probabilities[::7, 3] = probabilities[::7, 4]  # ties
     order = np.argsort(-probabilities, axis=1, kind="stable")
     top = np.take_along_axis(probabilities, order, axis=1)
     tokens, oov = list(range(300)), [i / 300 for i in range(300)]
-    encoded = ResponseEncoder(labels).encode("m", 3, top, order, tokens, oov, "r")
+    encoded = ResponseEncoder(labels).encode("m", 3, probabilities, 0, tokens, oov, "r")
     assert pb.ClassifyResponse.FromString(encoded) == reference("m", 3, labels, top, order, tokens, oov, "r")
 
 
