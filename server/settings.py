@@ -36,8 +36,8 @@ class ServerSettings:
         0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
         "(requests arriving during a batch still form the next one)")
     adaptive_delay_us: int = _setting(
-        1000, "with max_queue_delay_us 0 and calls queued, most microseconds a batch waits until as many calls "
-        "are queued as the last batch answered (they amortise the per-batch work; 0 = never wait)")
+        1000, "with max_queue_delay_us 0: most microseconds a batch gathers calls while the event loop is busy "
+        "receiving more (it runs as soon as the loop would idle; 0 = never gather)")
     inline_batch_texts: int = _setting(
         16, "batches of at most this many texts run on the event loop itself; larger ones in the inference "
         "thread (for a few texts the hand-off between threads costs more than the work; 0 = always the thread)")

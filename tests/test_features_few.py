@@ -61,12 +61,14 @@ def test_few_tokens_encode_to_the_batch_paths_bits(pooling: str, sif: bool, text
                                                        expected.oov_counts[i : i + 1]))
 
 
-def test_few_token_lookup_agrees_with_the_vectorised_one() -> None:
+def test_hash_lookup_agrees_with_the_binary_search() -> None:
     index = VocabularyIndex.build(VOCABULARY)
+    searched = VocabularyIndex(index.words, index.rows)
     # "x" * 31 is wider than every word: cast to the index's width it would match "x" * 30.
-    assert index.lookup_few(WORDS) == index.lookup(WORDS).tolist()
-    assert index.lookup_few(WORDS)[-3] == -1
-    assert index.lookup_few([]) == []
+    assert index.lookup_few(WORDS) == searched.lookup(WORDS).tolist() == searched.lookup_few(WORDS)
+    assert index.lookup(WORDS).tolist() == searched.lookup(WORDS).tolist()
+    assert index.lookup_few(WORDS)[-3] == -1 and searched.lookup_few(WORDS)[-3] == -1
+    assert index.lookup_few([]) == [] and index.lookup([]).tolist() == []
 
 
 def test_hash_table_finds_every_word_and_misses_the_rest(tmp_path: Path) -> None:
@@ -76,8 +78,11 @@ def test_hash_table_finds_every_word_and_misses_the_rest(tmp_path: Path) -> None
                 source_sha256="0")
     store = VectorStore(tmp_path / "s")
     assert store.index.slots is not None  # written by write_store, mapped by VectorStore
-    probes = vocabulary + [word + "q" for word in vocabulary[:500]] + ["", "x" * 40]
-    assert store.index.lookup_few(probes) == store.index.lookup(probes).tolist()
+    probes = [*vocabulary, *(word + "q" for word in vocabulary[:500]), "", "x" * 40]
+    searched = VocabularyIndex(store.index.words, store.index.rows)  # the binary search, no table
+    assert searched.slots is None
+    assert store.index.lookup_few(probes) == searched.lookup(probes).tolist() == searched.lookup_few(probes)
+    assert store.index.lookup(probes).tolist() == searched.lookup(probes).tolist()
     assert store.index.lookup_few(vocabulary) == list(range(len(vocabulary)))
 
 
