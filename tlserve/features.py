@@ -146,15 +146,18 @@ class Featurizer:
         width = int(self.matrix.shape[1])
         return 2 * width if self.config.pooling == "mean_max" else width
 
+    def _tokens(self, texts: Sequence[str]) -> tuple[list[list[str]], list[str]]:
+        """Tokens per text, and all of them in one flat list."""
+        tokens = self.preprocessor.batch_tokens(texts)
+        return tokens, [token for text_tokens in tokens for token in text_tokens]
+
     def lookup(self, texts: Sequence[str]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
         """Tokens per text, their rows (flat, -1 if unknown) and the token count per text."""
-        tokens = self.preprocessor.batch_tokens(texts)
-        flat = [token for text_tokens in tokens for token in text_tokens]
+        tokens, flat = self._tokens(texts)
         return tokens, self.index.lookup(flat), _counts(tokens)
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
-        tokens = self.preprocessor.batch_tokens(texts)
-        flat = [token for text_tokens in tokens for token in text_tokens]
+        tokens, flat = self._tokens(texts)
         if self.config.mode == "frozen" and len(flat) <= FEW_TOKENS:
             return self._encode_few(tokens, self.index.lookup_few(flat))
         rows, counts = self.index.lookup(flat), _counts(tokens)
