@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from tlserve.bench.peer_server import serve_until_signalled
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class NoOpClassifier(pb_grpc.ClassifierServicer):
 
 async def serve(port: int, labels: int, reuse_port: bool) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
-    pb_grpc.add_ClassifierServicer_to_server(NoOpClassifier(labels), server)
+    # Only the methods the benchmark calls; the others answer UNIMPLEMENTED.
+    pb_grpc.add_ClassifierServicer_to_server(NoOpClassifier(labels), server)  # type: ignore[abstract]
     await serve_until_signalled(server, port)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 _LOGGER = logging.getLogger(__name__)
 
 SHAPES = ("unary", "stream", "v2")
+LOAD_CONTEXT = multiprocessing.get_context("spawn")  # gRPC does not survive fork
 
 
 @dataclass
@@ -81,8 +82,8 @@ class LoadResult:
 def _caller(spec: LoadSpec, channel: Any) -> Callable[[list[str]], Awaitable[None]]:
     """An async function sending one call of the spec's shape with the given texts."""
     if spec.shape == "unary":
-        from tlserve.client.v1 import classifier_pb2 as pb
-        from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+        from tlserve.contract.v1 import classifier_pb2 as pb
+        from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
         stub = pb_grpc.ClassifierStub(channel)
 
@@ -91,8 +92,8 @@ def _caller(spec: LoadSpec, channel: Any) -> Callable[[list[str]], Awaitable[Non
 
         return unary
     if spec.shape == "v2":
-        from tlserve.server.oip import grpc_predict_v2_pb2 as v2
-        from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+        from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
+        from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 
         stub_v2 = v2_grpc.GRPCInferenceServiceStub(channel)
 
@@ -114,8 +115,8 @@ class _Stream:
     """One bidirectional ClassifyStream used as a closed-loop caller: send, await the answer."""
 
     def __init__(self, spec: LoadSpec, channel: Any) -> None:
-        from tlserve.client.v1 import classifier_pb2 as pb
-        from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+        from tlserve.contract.v1 import classifier_pb2 as pb
+        from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
         self.pb = pb
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -138,7 +139,7 @@ class _Stream:
         self.call.cancel()
 
 
-async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
+async def _client(spec: LoadSpec, index: int, share: float, measuring: Any = None) -> dict[str, Any]:
     import grpc
 
     rng = np.random.default_rng(index)
@@ -161,6 +162,11 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         measure_from = loop.time() + spec.warmup_seconds
         stop_at = measure_from + spec.seconds
+
+        def signal_measuring() -> None:
+            # Tells the caller of run_load when this client's measured window begins.
+            if measuring is not None:
+                loop.call_at(measure_from, measuring.set)
 
         async def timed(send: Callable[[list[str]], Awaitable[None]], intended: float) -> None:
             try:
@@ -192,6 +198,7 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
                 cpu_start = time.process_time()
 
             marker = asyncio.ensure_future(cpu_mark())
+            signal_measuring()
             await asyncio.gather(*(loop_one(i) for i in range(callers)))
             await marker
             for stream in streams:
@@ -200,6 +207,7 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
             if spec.shape == "stream":
                 raise ValueError("open loop uses unary or v2 calls")
             senders = [_caller(spec, ch) for ch in channels]
+            signal_measuring()
             interval = 1.0 / (spec.rate * share)
             pending: set[asyncio.Task[None]] = set()
             next_at = loop.time()
@@ -224,22 +232,26 @@ async def _client(spec: LoadSpec, index: int, share: float) -> dict[str, Any]:
     return {"latencies": latencies, "cpu": cpu, **counters}
 
 
-def _client_process(spec_dict: dict[str, Any], index: int, share: float, out: Any) -> None:
+def _client_process(spec_dict: dict[str, Any], index: int, share: float, out: Any, measuring: Any) -> None:
     spec = LoadSpec(**spec_dict)
     try:
-        out.put((index, asyncio.run(_client(spec, index, share))))
+        out.put((index, asyncio.run(_client(spec, index, share, measuring))))
     except Exception as exc:  # report, do not hang the parent
         out.put((index, {"error": repr(exc)}))
 
 
-def run_load(spec: LoadSpec) -> LoadResult:
-    """Runs the load from `spec.processes` spawned client processes and merges what they measured."""
-    context = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+def run_load(spec: LoadSpec, measuring: Any = None) -> LoadResult:
+    """Runs the load from `spec.processes` spawned client processes and merges what they measured.
+
+    `measuring`, an Event of the spawn context (`LOAD_CONTEXT.Event()`), is set when the first
+    client's measured window begins (its processes start, connect and warm up before that).
+    """
+    context = LOAD_CONTEXT
     out = context.Queue()
     processes = max(1, min(spec.processes, spec.concurrency if spec.rate <= 0 else spec.processes))
     shares = [1.0 / processes] * processes
-    workers = [context.Process(target=_client_process, args=(asdict(spec), i, shares[i], out), daemon=True)
-               for i in range(processes)]
+    workers = [context.Process(target=_client_process, args=(asdict(spec), i, shares[i], out, measuring),
+                               daemon=True) for i in range(processes)]
     for worker in workers:
         worker.start()
     results = []

@@ -1,8 +1,8 @@
 """An MLServer custom runtime serving a tlserve bundle: the same preprocessing, features and ONNX model.
 
 Loaded by MLServer 1.7.1 in its own venv (.venv-mlserver, see `bench/systems.py`), where
-tlserve is installed without dependencies: the runtime uses tlserve's ModelRepository to
-open the bundle and its store, so MLServer does exactly tlserve's per-text work and the
+tlserve is installed without dependencies: the runtime uses tlserve's in-process `Scorer`
+(the server's own) to open the bundle and its store, so MLServer does exactly tlserve's per-text work and the
 benchmark compares the serving layers. Adaptive batching is MLServer's own
 (max_batch_size / max_batch_time in model-settings.json).
 """
@@ -19,12 +19,9 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 class TlserveRuntime(MLModel):
     async def load(self) -> bool:
-        from tlserve.server.repository import ModelRepository
-        from tlserve.server.runtime import session_options
+        from tlserve.scorer import Scorer
 
-        bundle = Path(self.settings.parameters.uri)
-        repository = ModelRepository(bundle.parent.parent, session_options(1, 1, False))
-        self.runtime = repository.load(bundle)
+        self.runtime = Scorer.open(Path(self.settings.parameters.uri))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

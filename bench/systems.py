@@ -170,8 +170,8 @@ def start_mlserver(bundle: Path, model: str, workdir: Path, logs: Path, max_batc
     def ready() -> bool:
         import grpc
 
-        from tlserve.server.oip import grpc_predict_v2_pb2 as v2
-        from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+        from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
+        from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 
         with grpc.insecure_channel(running.target) as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
@@ -182,10 +182,9 @@ def start_mlserver(bundle: Path, model: str, workdir: Path, logs: Path, max_batc
 
 def compute_ceiling(bundle: Path, texts: list[str], batch: int, seconds: float) -> dict[str, float]:
     """tlserve's preprocessing + onnxruntime in this process, no RPC: texts/s and time per call."""
-    from tlserve.server.repository import ModelRepository
-    from tlserve.server.runtime import session_options
+    from tlserve.scorer import Scorer
 
-    runtime = ModelRepository(bundle.parent.parent, session_options(1, 1, False)).load(bundle)
+    runtime = Scorer.open(bundle)
     runtime.warm_up("warm up")
     times, done, start = [], 0, time.perf_counter()
     rng = np.random.default_rng(0)

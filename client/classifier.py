@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 

@@ -1,12 +1,14 @@
 """Regenerates the Python gRPC stubs and their .pyi type stubs from protos/.
 
-    python scripts/gen_protos.py            # writes client/v1/ and server/oip/
+    python scripts/gen_protos.py            # writes tlserve/contract/v1/ and tlserve/contract/oip/
     python scripts/gen_protos.py --out DIR  # writes DIR/v1 and DIR/oip instead (the stale-stubs test)
 
-client/v1 (tlserve.client.v1) holds tlserve's own API, for clients. server/oip
-(tlserve.server.oip) holds the Open Inference Protocol's, which only the server needs: its
-messages live in the proto package `inference`, as tritonclient's do, and two modules
-registering the same names cannot share a process, so clients never import it.
+The contract package (base install) holds both: tlserve/contract/v1 (tlserve.contract.v1)
+is tlserve's own API, which clients use (also importable as tlserve.client.v1);
+tlserve/contract/oip (tlserve.contract.oip) is the Open Inference Protocol's, which only
+servers use: its messages live in the proto package `inference`, as tritonclient's do,
+and two modules registering the same names cannot share a process, so clients never
+import it.
 
 The stubs are generated with grpcio-tools 1.69 (protobuf gencode 5.29), whose output
 imports under protobuf 5.29+, 6.x and 7.x runtimes; newer grpcio-tools emit gencode that
@@ -30,10 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 # proto file -> (proto package path, Python package, folder under the default output)
 TARGETS = {
-    "tlserve/v1/classifier.proto": ("tlserve/v1", "tlserve.client.v1", "v1"),
-    "inference/grpc_predict_v2.proto": ("inference", "tlserve.server.oip", "oip"),
+    "tlserve/v1/classifier.proto": ("tlserve/v1", "tlserve.contract.v1", "v1"),
+    "inference/grpc_predict_v2.proto": ("inference", "tlserve.contract.oip", "oip"),
 }
-DEFAULT_OUTS = {"v1": ROOT / "client" / "v1", "oip": ROOT / "server" / "oip"}
+CONTRACT = ROOT / "tlserve" / "contract"
+DEFAULT_OUTS = {"v1": CONTRACT / "v1", "oip": CONTRACT / "oip"}
 CODEGEN_VENV = Path(os.environ.get("TLSERVE_CODEGEN_VENV", ROOT / ".venv-codegen"))
 CODEGEN_PINS = ["grpcio-tools==1.69.0", "protobuf==5.29.6", "mypy-protobuf==3.6.0"]
 # protoc names modules after the proto path (tlserve.v1, inference); the package ships
@@ -95,7 +98,8 @@ def generate(outs: dict[str, Path], proto_root: Path = PROTO_ROOT) -> list[Path]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="write DIR/v1 and DIR/oip (default: client/v1 and server/oip)")
+    parser.add_argument("--out", type=Path,
+                        help="write DIR/v1 and DIR/oip (default: tlserve/contract/v1 and tlserve/contract/oip)")
     parser.add_argument("--protos", type=Path, default=PROTO_ROOT, help="folder of the .proto files (default: protos)")
     args = parser.parse_args()
     if args.out is None:

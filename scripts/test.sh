@@ -11,6 +11,14 @@ marker="not slow"
 if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
 echo "== ruff" && ruff check .
 echo "== mypy" && mypy tlserve server trainer client scripts bench
+# import-linter reads the package from the file system, so it checks a plain (non-editable)
+# install of the tree, where server/, trainer/ and client/ sit inside tlserve/ as users get them.
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+contracts=$(mktemp -d)
+trap 'rm -rf "$contracts" "$contracts.log"' EXIT
+pip install -q --disable-pip-version-check --no-deps --no-compile --target "$contracts" . >"$contracts.log" 2>&1 \
+  || { cat "$contracts.log" >&2; exit 1; }
+(cd "$contracts" && PYTHONPATH="$contracts" lint-imports "$OLDPWD/pyproject.toml" | grep -E "KEPT|BROKEN|^Contracts|not allowed|->")
 echo "== pytest -m '$marker'"
 set +e
 pytest -m "$marker" "$@"

@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,25 @@ def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, en
     if wait:
         wait_serving(server)
     return server
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with these labels) scraped from the server's metrics port."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        named = line.startswith(name + "{") or line.startswith(name + " ")
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Waits for an event the test controls; the timeout only catches a hang, never decides a verdict."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
 
 
 def wait_serving(server: ServerProcess, timeout: float = 60) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.demo import prepare
-from tlserve.trainer.train import TrainConfig, train
+from tlserve.trainer.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]

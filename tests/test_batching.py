@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 
-from tlserve.server import loop_idle
-from tlserve.server.batching import BatchStats, DynamicBatcher
-from tlserve.server.runtime import Prediction
+from tlserve.scorer import Prediction
+from tlserve.server.core import loop_idle
+from tlserve.server.core.batching import BatchStats, DynamicBatcher
 
 
 class _CountingRuntime:
-    """Stands in for a ModelRuntime: records each batch's texts (the batcher only calls predict)."""
+    """Stands in for a Scorer: records each batch's texts (the batcher only calls predict)."""
 
     name = "m"
 
@@ -74,44 +74,45 @@ def test_idle_waits_are_counted_only_when_the_loop_blocks() -> None:
     assert idle >= 1
 
 
+# The gathering limit is far beyond what any of these batches needs: a batch that waited for it
+# would make the test time out (wait_for below) instead of passing on a lucky schedule.
+GATHER_LIMIT_US = 60_000_000
+
+
 def _batcher(runtime: _CountingRuntime, stats: list[BatchStats]) -> DynamicBatcher:
     return DynamicBatcher(runtime, max_batch_size=64, max_queue_delay_us=0, max_queue_size=1024,  # type: ignore[arg-type]
-                          on_batch=lambda _runtime, batch: stats.append(batch), inline_batch_texts=16,
-                          adaptive_delay_us=100_000)
+                          on_batch=stats.append, inline_batch_texts=16,
+                          adaptive_delay_us=GATHER_LIMIT_US)
 
 
 def test_a_lone_call_on_an_idle_loop_runs_at_once_and_a_crowd_shares_batches() -> None:
     runtime, stats = _CountingRuntime(), []
 
-    async def main() -> tuple[float, list[float]]:
+    async def main() -> list[float]:
         batcher = _batcher(runtime, stats)
         batcher.start()
         await asyncio.sleep(0.01)  # the loop idles: the next call finds the server idle
-        started = time.perf_counter()
         alone = await batcher.submit(["abc"])
-        lone_seconds = time.perf_counter() - started
         assert alone.probabilities[0, 0] == 3.0
         # 40 calls at once: they queue while the loop is busy taking them, then run in
-        # batches well before the 100 ms gathering limit.
-        answers = await asyncio.gather(*(batcher.submit(["x" * i]) for i in range(1, 41)))
+        # batches as soon as the loop runs out of work, never at the gathering limit.
+        answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(["x" * i]) for i in range(1, 41))), 30)
         await batcher.close()
-        return lone_seconds, [float(a.probabilities[0, 0]) for a in answers]
+        return [float(a.probabilities[0, 0]) for a in answers]
 
-    lone_seconds, lengths = loop_idle.run(main())
+    lengths = loop_idle.run(main())
     assert runtime.batches[0] == ["abc"] and stats[0].queue_seconds == [0.0]  # ran in the calling task
-    assert lone_seconds < 0.05
     assert lengths == [float(i) for i in range(1, 41)]  # each call got its own row back
     crowd = runtime.batches[1:]
     assert sum(len(b) for b in crowd) == 40
     assert len(crowd) <= 4, f"the crowd ran in {len(crowd)} batches: {[len(b) for b in crowd]}"
-    assert max(s for batch in stats[1:] for s in batch.queue_seconds) < 0.1, "a batch waited for the time limit"
 
 
 def test_without_a_metered_loop_gathering_ends_at_the_time_limit() -> None:
     runtime, stats = _CountingRuntime(), []
 
     async def main() -> float:
-        batcher = DynamicBatcher(runtime, 64, 0, 1024, lambda _r, s: stats.append(s), 16,  # type: ignore[arg-type]
+        batcher = DynamicBatcher(runtime, 64, 0, 1024, stats.append, 16,  # type: ignore[arg-type]
                                  adaptive_delay_us=20_000)
         batcher.start()
         started = time.perf_counter()
@@ -145,7 +146,7 @@ def test_calls_trickling_in_while_the_loop_is_busy_share_one_batch() -> None:
         loop.call_soon(arrive, 1)
         while len(calls) < 30:
             await asyncio.sleep(0)
-        await asyncio.gather(*calls)
+        await asyncio.wait_for(asyncio.gather(*calls), 30)
         await batcher.close()
         return len(runtime.batches)
 

@@ -12,7 +12,7 @@ import pytest
 
 from tlserve.bench import systems
 from tlserve.bench.harness import BenchConfig, acceptance
-from tlserve.bench.loadgen import LoadSpec, run_load
+from tlserve.bench.loadgen import LOAD_CONTEXT, LoadSpec, run_load
 
 TEXTS = [f"a small text number {i}" for i in range(100)]
 
@@ -35,21 +35,29 @@ def test_closed_loop_counts_calls_and_latencies(ceiling: systems.Running) -> Non
 
 
 def test_open_loop_keeps_its_schedule_and_charges_a_stall_to_the_server(ceiling: systems.Running) -> None:
-    """The server is frozen for 0.4 s mid-run: the calls due meanwhile are still sent on time and
-    their latency counts from when they were due, so the stall shows in the tail."""
+    """The server is frozen for 0.4 s inside the measured window: the calls due meanwhile are still
+    sent on time and their latency counts from when they were due, so the stall shows in the tail.
+    The stall starts when the load generator says its window began (client processes take a
+    while to start on a busy machine), not after a guessed delay."""
     pid = ceiling.process.pid
+    measuring = LOAD_CONTEXT.Event()
+    stalled = threading.Event()
 
     def stall() -> None:
-        time.sleep(0.9)
+        if not measuring.wait(120):
+            return
+        time.sleep(0.3)
         os.kill(pid, signal.SIGSTOP)
+        stalled.set()
         time.sleep(0.4)
         os.kill(pid, signal.SIGCONT)
 
     threading.Thread(target=stall, daemon=True).start()
     result = run_load(LoadSpec(target=ceiling.target, model="m", shape="unary", texts_per_call=1, texts=TEXTS,
-                               seconds=1.5, rate=200, warmup_seconds=0.3))
+                               seconds=2.0, rate=200, warmup_seconds=0.3), measuring)
+    assert stalled.is_set(), "the measured window never began"
     assert result.errors == 0
-    assert result.calls == pytest.approx(300, rel=0.1)  # 200/s for 1.5 s, whatever the server did
+    assert result.calls == pytest.approx(400, rel=0.1)  # 200/s for 2 s, whatever the server did
     assert max(result.latencies_ms) >= 300  # a closed loop would have hidden the stall
     assert sorted(result.latencies_ms)[len(result.latencies_ms) // 2] < 50
 

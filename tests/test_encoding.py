@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.server.encoding import ResponseEncoder, varint
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.server.frontends.wire import ResponseEncoder, varint
 
 
 def reference(model: str, version: int, labels: list[str], top: np.ndarray, order: np.ndarray, tokens: list[int],

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
 from conftest import ServerProcess
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from tlserve.server import metrics
+from tlserve.server.core import metrics
 
 BUCKETS = (0.0, 0.0002, 0.001, 0.5, 1.0, 2.5)
 

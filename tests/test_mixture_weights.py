@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlserve.trainer.train import mixture_weights
+from tlserve.trainer.fitting import mixture_weights
 
 
 def test_a_better_calibrated_member_gets_the_weight() -> None:

@@ -23,8 +23,8 @@ import grpc
 import pytest
 
 from tlserve.client import Classifier
-from tlserve.server.oip import grpc_predict_v2_pb2 as v2
-from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
+from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 
 from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 
 from tlserve.client import Classifier
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
-from conftest import Trained, start_server
+from conftest import Trained, metric, start_server, wait_until
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -64,8 +64,9 @@ def test_burst_beyond_capacity_is_refused_with_bounded_memory_then_recovers(trai
 
 
 def test_sigterm_under_load_loses_no_accepted_call(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "3000000",
-                        "--max-batch-size", "2048", "--grace-seconds", "20")
+    # A 60 s batching delay holds every call until SIGTERM (the drain runs what is queued).
+    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "60000000",
+                        "--max-batch-size", "2048", "--grace-seconds", "60")
 
     async def load() -> tuple[list[grpc.StatusCode], list[grpc.StatusCode]]:
         async with grpc.aio.insecure_channel(proc.target) as channel:
@@ -78,10 +79,10 @@ def test_sigterm_under_load_loses_no_accepted_call(trained: Trained, tmp_path: P
                     return exc.code()
                 return grpc.StatusCode.OK
 
-            # 150 calls x 8 texts: after 1 s the server holds them all (queue 2,048 texts), and
-            # with a 3 s batching delay none is answered yet when SIGTERM arrives.
+            # 150 calls x 8 texts: SIGTERM once the server holds them all (queue 2,048 texts).
             first = [asyncio.ensure_future(one(i)) for i in range(150)]
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(wait_until, lambda: metric(proc, "tlserve_queued_texts", model="wn-frozen") == 1200,
+                                    "the 150 calls are queued")
             early = [call.result() for call in first if call.done()]
             assert not early, f"answered before SIGTERM: {early[:3]}"
             proc.process.terminate()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STUBS = {"v1": ROOT / "client" / "v1", "oip": ROOT / "server" / "oip"}
+STUBS = {"v1": ROOT / "tlserve" / "contract" / "v1", "oip": ROOT / "tlserve" / "contract" / "oip"}
 
 
 def generate(out: Path, protos: Path = ROOT / "protos") -> None:
@@ -51,7 +51,7 @@ def test_stubs_import_under_protobuf_runtimes(protobuf: str, tmp_path: Path) -> 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
                     "--target", str(target), f"protobuf=={protobuf}"], check=True, capture_output=True)
     code = (
-        "import google.protobuf as p; from tlserve.client.v1 import classifier_pb2 as pb, classifier_pb2_grpc; "
+        "import google.protobuf as p; from tlserve.contract.v1 import classifier_pb2 as pb, classifier_pb2_grpc; "
         "m = pb.ClassifyRequest(model='m', texts=['a', 'b'], top_k=2); "
         "assert pb.ClassifyRequest.FromString(m.SerializeToString()) == m; print(p.__version__)"
     )
@@ -73,7 +73,10 @@ def test_client_extra_installs_no_heavy_packages(tmp_path: Path) -> None:
     assert {"grpcio", "protobuf", "tlserve"} <= installed
     assert not installed & {"tensorflow", "tensorflow-cpu", "onnxruntime", "gensim", "numpy", "keras"}, installed
     code = ("from tlserve.client import Classifier, AsyncClassifier; "
-            "from tlserve.client.v1 import classifier_pb2_grpc; import tlserve.cli; "
+            "from tlserve.contract.v1 import classifier_pb2, classifier_pb2_grpc; import tlserve.cli; "
+            # The documented name of the stubs is the same module objects.
+            "from tlserve.client.v1 import classifier_pb2 as old; from tlserve.client.v1.classifier_pb2_grpc import "
+            "ClassifierStub; assert old is classifier_pb2 and ClassifierStub is classifier_pb2_grpc.ClassifierStub; "
             "import importlib.util as u; assert u.find_spec('server') is None and u.find_spec('trainer') is None; "
             "assert u.find_spec('client') is None; print('ok')")
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)

@@ -74,8 +74,11 @@ def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) 
 
     async def reloads() -> None:
         def step(action, expected: list[int]) -> None:  # type: ignore[no-untyped-def]
+            # Under load: each change lands while callers are answered, and each step waits
+            # for 20 more answers after it, so the callers cross every change.
+            answered = len(answers)
             action()
-            wait_for(lambda: versions_served(server) == expected)
+            wait_for(lambda: versions_served(server) == expected and len(answers) >= answered + 20)
 
         await asyncio.to_thread(step, lambda: publish(source, model_dir, 2), [2, 1])
         await asyncio.to_thread(step, lambda: publish(source, model_dir, 3), [3, 2, 1])
@@ -83,7 +86,6 @@ def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) 
         await asyncio.to_thread(wait_for, lambda: refused_total(server) == 1)
         await asyncio.to_thread(step, lambda: publish(source, model_dir, 5), [5, 3, 2, 1])
         await asyncio.to_thread(step, lambda: retire(model_dir, 1), [5, 3, 2])
-        await asyncio.sleep(0.5)
         stop.set()
 
     async def run() -> None:
@@ -92,7 +94,6 @@ def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) 
     try:
         asyncio.run(run())
         assert failures == []
-        assert len(answers) > 200
         assert set(answers) <= {1, 2, 3, 5} and 4 not in answers
         assert answers[-1] == 5
         assert refused_total(server) == 1  # refused once, not at every poll

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,13 +20,13 @@ import pytest
 
 from tlserve.bundle import Bundle
 from tlserve.client import AsyncClassifier, Classifier, ClassifierError
-from tlserve.client.v1 import classifier_pb2 as pb
-from tlserve.client.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 from tlserve.features import OUTPUT, Featurizer
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
 
-from conftest import ServerProcess, Trained, start_server
+from conftest import ServerProcess, Trained, metric, start_server, wait_until
 
 TEXTS = [
     "a domesticated carnivorous mammal with soft fur",
@@ -63,16 +63,6 @@ def mapping_stats(pid: int, needle: str) -> dict[str, int]:
         elif inside and len(head) >= 2 and head[0].endswith(":") and head[1].isdigit():
             totals[head[0][:-1]] = totals.get(head[0][:-1], 0) + int(head[1])
     return totals
-
-
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in body.splitlines():
-        named = line.startswith(name + "{") or line.startswith(name + " ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.mark.parametrize("model", ["wn-frozen", "wn-finetune"])
@@ -177,9 +167,17 @@ def _status(server: ServerProcess, **request: object) -> tuple[grpc.StatusCode, 
     return grpc.StatusCode.OK, ""
 
 
+def _health_or_none(client: Classifier) -> str | None:
+    try:
+        return client.health()
+    except ClassifierError:
+        return None  # not listening yet
+
+
 def _still_serving(server: ServerProcess) -> None:
+    # A full batch (64 texts) runs at once, whatever batching delay the server was given.
     with Classifier(server.target, model="wn-frozen") as client:
-        assert client.classify(["still serving"])[0].labels
+        assert all(result.labels for result in client.classify(["still serving"] * 64))
 
 
 @pytest.mark.parametrize(
@@ -207,53 +205,73 @@ def test_text_at_the_byte_limit_is_accepted(server: ServerProcess) -> None:
     assert _status(server, model="wn-frozen", texts=["a" * 16384])[0] == grpc.StatusCode.OK
 
 
+# A 60 s batching delay holds queued texts until a later call flushes them (or the server
+# stops): what these tests check happens on events they cause, never after a guessed time.
+HOLD = ("--max-queue-delay-us", "60000000")
+
+
+def _flush(server: ServerProcess) -> None:
+    """A call that fills a batch of 64 texts runs at once, with whatever was queued before it."""
+    with Classifier(server.target, model="wn-frozen", retries=0, timeout=60) as client:
+        assert len(client.classify(["flush"] * 64)) == 64
+
+
+def _queued(server: ServerProcess, texts: int) -> Callable[[], bool]:
+    return lambda: metric(server, "tlserve_queued_texts", model="wn-frozen") == texts
+
+
 def test_deadline_exceeded_and_work_dropped(trained: Trained, tmp_path: Path) -> None:
-    # A long queue delay keeps the text queued past its deadline: it must be dropped.
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "300000")
+    # The held text outlives its deadline in the queue: it must be dropped, not classified.
+    proc = start_server(trained.repository, tmp_path / "server.log", *HOLD)
     try:
-        code, _ = _status(proc, model="wn-frozen", texts=["late"], timeout=0.05)
+        code, _ = _status(proc, model="wn-frozen", texts=["late"], timeout=0.5)
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(0.4)
-        assert metric(proc, "tlserve_batch_size_count", model="wn-frozen") == 0, "expired work reached inference"
+        _flush(proc)  # runs after the expired text's turn in the queue
+        assert metric(proc, "tlserve_texts_total", model="wn-frozen") == 64, "expired work reached inference"
+        expired = sum(metric(proc, "tlserve_requests_total", model="wn-frozen", code=code)
+                      for code in ("DEADLINE_EXCEEDED", "CANCELLED"))
+        assert expired == 1, "the expired call was not seen by tlserve"
         _still_serving(proc)
     finally:
         assert proc.stop() == 0
 
 
 def test_cancelled_call_is_dropped_before_inference(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "300000")
+    proc = start_server(trained.repository, tmp_path / "server.log", *HOLD)
     try:
         async def cancel_one() -> None:
             async with grpc.aio.insecure_channel(proc.target) as channel:
                 call = pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(model="wn-frozen", texts=["x"]))
-                await asyncio.sleep(0.05)
+                await asyncio.to_thread(wait_until, _queued(proc, 1), "the call is queued")
                 call.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await call
 
         asyncio.run(cancel_one())
-        time.sleep(0.5)
-        assert metric(proc, "tlserve_batch_size_count", model="wn-frozen") == 0, "cancelled work reached inference"
-        assert metric(proc, "tlserve_requests_total", model="wn-frozen", code="CANCELLED") == 1
+        wait_until(lambda: metric(proc, "tlserve_requests_total", model="wn-frozen", code="CANCELLED") == 1,
+                   "tlserve saw the cancellation")
+        _flush(proc)
+        assert metric(proc, "tlserve_texts_total", model="wn-frozen") == 64, "cancelled work reached inference"
         _still_serving(proc)
     finally:
         assert proc.stop() == 0
 
 
 def test_cancelled_stream_releases_its_queued_work(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "400000")
+    proc = start_server(trained.repository, tmp_path / "server.log", *HOLD)
     try:
         async def cancel_stream() -> None:
             async with grpc.aio.insecure_channel(proc.target) as channel:
                 call = pb_grpc.ClassifierStub(channel).ClassifyStream()
                 for i in range(5):
                     await call.write(pb.ClassifyRequest(model="wn-frozen", texts=[f"text {i}"], request_id=str(i)))
-                await asyncio.sleep(0.1)
+                await asyncio.to_thread(wait_until, _queued(proc, 5), "the stream's 5 texts are queued")
                 call.cancel()
 
         asyncio.run(cancel_stream())
-        time.sleep(0.6)
-        assert metric(proc, "tlserve_batch_size_count", model="wn-frozen") == 0, "a cancelled stream's work ran"
+        wait_until(_queued(proc, 0), "the cancelled stream's texts left the queue")
+        _flush(proc)
+        assert metric(proc, "tlserve_texts_total", model="wn-frozen") == 64, "a cancelled stream's work ran"
         _still_serving(proc)
     finally:
         assert proc.stop() == 0
@@ -294,38 +312,36 @@ def test_queue_full_is_resource_exhausted(trained: Trained, tmp_path: Path) -> N
         assert proc.stop() == 0
 
 
-def many_versions(trained: Trained, folder: Path, count: int) -> Path:
-    """A repository whose model has `count` versions (copies of one bundle): loading takes a while."""
-    shutil.copytree(trained.repository / "_stores", folder / "_stores")
-    source = trained.frozen.path
-    for version in range(1, count + 1):
-        target = folder / "many" / str(version)
-        shutil.copytree(source, target, copy_function=os.link)  # hard links: cheap, and inside the bundle
-        manifest = json.loads((target / "manifest.json").read_text())
-        manifest.update(model="many", version=version)
-        (target / "manifest.json").unlink()  # a new file, not a write through the link to the source
-        (target / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+def gated_repository(trained: Trained, folder: Path) -> tuple[Path, Path, bytes]:
+    """A repository whose shared store's manifest is a named pipe: loading blocks on it until
+    the test writes the manifest, so the test decides when the server finishes loading."""
+    stores = folder / "_stores"
+    shutil.copytree(trained.repository / "_stores", stores, copy_function=os.link)
+    version = folder / "many" / "1"
+    shutil.copytree(trained.frozen.path, version, copy_function=os.link)  # hard links: cheap
+    renamed = {**json.loads((version / "manifest.json").read_text()), "model": "many"}
+    (version / "manifest.json").unlink()  # a new file, not a write through the link to the source
+    (version / "manifest.json").write_text(json.dumps(renamed))
+    manifest = next(stores.glob("*/manifest.json"))
+    content = manifest.read_bytes()
+    manifest.unlink()
+    os.mkfifo(manifest)
+    return folder, manifest, content
 
 
 def test_health_reflection_and_metrics(trained: Trained, tmp_path: Path) -> None:
-    repository = many_versions(trained, tmp_path / "repo", 200)
+    repository, gate, content = gated_repository(trained, tmp_path / "repo")
     proc = start_server(repository, tmp_path / "server.log", wait=False)
-    seen: list[str] = []
+    released = False
     try:
-        # Reconnect fast, so the first answer comes while the models are still loading.
-        fast = [("grpc.initial_reconnect_backoff_ms", 5), ("grpc.min_reconnect_backoff_ms", 5),
-                ("grpc.max_reconnect_backoff_ms", 20)]
-        with Classifier(proc.target, timeout=1, options=fast) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (not seen or seen[-1] != "SERVING"):
-                try:
-                    status = client.health()
-                except ClassifierError:
-                    continue
-                if not seen or seen[-1] != status:
-                    seen.append(status)
-            assert seen == ["NOT_SERVING", "SERVING"], seen
+        with Classifier(proc.target, timeout=5) as client:
+            # The port answers health while the model is still loading (held at the gate)...
+            wait_until(lambda: _health_or_none(client) == "NOT_SERVING", "NOT_SERVING while loading")
+            assert client.health("tlserve.v1.Classifier") == "NOT_SERVING"
+            gate.write_bytes(content)  # ...and SERVING once loading could finish.
+            released = True
+            assert client.wait_until_serving(120) == "SERVING"
+            assert client.health("tlserve.v1.Classifier") == "SERVING"
             assert client.health("tlserve.v1.Classifier/many") == "SERVING"
             assert client.health("tlserve.v1.Classifier/unknown") == "SERVICE_UNKNOWN"
             before = metric(proc, "tlserve_requests_total", model="many", code="OK")
@@ -342,6 +358,11 @@ def test_health_reflection_and_metrics(trained: Trained, tmp_path: Path) -> None
             names = {service.name for service in answer.list_services_response.service}
         assert {"tlserve.v1.Classifier", "grpc.health.v1.Health"} <= names
     finally:
+        if not released:  # let a loader blocked at the gate finish, so the server can stop
+            with contextlib.suppress(OSError):
+                fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(fd, content)
+                os.close(fd)
         assert proc.stop() == 0
     log = proc.output()
     assert "SERVING on" in log and "stopped" in log
@@ -355,20 +376,20 @@ def test_tensorflow_is_never_imported_by_the_server(server: ServerProcess) -> No
 
 
 def test_server_imports_no_tensorflow_module() -> None:
-    code = ("import sys, tlserve.server.app, tlserve.server.dataplane, tlserve.server.repository; "
-            "import tlserve.server.runtime; print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') "
-            "for m in sys.modules))")
+    code = ("import sys, tlserve.server.workers, tlserve.server.assembly, tlserve.server.core.lifecycle; "
+            "import tlserve.server.frontends.grpc_native, tlserve.server.frontends.grpc_oip, tlserve.scorer; "
+            "print(any(m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
 
 def test_sigterm_finishes_calls_in_flight_and_exits_zero(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "300000")
+    proc = start_server(trained.repository, tmp_path / "server.log", *HOLD)
 
     async def calls() -> list[str]:
         async with AsyncClassifier(proc.target, model="wn-frozen", retries=0) as client:
             tasks = [asyncio.ensure_future(client.classify([f"text {i}"])) for i in range(20)]
-            await asyncio.sleep(0.1)  # the calls are queued (300 ms batching delay)
+            await asyncio.to_thread(wait_until, _queued(proc, 20), "the 20 calls are queued")
             proc.process.terminate()
             results = await asyncio.gather(*tasks, return_exceptions=True)
         return ["ok" if isinstance(r, list) else repr(r) for r in results]

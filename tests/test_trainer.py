@@ -12,8 +12,7 @@ import pytest
 from tlserve.bundle import Bundle, check_model_name, versions_of
 from tlserve.errors import BundleError
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
-from tlserve.server.repository import ModelRepository
-from tlserve.server.runtime import session_options
+from tlserve.scorer import Scorer
 
 from conftest import Trained
 
@@ -32,8 +31,7 @@ def mixed_texts(count: int, seed: int = 0) -> list[str]:
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
 def test_server_features_are_bit_identical_to_the_trainers(trained: Trained, mode: str) -> None:
     result = trained.frozen if mode == "frozen" else trained.finetune
-    repository = ModelRepository(trained.repository, session_options(1, 1, False))
-    runtime = repository.load(result.path)
+    runtime = Scorer.open(result.path)
     texts = mixed_texts(1000)
     served = runtime.featurizer.encode(texts)
     trained_features = result.fitted.featurizer.encode(texts)
@@ -51,21 +49,21 @@ def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
     for result, mode in ((trained.frozen, "frozen"), (trained.finetune, "finetune")):
         bundle = Bundle.open(result.path)
         manifest = bundle.manifest
-        assert manifest["mode"] == mode and manifest["version"] == 1 and result.path.name == "1"
-        assert manifest["parity"]["ok"] and manifest["parity"]["max_abs_diff"] <= 1e-5
-        assert manifest["parity"]["argmax_agreement"] == 1.0
-        assert manifest["parity"]["examples"] == manifest["training_data"]["examples"]["test"] == 240
+        assert manifest.mode == mode and manifest.version == 1 and result.path.name == "1"
+        assert manifest.parity.ok and manifest.parity.max_abs_diff <= 1e-5
+        assert manifest.parity.argmax_agreement == 1.0
+        assert manifest.parity.examples == manifest.training_data.examples["test"] == 240
         assert {"model.onnx", "labels.json", "preprocessing.json", "report.json", "report.md", "confusion.png",
-                "training_curves.png"} <= set(manifest["files"])
-        assert manifest["onnx"]["opset"] == 17 and manifest["onnx"]["output"] == "probabilities"
-        assert len(manifest["training_data"]["fingerprint"]) == 64
-        assert "tensorflow-cpu" in manifest["library_versions"] or "tensorflow" in manifest["library_versions"]
-        assert 0.3 < manifest["metrics"]["test_accuracy"] <= 1.0
+                "training_curves.png"} <= set(manifest.files)
+        assert manifest.onnx.opset == 17 and manifest.onnx.output == "probabilities"
+        assert len(manifest.training_data.fingerprint) == 64
+        assert "tensorflow-cpu" in manifest.library_versions or "tensorflow" in manifest.library_versions
+        assert 0.3 < manifest.metrics["test_accuracy"] <= 1.0
         report = json.loads((result.path / "report.json").read_text())
         assert len(report["test"]["confusion"]["matrix"]) == 10
         assert any("coverage" in note or "mismatch" in note for note in report["findings"])
-    assert "sif_weights.npy" in Bundle.open(trained.frozen.path).manifest["files"]
-    assert "store/vectors.npy" in Bundle.open(trained.finetune.path).manifest["files"]
+    assert "sif_weights.npy" in Bundle.open(trained.frozen.path).manifest.files
+    assert "store/vectors.npy" in Bundle.open(trained.finetune.path).manifest.files
 
 
 def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None:
@@ -147,7 +145,7 @@ def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, 
     curve = report["comparison"]["learning_curve"]
     assert [point["fraction"] for point in curve] == [0.01, 0.05, 0.10, 0.25, 0.50, 1.0]
     assert curve[-1]["examples"] > curve[0]["examples"]
-    assert "learning_curve.png" in Bundle.open(path).manifest["files"]
+    assert "learning_curve.png" in Bundle.open(path).manifest.files
     assert any(note.startswith(("Transfer helped", "Negative transfer")) for note in report["findings"])
     markdown = (path / "report.md").read_text()
     assert "## Comparison" in markdown and "fasttext_pretrained" in markdown and "## Learning curve" in markdown

@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,11 @@ LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
 SIF_FILE = "sif_weights.npy"
 OWN_STORE_DIR = "store"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CONFUSION_FIGURE = "confusion.png"
+CURVES_FIGURE = "training_curves.png"
+LEARNING_CURVE_FIGURE = "learning_curve.png"
 # Letters, digits, '_', '-', '.', not starting with '.' or '_': no path traversal, no
 # hidden staging folders, no clash with _stores.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -79,40 +84,197 @@ def model_names(repository: Path) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class StoreRef:
+    """The vector store a version was trained on, as its manifest records it."""
+
+    fingerprint: str
+    """Fingerprint of the store the token ids refer to: the shared store (frozen) or the bundle's own."""
+    size: int
+    """Words in that store."""
+    dimension: int
+    """Vector length."""
+    case: str
+    """Case policy of its vocabulary."""
+    source_name: str
+    """File the vectors were imported from."""
+    source_sha256: str
+    """sha256 of that file."""
+    created_at: str
+    """When the store was written."""
+    format: int
+    """Store format version."""
+    shared: bool
+    """True when the ids refer to the shared store under ``_stores/``, False for the bundle's own store."""
+    base_fingerprint: str | None = None
+    """finetune: the shared store the own store was adapted from (and, with a static channel, pools from)."""
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """The exported graph."""
+
+    file: str
+    """File name of the graph inside the version folder."""
+    opset: int
+    """ONNX opset it was exported with."""
+    inputs: dict[str, str]
+    """dtype of each graph input, by name."""
+    output: str
+    """Name of the probabilities output."""
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """Keras against onnxruntime on the test split, checked before the bundle was written."""
+
+    examples: int
+    """Inputs compared."""
+    max_abs_diff: float
+    """Largest absolute difference of a probability."""
+    argmax_agreement: float
+    """Share of inputs with the same most probable label."""
+    tolerance: float
+    """Largest difference accepted."""
+    ok: bool
+    """Both within limits (a bundle is only written when true)."""
+
+
+@dataclass(frozen=True)
+class TrainingDataRecord:
+    """What the version was trained on."""
+
+    fingerprint: str
+    """sha256 over the texts and labels of every split."""
+    source: str
+    """The labelled file given to `tlserve train`."""
+    examples: dict[str, int]
+    """Examples per split: train, validation, test."""
+    class_counts: dict[str, int]
+    """Training examples per label."""
+    skipped_empty: int
+    """Rows skipped because their text was empty."""
+    seed: int
+    """Seed of the splits and of training."""
+    train_fraction: float
+    """Share of the training labels used."""
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """What ``manifest.json`` of a model version records: the one schema every reader goes through."""
+
+    model: str
+    """Model name (the folder above the version)."""
+    version: int
+    """Version number (the version folder's name)."""
+    mode: str
+    """Transfer mode: "frozen" or "finetune"."""
+    created_at: str
+    """When the version was trained, RFC 3339 UTC."""
+    labels: list[str]
+    """Output order of the labels."""
+    preprocessing: PreprocessingConfig
+    """How texts become tokens."""
+    features: FeatureConfig
+    """How tokens become graph inputs."""
+    vector_store: StoreRef
+    """The store the version refers to."""
+    onnx: OnnxInfo
+    """The exported graph."""
+    parity: ParityRecord
+    """The ONNX parity check."""
+    metrics: dict[str, float]
+    """Headline test metrics (test_accuracy, test_macro_f1, test_oov_share, test_examples)."""
+    training_data: TrainingDataRecord
+    """The data it was trained on."""
+    hyperparameters: dict[str, Any]
+    """The training settings, as given and as chosen."""
+    library_versions: dict[str, str]
+    """Versions of Python and the libraries that trained and exported it."""
+    files: dict[str, str] = field(default_factory=dict)
+    """sha256 of every other file of the version, by relative path (filled in when published)."""
+    format: int = BUNDLE_FORMAT
+    """Bundle format version; readers refuse formats they do not know."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["preprocessing"] = asdict(self.preprocessing)
+        data["features"] = self.features.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path) -> BundleManifest:
+        """Parses a manifest; BundleError names the file and the field that is missing or wrong."""
+        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise BundleError(f"{where}: bundle format {found!r} is not {BUNDLE_FORMAT}")
+        try:
+            missing = [name for name in cls.__dataclass_fields__ if name not in data]
+            if missing:
+                raise BundleError(f"{where}: manifest lacks field {missing[0]!r}")
+            return cls(
+                model=str(data["model"]), version=int(data["version"]), mode=str(data["mode"]),
+                created_at=str(data["created_at"]), labels=[str(label) for label in data["labels"]],
+                preprocessing=PreprocessingConfig.from_dict(data["preprocessing"]),
+                features=FeatureConfig.from_dict(data["features"]),
+                vector_store=_record(StoreRef, data["vector_store"]), onnx=_record(OnnxInfo, data["onnx"]),
+                parity=_record(ParityRecord, data["parity"]), metrics=dict(data["metrics"]),
+                training_data=_record(TrainingDataRecord, data["training_data"]),
+                hyperparameters=dict(data["hyperparameters"]), library_versions=dict(data["library_versions"]),
+                files=dict(data["files"]), format=int(data["format"]),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed manifest: {exc!r}") from None
+
+
+def _record(kind: Any, data: Any) -> Any:
+    names = {f.name for f in fields(kind)}
+    if not isinstance(data, dict):
+        raise TypeError(f"{kind.__name__} must be an object")
+    return kind(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass
 class Bundle:
     """An opened model version: its folder and its parsed manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: BundleManifest
 
     @property
     def name(self) -> str:
-        return str(self.manifest["model"])
+        return self.manifest.model
 
     @property
     def version(self) -> int:
-        return int(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     @property
     def preprocessing(self) -> PreprocessingConfig:
-        return PreprocessingConfig.from_dict(self.manifest["preprocessing"])
+        return self.manifest.preprocessing
 
     @property
     def features(self) -> FeatureConfig:
-        return FeatureConfig.from_dict(self.manifest["features"])
+        return self.manifest.features
 
     @property
     def store_fingerprint(self) -> str:
-        return str(self.manifest["vector_store"]["fingerprint"])
+        return self.manifest.vector_store.fingerprint
 
     @property
     def model_file(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def sif_file(self) -> Path:
+        return self.path / SIF_FILE
 
     @property
     def shared_store_fingerprint(self) -> str | None:
@@ -120,7 +282,7 @@ class Bundle:
         if self.features.mode == "frozen":
             return self.store_fingerprint
         if self.features.static:
-            return str(self.manifest["vector_store"]["base_fingerprint"])
+            return self.manifest.vector_store.base_fingerprint
         return None
 
     def store_path(self, repository: Path) -> Path:
@@ -138,23 +300,18 @@ class Bundle:
         """Reads a version folder; with `verify`, checks every file against its sha256."""
         manifest_path = path / MANIFEST
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise BundleError(f"{path}: not a model version (no {MANIFEST})") from None
         except (OSError, ValueError) as exc:
             raise BundleError(f"{manifest_path}: unreadable manifest: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r} is not {BUNDLE_FORMAT}")
-        for key in ("model", "version", "labels", "preprocessing", "features", "vector_store", "files"):
-            if key not in manifest:
-                raise BundleError(f"{manifest_path}: manifest lacks field {key!r}")
-        bundle = cls(path, manifest)
+        bundle = cls(path, BundleManifest.from_dict(data, manifest_path))
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        for relative, expected in self.manifest["files"].items():
+        for relative, expected in self.manifest.files.items():
             file = self.path / relative
             if not file.resolve().is_relative_to(self.path.resolve()):
                 raise BundleError(f"{self.path / MANIFEST}: file {relative!r} lies outside the bundle")
@@ -171,20 +328,19 @@ def _files_of(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def publish_version(staging: Path, model_dir: Path, manifest: dict[str, Any]) -> Path:
+def publish_version(staging: Path, model_dir: Path, manifest: BundleManifest) -> Path:
     """Hashes the files of `staging`, writes the manifest, renames it to the next version.
 
-    `manifest["version"]` is set here: the next integer after the existing versions;
+    The manifest's version is set here: the next integer after the existing versions;
     a concurrent writer that takes the same number makes the rename fail and we retry.
     """
-    manifest = dict(manifest)
-    manifest["format"] = BUNDLE_FORMAT
-    manifest["files"] = {str(p.relative_to(staging)): sha256_file(p) for p in _files_of(staging)}
+    files = {str(p.relative_to(staging)): sha256_file(p) for p in _files_of(staging)}
     os.chmod(staging, 0o755)  # mkdtemp makes 0700; servers may run as another user
     for _ in range(100):
         version = max(versions_of(model_dir), default=0) + 1
-        manifest["version"] = version
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        record = replace(manifest, version=version, files=files, format=BUNDLE_FORMAT)
+        (staging / MANIFEST).write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n",
+                                        encoding="utf-8")
         target = model_dir / str(version)
         try:
             os.rename(staging, target)  # atomic; fails if another writer took this version

@@ -71,7 +71,8 @@ def register(verbs: Any) -> None:
     train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin")
     train.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
     train.add_argument("--pooling", choices=["auto", "mean", "mean_max"], default=TrainConfig.pooling,
-                       help="auto: mean_max for frozen, mean for finetune")
+                       help="auto: mean_max for frozen; for finetune, a mean and a mean_max model mixed with "
+                       "weights chosen on validation log-loss")
     train.add_argument("--sif", action="store_true", help="frozen: SIF-weighted mean")
     train.add_argument("--top-words", type=int, default=TrainConfig.top_words,
                        help="finetune: frequent store words kept")
@@ -141,14 +142,14 @@ def _run_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     target = train(config).path
-    from tlserve.bundle import Bundle
+    from tlserve.bundle import REPORT_MD, Bundle
 
     manifest = Bundle.open(target, verify=False).manifest
-    metrics, parity = manifest["metrics"], manifest["parity"]
-    print(f"\n{'model':<12}{manifest['model']} v{manifest['version']} ({manifest['mode']})")
+    metrics, parity = manifest.metrics, manifest.parity
+    print(f"\n{'model':<12}{manifest.model} v{manifest.version} ({manifest.mode})")
     print(f"{'bundle':<12}{target}")
     print(f"{'accuracy':<12}{metrics['test_accuracy']:.4f}   macro-F1 {metrics['test_macro_f1']:.4f}   "
           f"OOV {metrics['test_oov_share']:.1%}")
-    print(f"{'onnx parity':<12}max |dp| {parity['max_abs_diff']:.1e}, argmax {parity['argmax_agreement']:.2%}")
-    print(f"{'report':<12}{target / 'report.md'}")
+    print(f"{'onnx parity':<12}max |dp| {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.2%}")
+    print(f"{'report':<12}{target / REPORT_MD}")
     return 0

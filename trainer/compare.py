@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits, subsample
-from tlserve.trainer.report import Evaluation, evaluate
+from tlserve.trainer.evaluation import Evaluation, evaluate
+from tlserve.trainer.fitting import fit_model, predict, random_like
 from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,10 +42,8 @@ def _scores(evaluation: Evaluation, seconds: float, **extra: Any) -> dict[str, A
     return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "seconds": round(seconds, 1), **extra}
 
 
-def _tlserve(config: Any, splits: Splits, store: VectorStore, labels: list[str], matrix: np.ndarray | None
+def _tlserve(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], matrix: np.ndarray | None
              ) -> Evaluation:
-    from tlserve.trainer.train import fit_model, predict
-
     fitted = fit_model(config, splits, store, labels, matrix)
     probabilities, encoded = predict(fitted, splits.test.texts)
     return evaluate(splits.test.labels, probabilities, labels, encoded)
@@ -192,7 +192,7 @@ def _fasttext_worker(train: list[str], train_labels: list[str], val: list[str], 
     return out
 
 
-def learning_curve(config: Any, splits: Splits, store: VectorStore, labels: list[str], random_matrix: np.ndarray
+def learning_curve(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], random_matrix: np.ndarray
                    ) -> list[dict[str, Any]]:
     points = []
     for fraction in CURVE_FRACTIONS:
@@ -208,31 +208,8 @@ def learning_curve(config: Any, splits: Splits, store: VectorStore, labels: list
     return points
 
 
-def figure_learning_curve(points: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = [p["examples"] for p in points]
-    ax.plot(x, [p["pretrained"] for p in points], marker="o", label="pretrained vectors")
-    ax.plot(x, [p["random"] for p in points], marker="s", label="random vectors (no transfer)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training labels")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Learning curve")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def run(config: Any, splits: Splits, store: VectorStore, labels: list[str], evaluation: Evaluation,
+def run(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], evaluation: Evaluation,
         curve: bool = True) -> dict[str, Any]:
-    from tlserve.trainer.train import random_like
-
     preprocessor = Preprocessor(PreprocessingConfig.from_dict(
         {"case": store.manifest.case, "tokenizer": config.tokenizer, "max_tokens": config.max_tokens}))
     systems: dict[str, dict[str, Any]] = {f"tlserve_{config.mode}": _scores(evaluation, 0.0)}

@@ -9,12 +9,12 @@ onnxruntime of the last years.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tlserve.bundle import ParityRecord
 from tlserve.errors import TlserveError
 from tlserve.features import OUTPUT
 
@@ -22,23 +22,6 @@ _LOGGER = logging.getLogger(__name__)
 
 OPSET = 17
 MAX_ABS_DIFF = 1e-5
-
-
-@dataclass
-class Parity:
-    """Keras against onnxruntime on the same inputs."""
-
-    examples: int
-    max_abs_diff: float
-    argmax_agreement: float
-    tolerance: float = MAX_ABS_DIFF
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and self.argmax_agreement == 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 def to_onnx(model: Any, example: dict[str, np.ndarray], path: Path) -> None:
@@ -66,7 +49,8 @@ def to_onnx(model: Any, example: dict[str, np.ndarray], path: Path) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
-def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> Parity:
+def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 1024
+                 ) -> ParityRecord:
     """Runs Keras and onnxruntime on all `inputs`; the bundle is refused if they disagree."""
     import onnxruntime as ort
 
@@ -82,7 +66,9 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], bat
         actual = session.run([OUTPUT], chunk)[0]
         max_diff = max(max_diff, float(np.max(np.abs(expected - actual))))
         agree += int(np.sum(expected.argmax(1) == actual.argmax(1)))
-    parity = Parity(count, max_diff, agree / max(1, count))
+    agreement = agree / max(1, count)
+    parity = ParityRecord(examples=count, max_abs_diff=max_diff, argmax_agreement=agreement,
+                          tolerance=MAX_ABS_DIFF, ok=max_diff <= MAX_ABS_DIFF and agreement == 1.0)
     if not parity.ok:
         raise TlserveError(
             f"ONNX export disagrees with Keras on {count} test inputs: max |dp| = {max_diff:.3g} "

@@ -8,58 +8,17 @@ negative transfer (pretrained vectors no better than random ones) and data misma
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tlserve.features import EncodedBatch
+from tlserve import bundle
+from tlserve.bundle import BundleManifest
+from tlserve.trainer.evaluation import Evaluation
 
 OOV_WARNING = 0.2
-
-
-@dataclass
-class Evaluation:
-    """Scores of one model on one split."""
-
-    accuracy: float
-    macro_f1: float
-    per_class: dict[str, dict[str, float]]
-    confusion: list[list[int]]
-    labels: list[str]
-    oov_share: float
-    examples: int
-
-    def headline(self) -> dict[str, float]:
-        return {"test_accuracy": round(self.accuracy, 6), "test_macro_f1": round(self.macro_f1, 6),
-                "test_oov_share": round(self.oov_share, 6), "test_examples": float(self.examples)}
-
-
-def evaluate(true_labels: list[str], probabilities: np.ndarray, labels: list[str],
-             encoded: EncodedBatch | None = None) -> Evaluation:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
-    predicted = [labels[i] for i in probabilities.argmax(1)]
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true_labels, predicted, labels=labels, zero_division=0
-    )
-    per_class = {
-        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
-    }
-    oov = 0.0
-    if encoded is not None:
-        oov = float(encoded.oov_counts.sum() / max(1, encoded.token_counts.sum()))
-    return Evaluation(
-        accuracy=float(accuracy_score(true_labels, predicted)),
-        macro_f1=float(f1_score(true_labels, predicted, labels=labels, average="macro", zero_division=0)),
-        per_class=per_class,
-        confusion=confusion_matrix(true_labels, predicted, labels=labels).tolist(),
-        labels=labels,
-        oov_share=oov,
-        examples=len(true_labels),
-    )
 
 
 def _figure_confusion(evaluation: Evaluation, path: Path) -> None:
@@ -112,6 +71,27 @@ def _figure_curves(history: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def figure_learning_curve(points: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [p["examples"] for p in points]
+    ax.plot(x, [p["pretrained"] for p in points], marker="o", label="pretrained vectors")
+    ax.plot(x, [p["random"] for p in points], marker="s", label="random vectors (no transfer)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training labels")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None) -> list[str]:
     """Plain-language findings on the two failure modes of transfer."""
     notes = []
@@ -137,33 +117,33 @@ def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None) -> list
     return notes
 
 
-def write(folder: Path, config: Any, manifest: dict[str, Any], evaluation: Evaluation, history: Any,
+def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, history: Any,
           comparison: dict[str, Any] | None) -> None:
-    _figure_confusion(evaluation, folder / "confusion.png")
-    _figure_curves(history, folder / "training_curves.png")
+    """Writes report.json, report.md and the figures into the version folder being staged."""
+    _figure_confusion(evaluation, folder / bundle.CONFUSION_FIGURE)
+    _figure_curves(history, folder / bundle.CURVES_FIGURE)
     findings = diagnosis(evaluation, comparison)
     if comparison and comparison.get("learning_curve"):
-        from tlserve.trainer.compare import figure_learning_curve
-
-        figure_learning_curve(comparison["learning_curve"], folder / "learning_curve.png")
+        figure_learning_curve(comparison["learning_curve"], folder / bundle.LEARNING_CURVE_FIGURE)
+    parity = manifest.parity
     payload = {
-        "model": manifest["model"],
-        "mode": manifest["mode"],
+        "model": manifest.model,
+        "mode": manifest.mode,
         "test": {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "oov_share": evaluation.oov_share,
                  "examples": evaluation.examples, "per_class": evaluation.per_class,
                  "confusion": {"labels": evaluation.labels, "matrix": evaluation.confusion}},
         "training": {"epochs_run": len(history.loss), "best_epoch": history.best_epoch + 1,
                      "best_val_loss": history.val_loss[history.best_epoch],
                      "best_val_accuracy": history.val_accuracy[history.best_epoch]},
-        "parity": manifest["parity"],
-        "data": manifest["training_data"],
-        "hyperparameters": manifest["hyperparameters"],
+        "parity": asdict(parity),
+        "data": asdict(manifest.training_data),
+        "hyperparameters": manifest.hyperparameters,
         "comparison": comparison,
         "findings": findings,
     }
-    (folder / "report.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    (folder / bundle.REPORT_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     lines = [
-        f"# {manifest['model']} ({manifest['mode']})",
+        f"# {manifest.model} ({manifest.mode})",
         "",
         f"Test accuracy **{evaluation.accuracy:.4f}**, macro-F1 **{evaluation.macro_f1:.4f}** on "
         f"{evaluation.examples} held-out examples (touched once, after model selection on validation).",
@@ -183,20 +163,19 @@ def write(folder: Path, config: Any, manifest: dict[str, Any], evaluation: Evalu
             for point in comparison["learning_curve"]:
                 lines.append(f"| {point['fraction']:.0%} ({point['examples']}) | {point['pretrained']:.4f} | "
                              f"{point['random']:.4f} |")
-            lines += ["", "![learning curve](learning_curve.png)", ""]
+            lines += ["", f"![learning curve]({bundle.LEARNING_CURVE_FIGURE})", ""]
     lines += ["## Per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for label, scores in evaluation.per_class.items():
         lines.append(f"| {label} | {scores['precision']:.3f} | {scores['recall']:.3f} | {scores['f1']:.3f} | "
                      f"{scores['support']} |")
-    parity = manifest["parity"]
     lines += [
         "",
-        f"ONNX parity on {parity['examples']} test inputs: max |dp| = {parity['max_abs_diff']:.2e}, "
-        f"argmax agreement {parity['argmax_agreement']:.2%}.",
+        f"ONNX parity on {parity.examples} test inputs: max |dp| = {parity.max_abs_diff:.2e}, "
+        f"argmax agreement {parity.argmax_agreement:.2%}.",
         "",
-        "![confusion](confusion.png)",
+        f"![confusion]({bundle.CONFUSION_FIGURE})",
         "",
-        "![training curves](training_curves.png)",
+        f"![training curves]({bundle.CURVES_FIGURE})",
         "",
     ]
-    (folder / "report.md").write_text("\n".join(lines))
+    (folder / bundle.REPORT_MD).write_text("\n".join(lines))

@@ -20,7 +20,7 @@ loop again costs more than the work, and calls arriving meanwhile wait in gRPC's
 and form the next batch.
 
 With ``max_queue_delay_us`` 0 the batcher reads the load off the event loop itself
-(`tlserve.server.loop_idle`), since gRPC hands calls to Python one at a time and their
+(`tlserve.server.core.loop_idle`), since gRPC hands calls to Python one at a time and their
 spacing says nothing about load:
 - when nothing is queued or running and the loop has waited for work since the last call,
   a small request skips the queue and runs at once in its own call: a lone caller pays no
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlserve.server import loop_idle
-from tlserve.server.runtime import ModelRuntime, Prediction
+from tlserve.scorer import Prediction, Scorer
+from tlserve.server.core import loop_idle
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 class QueueFull(Exception):
     """The model's queue has no room for the request's texts."""
+
+
+class ShuttingDown(Exception):
+    """The batcher is closing: it finishes what is queued and takes nothing new."""
 
 
 class DeadlineExceeded(Exception):
@@ -88,19 +92,19 @@ class _Chunk:
 
 
 class DynamicBatcher:
-    """Queues texts for one `ModelRuntime` and runs them in batches."""
+    """Queues texts for one `Scorer` (a model version) and runs them in batches."""
 
     def __init__(
         self,
-        runtime: ModelRuntime,
+        scorer: Scorer,
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
-        on_batch: Callable[[ModelRuntime, BatchStats], None] | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
         inline_batch_texts: int = 0,
         adaptive_delay_us: int = 0,
     ) -> None:
-        self.runtime = runtime
+        self.scorer = scorer
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
@@ -111,7 +115,7 @@ class DynamicBatcher:
         self._queue: deque[_Chunk] = deque()
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{runtime.name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{scorer.name}")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = False
@@ -123,10 +127,10 @@ class DynamicBatcher:
         return self._queued_texts
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.runtime.name}")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.scorer.name}")
 
     async def close(self) -> None:
-        """Finishes the queued work, then stops."""
+        """Runs what is queued at once (batching delays no longer apply), then stops."""
         self._closed = True
         self._wakeup.set()
         if self._gathering is not None and not self._gathering.done():
@@ -138,10 +142,10 @@ class DynamicBatcher:
     async def submit(self, texts: list[str], deadline: float | None = None) -> Prediction:
         """Classifies `texts` (any number) and returns their prediction, rows in order."""
         if self._closed:
-            raise QueueFull("the model is shutting down")
+            raise ShuttingDown(f"model {self.scorer.name!r} is shutting down; retry on another replica")
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise QueueFull(
-                f"queue of model {self.runtime.name!r} holds {self._queued_texts} texts; {len(texts)} more "
+                f"queue of model {self.scorer.name!r} holds {self._queued_texts} texts; {len(texts)} more "
                 f"would pass max_queue_size={self.max_queue_size}"
             )
         waits = self._meter.waits
@@ -181,7 +185,7 @@ class DynamicBatcher:
         """Runs a lone small request in the calling task (see the module docstring)."""
         self._running = True
         try:
-            prediction = self.runtime.predict(texts)
+            prediction = self.scorer.predict(texts)
         finally:
             self._running = False
             self._waits_seen = self._meter.waits
@@ -190,7 +194,7 @@ class DynamicBatcher:
 
     def _report(self, size: int, queue_seconds: list[float], prediction: Prediction) -> None:
         if self.on_batch is not None:
-            self.on_batch(self.runtime, BatchStats(size, queue_seconds, prediction.encode_seconds,
+            self.on_batch(BatchStats(size, queue_seconds, prediction.encode_seconds,
                                                    prediction.inference_seconds, prediction.token_counts,
                                                    prediction.oov_fractions))
 
@@ -238,11 +242,11 @@ class DynamicBatcher:
             self._running = True
             try:
                 if len(texts) <= self.inline_batch_texts:
-                    prediction = self.runtime.predict(texts)
+                    prediction = self.scorer.predict(texts)
                 else:
-                    prediction = await loop.run_in_executor(self._executor, self.runtime.predict, texts)
+                    prediction = await loop.run_in_executor(self._executor, self.scorer.predict, texts)
             except Exception as exc:  # a bug or a broken model: fail these calls, keep serving
-                _LOGGER.exception("inference failed for model %s", self.runtime.name)
+                _LOGGER.exception("inference failed for model %s", self.scorer.name)
                 for chunk in batch:
                     if not chunk.future.done():
                         chunk.future.set_exception(exc)

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from tlserve.server.oip import grpc_predict_v2_pb2 as inference_dot_grpc__predict__v2__pb2
+from tlserve.contract.oip import grpc_predict_v2_pb2 as inference_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__

@@ -66,7 +66,7 @@ class DeferredUpdates:
     Python calls each: about 4 % of a lone caller's latency here. So calls queue them (a
     list append of the function that makes them) and they are applied, summed per metric
     child (`Aggregate`), when the event loop would otherwise wait for work
-    (`tlserve.server.loop_idle`), when a scrape of this process comes in, or once `limit`
+    (`tlserve.server.core.loop_idle`), when a scrape of this process comes in, or once `limit`
     are pending (a saturated loop never idles).
     """
 
@@ -139,6 +139,10 @@ OOV_FRACTION = Histogram(
     "tlserve_oov_fraction", "Share of a text's tokens not in the vocabulary", ["model"], buckets=_FRACTION_BUCKETS
 )
 TOKENS = Counter("tlserve_tokens", "Tokens seen, and how many were out of vocabulary", ["model", "kind"])
+QUEUED_TEXTS = Gauge(
+    "tlserve_queued_texts", "Texts waiting in each model's queue (sampled when the event loop idles)", ["model"],
+    multiprocess_mode="livesum",
+)
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
 

@@ -5,8 +5,9 @@ isort:skip_file
 tlserve.v1: the gRPC contract of the tlserve text-classification service.
 
 This file is the source of truth. Python stubs are generated from it by
-`python scripts/gen_protos.py` into client/v1/ (package tlserve.client.v1);
-a test fails when the committed stubs differ from a fresh generation.
+`python scripts/gen_protos.py` into tlserve/contract/v1/ (package tlserve.contract.v1,
+also importable as tlserve.client.v1); a test fails when the committed stubs differ
+from a fresh generation.
 
 Errors. Every RPC answers with a standard gRPC status:
   NOT_FOUND           the model, or the requested version of it, is not served.
@@ -28,7 +29,7 @@ import abc
 import collections.abc
 import grpc
 import grpc.aio
-import tlserve.client.v1.classifier_pb2
+import tlserve.contract.v1.classifier_pb2
 import typing
 
 _T = typing.TypeVar("_T")
@@ -43,28 +44,28 @@ class ClassifierStub:
 
     def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
     Classify: grpc.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.ClassifyRequest,
-        tlserve.client.v1.classifier_pb2.ClassifyResponse,
+        tlserve.contract.v1.classifier_pb2.ClassifyRequest,
+        tlserve.contract.v1.classifier_pb2.ClassifyResponse,
     ]
     """Classifies every text of one request with one model version."""
 
     ClassifyStream: grpc.StreamStreamMultiCallable[
-        tlserve.client.v1.classifier_pb2.ClassifyRequest,
-        tlserve.client.v1.classifier_pb2.ClassifyResponse,
+        tlserve.contract.v1.classifier_pb2.ClassifyRequest,
+        tlserve.contract.v1.classifier_pb2.ClassifyResponse,
     ]
     """Bidirectional stream of the same messages, for high-throughput callers: one
     response per request, in the order the requests were sent.
     """
 
     ListModels: grpc.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.ListModelsRequest,
-        tlserve.client.v1.classifier_pb2.ListModelsResponse,
+        tlserve.contract.v1.classifier_pb2.ListModelsRequest,
+        tlserve.contract.v1.classifier_pb2.ListModelsResponse,
     ]
     """Lists every model served, newest version first in each model's `versions`."""
 
     GetModel: grpc.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.GetModelRequest,
-        tlserve.client.v1.classifier_pb2.ModelInfo,
+        tlserve.contract.v1.classifier_pb2.GetModelRequest,
+        tlserve.contract.v1.classifier_pb2.ModelInfo,
     ]
     """Describes one model version (the newest when `version` is 0)."""
 
@@ -72,28 +73,28 @@ class ClassifierAsyncStub:
     """Classifies short texts with transfer-learned models and describes the models served."""
 
     Classify: grpc.aio.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.ClassifyRequest,
-        tlserve.client.v1.classifier_pb2.ClassifyResponse,
+        tlserve.contract.v1.classifier_pb2.ClassifyRequest,
+        tlserve.contract.v1.classifier_pb2.ClassifyResponse,
     ]
     """Classifies every text of one request with one model version."""
 
     ClassifyStream: grpc.aio.StreamStreamMultiCallable[
-        tlserve.client.v1.classifier_pb2.ClassifyRequest,
-        tlserve.client.v1.classifier_pb2.ClassifyResponse,
+        tlserve.contract.v1.classifier_pb2.ClassifyRequest,
+        tlserve.contract.v1.classifier_pb2.ClassifyResponse,
     ]
     """Bidirectional stream of the same messages, for high-throughput callers: one
     response per request, in the order the requests were sent.
     """
 
     ListModels: grpc.aio.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.ListModelsRequest,
-        tlserve.client.v1.classifier_pb2.ListModelsResponse,
+        tlserve.contract.v1.classifier_pb2.ListModelsRequest,
+        tlserve.contract.v1.classifier_pb2.ListModelsResponse,
     ]
     """Lists every model served, newest version first in each model's `versions`."""
 
     GetModel: grpc.aio.UnaryUnaryMultiCallable[
-        tlserve.client.v1.classifier_pb2.GetModelRequest,
-        tlserve.client.v1.classifier_pb2.ModelInfo,
+        tlserve.contract.v1.classifier_pb2.GetModelRequest,
+        tlserve.contract.v1.classifier_pb2.ModelInfo,
     ]
     """Describes one model version (the newest when `version` is 0)."""
 
@@ -103,17 +104,17 @@ class ClassifierServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def Classify(
         self,
-        request: tlserve.client.v1.classifier_pb2.ClassifyRequest,
+        request: tlserve.contract.v1.classifier_pb2.ClassifyRequest,
         context: _ServicerContext,
-    ) -> typing.Union[tlserve.client.v1.classifier_pb2.ClassifyResponse, collections.abc.Awaitable[tlserve.client.v1.classifier_pb2.ClassifyResponse]]:
+    ) -> typing.Union[tlserve.contract.v1.classifier_pb2.ClassifyResponse, collections.abc.Awaitable[tlserve.contract.v1.classifier_pb2.ClassifyResponse]]:
         """Classifies every text of one request with one model version."""
 
     @abc.abstractmethod
     def ClassifyStream(
         self,
-        request_iterator: _MaybeAsyncIterator[tlserve.client.v1.classifier_pb2.ClassifyRequest],
+        request_iterator: _MaybeAsyncIterator[tlserve.contract.v1.classifier_pb2.ClassifyRequest],
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[tlserve.client.v1.classifier_pb2.ClassifyResponse], collections.abc.AsyncIterator[tlserve.client.v1.classifier_pb2.ClassifyResponse]]:
+    ) -> typing.Union[collections.abc.Iterator[tlserve.contract.v1.classifier_pb2.ClassifyResponse], collections.abc.AsyncIterator[tlserve.contract.v1.classifier_pb2.ClassifyResponse]]:
         """Bidirectional stream of the same messages, for high-throughput callers: one
         response per request, in the order the requests were sent.
         """
@@ -121,17 +122,17 @@ class ClassifierServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def ListModels(
         self,
-        request: tlserve.client.v1.classifier_pb2.ListModelsRequest,
+        request: tlserve.contract.v1.classifier_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[tlserve.client.v1.classifier_pb2.ListModelsResponse, collections.abc.Awaitable[tlserve.client.v1.classifier_pb2.ListModelsResponse]]:
+    ) -> typing.Union[tlserve.contract.v1.classifier_pb2.ListModelsResponse, collections.abc.Awaitable[tlserve.contract.v1.classifier_pb2.ListModelsResponse]]:
         """Lists every model served, newest version first in each model's `versions`."""
 
     @abc.abstractmethod
     def GetModel(
         self,
-        request: tlserve.client.v1.classifier_pb2.GetModelRequest,
+        request: tlserve.contract.v1.classifier_pb2.GetModelRequest,
         context: _ServicerContext,
-    ) -> typing.Union[tlserve.client.v1.classifier_pb2.ModelInfo, collections.abc.Awaitable[tlserve.client.v1.classifier_pb2.ModelInfo]]:
+    ) -> typing.Union[tlserve.contract.v1.classifier_pb2.ModelInfo, collections.abc.Awaitable[tlserve.contract.v1.classifier_pb2.ModelInfo]]:
         """Describes one model version (the newest when `version` is 0)."""
 
 def add_ClassifierServicer_to_server(servicer: ClassifierServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

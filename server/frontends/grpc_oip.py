@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`.
 
 Clients written for Triton, MLServer or KServe call tlserve's models unchanged. The servicer
-is thin: it converts tensors to texts and back, and every call goes through the same
-`DataPlane` as tlserve.v1.Classifier (batching, limits, metrics, status codes).
+is a thin converter: tensors to texts, the same `DataPlane.predict` as tlserve.v1.Classifier
+(batching, limits, call observation), the answer to tensors, errors through the shared
+`grpc_errors` mapping.
 
 Each model has one input and two outputs:
 - `text`, BYTES, shape [-1] (or [-1, 1]): UTF-8 strings, in `raw_input_contents` (4-byte
@@ -28,12 +29,13 @@ import grpc
 import numpy as np
 
 from tlserve import __version__
-from tlserve.server import metrics
-from tlserve.server.dataplane import CallObserver, DataPlane, ServingError
-from tlserve.server.oip import grpc_predict_v2_pb2 as v2
-from tlserve.server.oip import grpc_predict_v2_pb2_grpc as v2_grpc
-from tlserve.server.runtime import ModelRuntime, Prediction
-from tlserve.server.servicers import add_tolerant_service, deadline_of, refuse_malformed
+from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
+from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
+from tlserve.scorer import Scorer
+from tlserve.server.core import observe
+from tlserve.server.core.dataplane import Answer, DataPlane
+from tlserve.server.core.errors import ErrorCode, ServingError
+from tlserve.server.frontends.grpc_common import add_tolerant_service, deadline_of, grpc_errors
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ LABEL = "label"
 OUTPUTS = (PROBABILITIES, LABEL)
 PLATFORM = "tlserve_onnx"
 EXTENSIONS = ["classification"]
-_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+_INVALID = ErrorCode.INVALID_ARGUMENT
 _LENGTH = struct.Struct("<I")
 
 
@@ -135,9 +137,10 @@ def requested_outputs(request: v2.ModelInferRequest) -> list[RequestedOutput]:
     return wanted
 
 
-def build_infer_response(runtime: ModelRuntime, prediction: Prediction, request: v2.ModelInferRequest,
+def build_infer_response(answer: Answer, request: v2.ModelInferRequest,
                          outputs: list[RequestedOutput]) -> v2.ModelInferResponse:
-    probabilities = prediction.probabilities
+    runtime = answer.scorer
+    probabilities = answer.prediction.probabilities
     n, n_labels = probabilities.shape
     raw = bool(request.raw_input_contents)
     response = v2.ModelInferResponse(model_name=runtime.name, model_version=str(runtime.version), id=request.id)
@@ -174,12 +177,12 @@ def _string(value: str) -> v2.InferParameter:
     return v2.InferParameter(string_param=value)
 
 
-def model_metadata(plane: DataPlane, runtime: ModelRuntime) -> v2.ModelMetadataResponse:
+def model_metadata(plane: DataPlane, runtime: Scorer) -> v2.ModelMetadataResponse:
     tensor = v2.ModelMetadataResponse.TensorMetadata
     n_labels = len(runtime.labels)
     return v2.ModelMetadataResponse(
         name=runtime.name,
-        versions=[str(v) for v in plane.repository.versions(runtime.name)],
+        versions=[str(v) for v in plane.table.versions(runtime.name)],
         platform=PLATFORM,
         # content_type "str" is how MLServer's codecs recognise UTF-8 text.
         inputs=[tensor(name=INPUT, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")})],
@@ -212,14 +215,13 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                           ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=self.plane.ready and not self.plane.draining)
 
+    @grpc_errors
     async def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
                          ) -> v2.ModelReadyResponse:
-        await refuse_malformed(request, context)
+        version = parse_version(request.version)  # a malformed version is INVALID_ARGUMENT...
         try:
-            self.plane.runtime(request.name, parse_version(request.version))
-        except ServingError as exc:
-            if exc.code == _INVALID:
-                await context.abort(exc.code, exc.message)
+            self.plane.served(request.name, version)
+        except ServingError:  # ...an unknown or not yet loaded model is simply not ready
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=not self.plane.draining)
 
@@ -227,35 +229,25 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                              ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(name="tlserve", version=__version__, extensions=EXTENSIONS)
 
+    @grpc_errors
     async def ModelMetadata(self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
                             ) -> v2.ModelMetadataResponse:
-        await refuse_malformed(request, context)
-        try:
-            return model_metadata(self.plane, self.plane.runtime(request.name, parse_version(request.version)))
-        except ServingError as exc:
-            await context.abort(exc.code, exc.message)
-            raise
+        return model_metadata(self.plane, self.plane.served(request.name, parse_version(request.version)).scorer)
 
+    @grpc_errors
     async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> v2.ModelInferResponse:
-        await refuse_malformed(request, context)
-        try:
-            with CallObserver(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
-                version = parse_version(request.model_version)
-                call.version = version
-                texts = texts_of(request)
-                outputs = requested_outputs(request)
-                runtime, prediction = await self.plane.predict(request.model_name, version, texts,
-                                                               deadline_of(context))
-                call.version = runtime.version
-                responded = time.perf_counter()
-                response = build_infer_response(runtime, prediction, request, outputs)
-                metrics.DEFERRED.add(metrics.observe, metrics.for_model(runtime.name).respond,
-                                     time.perf_counter() - responded)
-                return response
-        except ServingError as exc:
-            await context.abort(exc.code, exc.message)
-            raise
+        with observe.observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
+            version = parse_version(request.model_version)
+            call.version = version
+            texts = texts_of(request)
+            outputs = requested_outputs(request)
+            answer = await self.plane.predict(request.model_name, version, texts, deadline_of(context))
+            call.version = answer.scorer.version
+            started = time.perf_counter()
+            response = build_infer_response(answer, request, outputs)
+            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            return response
 
     async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,
                                   context: grpc.aio.ServicerContext) -> v2.RepositoryModelLoadResponse:

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from tlserve.client.v1 import classifier_pb2 as tlserve_dot_v1_dot_classifier__pb2
+from tlserve.contract.v1 import classifier_pb2 as tlserve_dot_v1_dot_classifier__pb2
 
 GRPC_GENERATED_VERSION = '1.69.0'
 GRPC_VERSION = grpc.__version__

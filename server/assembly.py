@@ -1,0 +1,177 @@
+"""Server assembly: one process's gRPC server around the serving core, from start-up to drain.
+
+Start-up order: bind the port with health NOT_SERVING, load and warm every model in a
+thread (health checks are answered meanwhile), then SERVING. On SIGTERM or SIGINT:
+health NOT_SERVING, refuse new calls, let calls in flight finish within the grace
+period, drain the batchers, exit 0. The repository is rescanned every `poll_seconds`
+and on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from tlserve.server.settings import ServerSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+CLASSIFIER_SERVICE = "tlserve.v1.Classifier"
+
+
+def model_health_name(model: str) -> str:
+    """Health service name of one model: ``tlserve.v1.Classifier/<model>``."""
+    return f"{CLASSIFIER_SERVICE}/{model}"
+
+
+async def serve(settings: ServerSettings, reuse_port: bool = False,
+                on_signal: Callable[[int], None] | None = None,
+                stop_requested: Callable[[], bool] | None = None) -> int:
+    """Runs one server process until SIGTERM/SIGINT; returns its exit code.
+
+    `on_signal` sees every SIGTERM, SIGINT and SIGHUP first (the first worker passes them on
+    to the others); `stop_requested` says whether a stop signal came before this function
+    took over the signals.
+    """
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from tlserve.server.core import loop_idle, metrics, observe
+    from tlserve.server.core.dataplane import DataPlane
+    from tlserve.server.core.lifecycle import ModelLifecycle
+    from tlserve.server.core.routing import RoutingTable
+    from tlserve.server.frontends.grpc_native import SERVICE as CLASSIFIER
+    from tlserve.server.frontends.grpc_native import ClassifierServicer, add_classifier_service
+    from tlserve.server.frontends.grpc_oip import SERVICE as INFERENCE_SERVICE
+    from tlserve.server.frontends.grpc_oip import InferenceServicer, add_inference_service
+    from tlserve.server.frontends.security import BearerTokenInterceptor, server_credentials
+
+    started = time.perf_counter()
+    table = RoutingTable()
+    lifecycle = ModelLifecycle(settings, table)
+    plane = DataPlane(table, settings)
+    loop_idle.METER.on_idle.append(metrics.DEFERRED.flush)
+    loop_idle.METER.on_idle.append(observe.QueueSampler(table))
+    token = settings.token()
+    interceptors = [BearerTokenInterceptor(token)] if token else []
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", max(4 << 20, settings.max_texts_per_request * settings.max_text_bytes)),
+    ])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_classifier_service(ClassifierServicer(plane), server)
+    add_inference_service(InferenceServicer(plane), server)
+    services = (
+        CLASSIFIER,
+        INFERENCE_SERVICE,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(services, server)
+    address = f"{settings.host}:{settings.port}"
+    NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+    SERVING = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", NOT_SERVING)
+    await health_servicer.set(CLASSIFIER_SERVICE, NOT_SERVING)
+    credentials = server_credentials(settings)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        _LOGGER.error("cannot bind %s: %s", address, exc)
+        return 1
+    await server.start()
+    _LOGGER.info("listening on %s:%d (%s%s; NOT_SERVING while loading %s)", settings.host, port,
+                 "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+                 ", bearer token required" if token else "", settings.repository)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop_on(signum: int) -> None:
+        if on_signal is not None:
+            on_signal(signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_on, sig)
+    if stop_requested is not None and stop_requested():
+        stop.set()
+
+    loader = asyncio.ensure_future(lifecycle.reload())
+    await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not loader.done():
+        _LOGGER.info("stopping during start-up")
+        await server.stop(0)
+        return 0
+    try:
+        loader.result()
+    except Exception as exc:
+        _LOGGER.error("cannot load the repository: %s", exc)
+        await server.stop(0)
+        return 1
+    plane.ready = True
+    if not table.models:
+        _LOGGER.error("no model could be loaded from %s", settings.repository)
+        await server.stop(0)
+        return 1
+
+    async def update_health() -> None:
+        for name in set(table.models) | served_names:
+            status = SERVING if name in table.models else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            await health_servicer.set(model_health_name(name), status)
+        served_names.clear()
+        served_names.update(table.models)
+
+    served_names: set[str] = set()
+    await update_health()
+    await health_servicer.set(CLASSIFIER_SERVICE, SERVING)
+    await health_servicer.set("", SERVING)
+    loaded = [served.scorer.describe() for served in table.all_versions()]
+    _LOGGER.info(
+        "SERVING on %s:%d after %.2fs: %d model version(s) %s over %d store(s); settings %s",
+        settings.host, port, time.perf_counter() - started, len(loaded), loaded, len(lifecycle.stores),
+        {k: "***" if k == "auth_token" and v else str(v) for k, v in vars(settings).items()},
+    )
+
+    reload_now = asyncio.Event()
+
+    def reload_on_hup() -> None:
+        if on_signal is not None:
+            on_signal(signal.SIGHUP)
+        reload_now.set()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
+
+    async def watch() -> None:
+        # Polls the repository (and reloads at once on SIGHUP).
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload_now.wait(), settings.poll_seconds or None)
+            reload_now.clear()
+            try:
+                changed = await lifecycle.reload()
+            except Exception:
+                _LOGGER.exception("repository scan failed; serving what is loaded")
+                continue
+            if changed.loaded or changed.unloaded:
+                await update_health()
+
+    watcher = asyncio.ensure_future(watch())
+    await stop.wait()
+    watcher.cancel()
+    _LOGGER.info("shutting down: NOT_SERVING, %.1fs grace for calls in flight", settings.grace_seconds)
+    plane.draining = True
+    await health_servicer.enter_graceful_shutdown()
+    # The batchers drain at once, beside the server's stop: queued texts must not wait out a
+    # batching delay while the grace period runs.
+    await asyncio.gather(server.stop(settings.grace_seconds), lifecycle.close())
+    _LOGGER.info("stopped")
+    return 0
+
+

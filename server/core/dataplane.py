@@ -1,0 +1,96 @@
+"""The data plane: request limits, routing to a served version, batching, the answer.
+
+Protocol-free: front ends pass texts and a model reference and get back an `Answer`
+(plain Python and NumPy) or a `ServingError`, which each maps to its own status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tlserve.scorer import Prediction, Scorer
+from tlserve.server.core.batching import DeadlineExceeded, QueueFull, ShuttingDown
+from tlserve.server.core.errors import ErrorCode, ServingError
+from tlserve.server.core.routing import ModelNotFound, RoutingTable, ServedVersion
+from tlserve.server.settings import ServerSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The prediction for a request's texts and the version that made it."""
+
+    scorer: Scorer
+    """The version that answered: its name, version number and labels."""
+    prediction: Prediction
+    """Probabilities (one row per text, one column per label) and token statistics."""
+
+
+class DataPlane:
+    """Classifies texts with the served versions through one batcher per version."""
+
+    def __init__(self, table: RoutingTable, settings: ServerSettings) -> None:
+        self.table = table
+        self.settings = settings
+        self.ready = False
+        """Set once the first repository scan is done."""
+        self.draining = False
+        """Set at shutdown: calls in flight finish, but the server no longer reports ready."""
+
+    def served(self, name: str, version: int = 0) -> ServedVersion:
+        """The version that answers `name` at `version` (0: the newest)."""
+        if not self.ready:
+            raise ServingError(ErrorCode.UNAVAILABLE, "the server is still loading its models; retry")
+        try:
+            return self.table.get(name, version)
+        except ModelNotFound as exc:
+            raise ServingError(ErrorCode.NOT_FOUND, str(exc)) from None
+
+    def check_texts(self, texts: Sequence[str]) -> None:
+        if not texts:
+            raise ServingError(ErrorCode.INVALID_ARGUMENT, "texts is empty: send at least one text")
+        limit = self.settings.max_texts_per_request
+        if len(texts) > limit:
+            raise ServingError(ErrorCode.INVALID_ARGUMENT,
+                               f"texts holds {len(texts)} texts; the limit is max_texts_per_request={limit}")
+        byte_limit = self.settings.max_text_bytes
+        for i, text in enumerate(texts):
+            # len(str) <= bytes <= 4 * len(str): encode only when the cheap bound is not enough.
+            if len(text) * 4 > byte_limit and len(text.encode("utf-8")) > byte_limit:
+                raise ServingError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"texts[{i}] has {len(text.encode('utf-8'))} UTF-8 bytes; the limit is "
+                    f"max_text_bytes={byte_limit}",
+                )
+
+    async def predict(self, name: str, version: int, texts: Sequence[str], deadline: float | None) -> Answer:
+        """Checks, batches and scores `texts` with `name` at `version` (0: newest).
+
+        `deadline` is the event loop's time after which the work is worthless. Raises
+        ServingError with the code of what went wrong.
+        """
+        served = self.served(name, version)
+        self.check_texts(texts)
+        try:
+            prediction = await served.batcher.submit(list(texts), deadline)
+        except QueueFull as exc:
+            raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except DeadlineExceeded as exc:
+            raise ServingError(ErrorCode.DEADLINE_EXCEEDED, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ServingError(ErrorCode.UNAVAILABLE, str(exc)) from None
+        except ServingError:
+            raise
+        except Exception as exc:  # a model that fails at inference: this call fails, serving goes on
+            raise ServingError(ErrorCode.INTERNAL, f"model {served.name!r} version {served.version} failed: "
+                                                   f"{type(exc).__name__}: {exc}") from exc
+        return Answer(served.scorer, prediction)
+
+    def model_label(self, name: str) -> str:
+        """`name` for metrics if it is served, else "unknown": clients cannot mint label values."""
+        return name if name in self.table else UNKNOWN_MODEL

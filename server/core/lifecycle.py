@@ -1,0 +1,136 @@
+"""Model lifecycle: scan the repository, load, verify and warm new versions, swap them in, unload.
+
+Every model and version under the repository root is served according to the version
+policy. Vector stores are memory-mapped once per fingerprint (`tlserve.scorer.StoreCache`)
+and shared by every model and, through the page cache, every worker process; finetune
+models carry their own small store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlserve.bundle import MANIFEST, model_names, versions_of
+from tlserve.errors import BundleError
+from tlserve.scorer import Scorer, StoreCache, session_options
+from tlserve.server.core import metrics, observe
+from tlserve.server.core.batching import DynamicBatcher
+from tlserve.server.core.routing import RoutingTable, ServedVersion
+from tlserve.server.settings import ServerSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def select_versions(available: list[int], policy: str) -> list[int]:
+    """Versions to serve under `policy`: "all", "latest", "latest:N" or "specific:1,3"."""
+    if policy == "all":
+        return list(available)
+    if policy == "latest" or policy.startswith("latest:"):
+        count = int(policy.partition(":")[2] or 1)
+        return sorted(available)[-count:] if count > 0 else []
+    if policy.startswith("specific:"):
+        pinned = {int(v) for v in policy.partition(":")[2].split(",") if v.strip()}
+        return [v for v in available if v in pinned]
+    raise ValueError(f"version policy {policy!r}: use all, latest, latest:N or specific:V1,V2")
+
+
+@dataclass
+class ReloadResult:
+    """What one pass over the repository changed."""
+
+    loaded: list[dict[str, Any]] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def _manifest_stamp(path: Path) -> float:
+    try:
+        return (path / MANIFEST).stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+class ModelLifecycle:
+    """Keeps the routing table in line with the repository folder."""
+
+    def __init__(self, settings: ServerSettings, table: RoutingTable) -> None:
+        self.root = settings.repository
+        self.settings = settings
+        self.table = table
+        self.stores = StoreCache()
+        self.options = session_options(settings.intra_op_threads, settings.inter_op_threads,
+                                       settings.allow_spinning)
+        self._lock = asyncio.Lock()
+        self._refused: dict[tuple[str, int], float] = {}
+
+    def desired(self) -> dict[str, list[int]]:
+        """The complete versions on disk that the version policy asks to serve, by model."""
+        if not self.root.is_dir():
+            raise BundleError(f"{self.root}: model repository not found")
+        wanted: dict[str, list[int]] = {}
+        for name in model_names(self.root):
+            versions = select_versions(versions_of(self.root / name), self.settings.version_policy)
+            if versions:
+                wanted[name] = versions
+        return wanted
+
+    async def reload(self) -> ReloadResult:
+        """Brings the served versions in line with the repository, never dropping a call.
+
+        New versions are loaded, verified against their manifest (sha256 of every file, the
+        store's fingerprint) and the graph against the bundle, and warmed with real answers
+        in a thread, and only then swapped in. Versions gone from disk (or from the policy)
+        are taken out of routing first, then their batchers finish the calls already queued.
+        A bad version is refused once (log line and metric) until its manifest changes;
+        what already serves keeps serving.
+        """
+        async with self._lock:
+            result = ReloadResult()
+            desired = await asyncio.to_thread(self.desired)
+            for name, versions in desired.items():
+                for version in versions:
+                    if name in self.table.models and version in self.table.models[name]:
+                        continue
+                    path = self.root / name / str(version)
+                    stamp = _manifest_stamp(path)
+                    if self._refused.get((name, version)) == stamp:
+                        continue
+                    try:
+                        scorer = await asyncio.to_thread(self._load_and_warm, path)
+                    except Exception as exc:  # any bad bundle: refuse it, keep serving the rest
+                        self._refused[(name, version)] = stamp
+                        metrics.LOAD_FAILURES.labels(type(exc).__name__).inc()
+                        _LOGGER.error("refused %s: %s", path, exc)
+                        result.refused.append(f"{path}: {exc}")
+                        continue
+                    batcher = DynamicBatcher(scorer, self.settings.max_batch_size, self.settings.max_queue_delay_us,
+                                             self.settings.max_queue_size,
+                                             functools.partial(observe.record_batch, scorer.name, scorer.version),
+                                             self.settings.inline_batch_texts, self.settings.adaptive_delay_us)
+                    batcher.start()
+                    self.table.add(ServedVersion(scorer, batcher))  # from here on, calls can reach it
+                    result.loaded.append(scorer.describe())
+                    _LOGGER.info("serving %s", scorer.describe())
+            for served in list(self.table.all_versions()):
+                if served.version in desired.get(served.name, ()):
+                    continue
+                self.table.remove(served.name, served.version)  # no new call reaches it...
+                await served.batcher.close()  # ...and the calls already queued finish
+                result.unloaded.append(f"{served.name}/{served.version}")
+                _LOGGER.info("unloaded %s/%d", served.name, served.version)
+            metrics.MODELS_LOADED.set(sum(1 for _ in self.table.all_versions()))
+            return result
+
+    def _load_and_warm(self, path: Path) -> Scorer:
+        scorer = Scorer.open(path, self.root, self.stores, self.options)
+        scorer.warm_up(self.settings.warmup_text)
+        return scorer
+
+    async def close(self) -> None:
+        """Finishes the calls queued on every served version."""
+        await asyncio.gather(*(served.batcher.close() for served in self.table.all_versions()))

@@ -1,0 +1,79 @@
+"""The table of served versions: which scorer and batcher answer a model name and version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tlserve.bundle import check_model_name
+from tlserve.scorer import Scorer
+from tlserve.server.core.batching import DynamicBatcher
+
+
+class ModelNotFound(LookupError):
+    """No such model, or no such version of it."""
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One model version taking traffic."""
+
+    scorer: Scorer
+    batcher: DynamicBatcher
+
+    @property
+    def name(self) -> str:
+        return self.scorer.name
+
+    @property
+    def version(self) -> int:
+        return self.scorer.version
+
+
+class RoutingTable:
+    """Served versions by model name and version number; the newest answers version 0."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, dict[int, ServedVersion]] = {}
+
+    def add(self, served: ServedVersion) -> None:
+        self.models.setdefault(served.name, {})[served.version] = served
+
+    def remove(self, name: str, version: int) -> ServedVersion | None:
+        versions = self.models.get(name, {})
+        served = versions.pop(version, None)
+        if not versions:
+            self.models.pop(name, None)
+        return served
+
+    def get(self, name: str, version: int = 0) -> ServedVersion:
+        """The served `name` at `version` (0: the newest); ModelNotFound says what is served instead."""
+        versions = self.models.get(name)
+        if not versions:
+            try:
+                check_model_name(name)
+            except ValueError as exc:
+                raise ModelNotFound(str(exc)) from None
+            raise ModelNotFound(f"model {name!r} is not served; served: {sorted(self.models) or 'none'}")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {sorted(versions)}")
+        return versions[version]
+
+    def versions(self, name: str) -> list[int]:
+        """Served versions of `name`, newest first."""
+        return sorted(self.models.get(name, {}), reverse=True)
+
+    def all_versions(self) -> Iterator[ServedVersion]:
+        for name in sorted(self.models):
+            for version in sorted(self.models[name]):
+                yield self.models[name][version]
+
+    def __iter__(self) -> Iterator[ServedVersion]:
+        """The newest version of each model, by name."""
+        for name in sorted(self.models):
+            yield self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.models

@@ -1,0 +1,148 @@
+"""tlserve.v1.Classifier: the native gRPC front end, a thin converter over the data plane.
+
+Requests become texts and a model reference for `DataPlane.predict`; answers become
+ClassifyResponse bytes written by `wire.ResponseEncoder` (one per served version, made on
+its first call and dropped with the version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tlserve.contract.v1 import classifier_pb2 as pb
+from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.scorer import Scorer
+from tlserve.server.core import observe
+from tlserve.server.core.dataplane import Answer, DataPlane
+from tlserve.server.core.errors import ServingError
+from tlserve.server.frontends.grpc_common import (
+    MalformedRequest,
+    add_tolerant_service,
+    deadline_of,
+    grpc_errors,
+    status_of,
+)
+from tlserve.server.frontends.wire import ResponseEncoder
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Classifier"].full_name
+
+
+def add_classifier_service(servicer: ClassifierServicer, server: grpc.aio.Server) -> None:
+    """Registers tlserve.v1.Classifier."""
+    add_tolerant_service(
+        server,
+        SERVICE,
+        {
+            "Classify": (servicer.Classify, pb.ClassifyRequest, pb.ClassifyResponse),
+            "ListModels": (servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+            "GetModel": (servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
+        },
+        {"ClassifyStream": (servicer.ClassifyStream, pb.ClassifyRequest, pb.ClassifyResponse)},
+    )
+
+
+def model_info(plane: DataPlane, scorer: Scorer) -> pb.ModelInfo:
+    manifest = scorer.bundle.manifest
+    store = manifest.vector_store
+    settings = plane.settings
+    return pb.ModelInfo(
+        name=scorer.name,
+        version=scorer.version,
+        versions=plane.table.versions(scorer.name),
+        labels=scorer.labels,
+        mode=manifest.features.mode,
+        limits=pb.InputLimits(
+            max_texts_per_request=settings.max_texts_per_request,
+            max_text_bytes=settings.max_text_bytes,
+            max_tokens=manifest.preprocessing.max_tokens,
+        ),
+        vector_store=pb.VectorStoreInfo(
+            fingerprint=store.fingerprint, size=store.size, dimension=store.dimension,
+            source=store.source_name, shared=store.shared,
+        ),
+        metrics={k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float)},
+        created_at=manifest.created_at,
+    )
+
+
+class ClassifierServicer(pb_grpc.ClassifierServicer):
+    """tlserve.v1.Classifier over the data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._encoders: weakref.WeakKeyDictionary[Scorer, ResponseEncoder] = weakref.WeakKeyDictionary()
+
+    def _response(self, answer: Answer, request: pb.ClassifyRequest) -> bytes:
+        scorer, prediction = answer.scorer, answer.prediction
+        encoder = self._encoders.get(scorer)
+        if encoder is None:
+            encoder = self._encoders[scorer] = ResponseEncoder(scorer.labels)
+        return encoder.encode(scorer.name, scorer.version, prediction.probabilities, request.top_k,
+                              prediction.token_counts.tolist(), prediction.oov_fractions.tolist(),
+                              request.request_id)
+
+    async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext, method: str) -> bytes:
+        with observe.observe_call(self.plane.model_label(request.model), request.version, method) as call:
+            answer = await self.plane.predict(request.model, request.version, request.texts, deadline_of(context))
+            call.version = answer.scorer.version
+            started = time.perf_counter()
+            response = self._response(answer, request)
+            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            return response
+
+    @grpc_errors
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> bytes:
+        return await self._classify(request, context, "Classify")
+
+    async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassifyResponse | bytes]:
+        # Requests are processed concurrently so a stream fills batches like many unary
+        # calls do; responses are yielded in request order.
+        pending: asyncio.Queue[asyncio.Task[pb.ClassifyResponse | bytes] | None] = asyncio.Queue(maxsize=256)
+
+        async def one(request: pb.ClassifyRequest | MalformedRequest) -> pb.ClassifyResponse | bytes:
+            try:
+                if isinstance(request, MalformedRequest):
+                    raise request.error()
+                return await self._classify(request, context, "ClassifyStream")
+            except ServingError as exc:
+                model, request_id = ("", "") if isinstance(request, MalformedRequest) else (request.model,
+                                                                                            request.request_id)
+                return pb.ClassifyResponse(model=model, request_id=request_id,
+                                           error=pb.ErrorStatus(code=status_of(exc).value[0], message=exc.message))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await pending.put(asyncio.ensure_future(one(request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    @grpc_errors
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_info(self.plane, served.scorer) for served in self.plane.table])
+
+    @grpc_errors
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+        return model_info(self.plane, self.plane.served(request.model, request.version).scorer)
