@@ -23,6 +23,54 @@ _LOGGER = logging.getLogger(__name__)
 CLASSIFIER_SERVICE = "tlserve.v1.Classifier"
 
 
+# Descriptors kept for the server's own files (repository scans, stores, models, logs) when
+# the connection limit is derived from the open-file limit.
+RESERVED_DESCRIPTORS = 256
+
+
+def raise_open_file_limit() -> int:
+    """Raises this process's soft open-file limit to its hard limit (each connection is one
+    descriptor; the common soft default of 1,024 is far below what a server needs); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return int(soft if soft != resource.RLIM_INFINITY else hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        _LOGGER.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return int(soft)
+    return int(hard)
+
+
+def connection_limit(settings: ServerSettings, open_files: int) -> int:
+    """The most connections to hold: the setting, or what the open-file limit leaves."""
+    derived = max(16, open_files - RESERVED_DESCRIPTORS)
+    return min(settings.max_connections, derived) if settings.max_connections else derived
+
+
+def max_request_bytes(settings: ServerSettings) -> int:
+    """The largest request the limits allow, with room for its framing: per text a field tag and
+    a length (protobuf) or a 4-byte length (a V2 raw tensor), and 64 KiB for the rest."""
+    return max(4 << 20, settings.max_texts_per_request * (settings.max_text_bytes + 8) + (64 << 10))
+
+
+def grpc_options(settings: ServerSettings, reuse_port: bool, connections: int) -> list[tuple[str, int]]:
+    """gRPC core's settings for the server: message size, and the connection and stream bounds."""
+    return [
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.max_receive_message_length", max_request_bytes(settings)),
+        ("grpc.max_allowed_incoming_connections", connections),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        *([("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000))]
+          if settings.connection_idle_seconds else []),
+    ]
+
+
 def model_health_name(model: str) -> str:
     """Health service name of one model: ``tlserve.v1.Classifier/<model>``."""
     return f"{CLASSIFIER_SERVICE}/{model}"
@@ -59,10 +107,8 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     loop_idle.METER.on_idle.append(observe.QueueSampler(table))
     token = settings.token()
     interceptors = [BearerTokenInterceptor(token)] if token else []
-    server = grpc.aio.server(interceptors=interceptors, options=[
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", max(4 << 20, settings.max_texts_per_request * settings.max_text_bytes)),
-    ])
+    connections = connection_limit(settings, raise_open_file_limit())
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(settings, reuse_port, connections))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_classifier_service(ClassifierServicer(plane), server)
@@ -86,9 +132,9 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
         _LOGGER.error("cannot bind %s: %s", address, exc)
         return 1
     await server.start()
-    _LOGGER.info("listening on %s:%d (%s%s; NOT_SERVING while loading %s)", settings.host, port,
-                 "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-                 ", bearer token required" if token else "", settings.repository)
+    _LOGGER.info("listening on %s:%d (%s%s; at most %d connections; NOT_SERVING while loading %s)", settings.host,
+                 port, "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+                 ", bearer token required" if token else "", connections, settings.repository)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -32,6 +32,9 @@ class ServerSettings:
     metrics_host: str = _setting("127.0.0.1", "address of the Prometheus metrics HTTP server")
     metrics_port: int = _setting(9090, "Prometheus metrics HTTP port (0 disables metrics)")
     max_batch_size: int = _setting(64, "most texts per inference batch; bigger requests are split")
+    max_batch_chars: int = _setting(
+        262144, "most characters of text per inference batch, so a batch of long texts stays short; requests "
+        "are split into chunks of a quarter of it, and calls take turns chunk by chunk")
     max_queue_delay_us: int = _setting(
         0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
         "(requests arriving during a batch still form the next one)")
@@ -48,6 +51,15 @@ class ServerSettings:
     inter_op_threads: int = _setting(1, "onnxruntime inter-op threads")
     allow_spinning: bool = _setting(False, "let onnxruntime threads spin-wait for work (lower latency, more CPU)")
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long calls in flight may take to finish")
+    max_connections: int = _setting(
+        0, "most client connections held at once per process; beyond it new connections are closed at once "
+        "(0: the open-file limit, raised to its hard maximum at start-up, less 256 kept for the server's own "
+        "files)")
+    connection_idle_seconds: float = _setting(
+        300.0, "a connection with no call for this long is closed (clients reconnect when they need to; 0: never)")
+    handshake_timeout_seconds: float = _setting(
+        10.0, "a connection that has not completed its TLS/HTTP2 handshake within this time is closed")
+    max_concurrent_streams: int = _setting(256, "most calls in flight on one connection; more wait in the client")
     poll_seconds: float = _setting(
         2.0, "how often the repository is scanned for new, changed or removed versions (0: only on SIGHUP)")
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
@@ -92,8 +104,8 @@ class ServerSettings:
         return settings
 
     def validate(self) -> None:
-        positive = ("workers", "max_batch_size", "max_queue_size", "max_texts_per_request", "max_text_bytes",
-                    "intra_op_threads", "inter_op_threads")
+        positive = ("workers", "max_batch_size", "max_batch_chars", "max_queue_size", "max_texts_per_request",
+                    "max_text_bytes", "intra_op_threads", "inter_op_threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -106,6 +118,13 @@ class ServerSettings:
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if not re.fullmatch(r"all|latest|latest:\d+|specific:\d+(,\d+)*", self.version_policy):
             raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
+        if self.max_connections < 0:
+            raise ValueError(f"max_connections must be >= 0, not {self.max_connections}")
+        for name in ("connection_idle_seconds", "handshake_timeout_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if self.max_concurrent_streams < 1:
+            raise ValueError(f"max_concurrent_streams must be at least 1, not {self.max_concurrent_streams}")
         if self.poll_seconds < 0:
             raise ValueError(f"poll_seconds must be >= 0, not {self.poll_seconds}")
         if bool(self.tls_cert) != bool(self.tls_key):

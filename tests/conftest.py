@@ -97,14 +97,15 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
-def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, env: dict[str, str] | None = None
-                 ) -> ServerProcess:
-    """`tlserve serve` as a real subprocess on free loopback ports; waits for SERVING."""
+def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None) -> ServerProcess:
+    """`tlserve serve` as a real subprocess on free loopback ports (run through `launcher`, e.g.
+    prlimit, if given); waits for SERVING."""
     port, metrics_port = free_port(), free_port()
     handle = open(log, "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
-        [sys.executable, "-m", "tlserve.cli", "serve", "--repository", str(repository), "--port", str(port),
-         "--metrics-port", str(metrics_port), *extra],
+        [*(launcher or []), sys.executable, "-m", "tlserve.cli", "serve", "--repository", str(repository),
+         "--port", str(port), "--metrics-port", str(metrics_port), *extra],
         stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     server = ServerProcess(process, port, metrics_port, log)

@@ -47,10 +47,12 @@ def test_burst_beyond_capacity_is_refused_with_bounded_memory_then_recovers(trai
         peak = peak_rss_mb(proc.process.pid)
         refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
         served = codes.count(grpc.StatusCode.OK)
-        # gRPC core's own overload protection cancels streams that pile up on one connection
-        # before the application takes them; everything that reaches tlserve is served or
+        # gRPC core sheds what goes past its own limits before the application sees it: streams
+        # that pile up on one connection (CANCELLED) and streams opened past
+        # --max-concurrent-streams (256) before the client learnt the limit (refused:
+        # UNAVAILABLE, which clients retry). Everything that reaches tlserve is served or
         # refused with RESOURCE_EXHAUSTED.
-        shed = codes.count(grpc.StatusCode.CANCELLED)
+        shed = codes.count(grpc.StatusCode.CANCELLED) + codes.count(grpc.StatusCode.UNAVAILABLE)
         print(f"burst: {served} served, {refused} RESOURCE_EXHAUSTED, {shed} shed by gRPC, "
               f"peak RSS {peak:.0f} MB (before {baseline:.0f} MB)")
         assert served + refused + shed == len(codes), set(codes)

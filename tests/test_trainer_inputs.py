@@ -139,7 +139,7 @@ def test_every_data_format(fmt: str, tmp_path: Path) -> None:
 
 def test_configurable_columns(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
-    records = ({"body": t, "stars": 5 if label == "animal" else 1} for t, label in ROWS)
+    records = ({"body": t, "stars": "5" if label == "animal" else "1"} for t, label in ROWS)
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
     data = load_labelled(path, text_column="body", label_column="stars")
     assert data.labels == ["5", "5", "1", "1"]

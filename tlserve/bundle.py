@@ -16,7 +16,10 @@ and Triton)::
                                       feature config, ONNX parity, metrics, versions
 
 A version is written into a hidden staging folder next to its final place and renamed
-into place in one step, so a server watching the repository never sees half a bundle.
+into place in one step, so a server watching the repository never sees half a bundle. The
+staging folder's name carries the writer's host and process id
+(``.staging-<host>-<pid>-<random>``), so a folder left by a writer that was killed can be
+told from one still being written, and removed (`stale_staging`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -61,6 +65,24 @@ def check_model_name(name: str) -> str:
             "starting with a letter or digit, without '..'"
         )
     return name
+
+
+STAGING_PREFIX = ".staging-"
+_BOOT_TIME: float | None = None
+
+
+def _numbered(model_dir: Path) -> list[Path]:
+    """Every folder of `model_dir` named as a version number (complete or not)."""
+    if not model_dir.is_dir():
+        return []
+    return [child for child in model_dir.iterdir()
+            if child.name.isdigit() and child.name == str(int(child.name)) and child.is_dir()]
+
+
+def incomplete_versions(model_dir: Path) -> list[Path]:
+    """Numbered folders without a manifest: not versions, but their numbers are taken."""
+    return sorted((child for child in _numbered(model_dir) if not (child / MANIFEST).is_file()),
+                  key=lambda child: int(child.name))
 
 
 def versions_of(model_dir: Path) -> list[int]:
@@ -158,6 +180,8 @@ class TrainingDataRecord:
     """Seed of the splits and of training."""
     train_fraction: float
     """Share of the training labels used."""
+    truncated_texts: int = 0
+    """Training texts longer than the token cap (``preprocessing.max_tokens``), cut to its first tokens."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +361,9 @@ def publish_version(staging: Path, model_dir: Path, manifest: BundleManifest) ->
     files = {str(p.relative_to(staging)): sha256_file(p) for p in _files_of(staging)}
     os.chmod(staging, 0o755)  # mkdtemp makes 0700; servers may run as another user
     for _ in range(100):
-        version = max(versions_of(model_dir), default=0) + 1
+        # After every numbered folder, complete or not: a folder without a manifest (a copy
+        # in progress, a hand-made one) must not block publishing.
+        version = max((int(child.name) for child in _numbered(model_dir)), default=0) + 1
         record = replace(manifest, version=version, files=files, format=BUNDLE_FORMAT)
         (staging / MANIFEST).write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
@@ -353,8 +379,63 @@ def publish_version(staging: Path, model_dir: Path, manifest: BundleManifest) ->
 
 
 def staging_folder(model_dir: Path) -> Path:
+    """A new hidden folder in `model_dir` to write a version into, named after its writer."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=model_dir))
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` of this host started (seconds since the epoch), or None if there is none."""
+    global _BOOT_TIME
+    try:
+        fields_after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if _BOOT_TIME is None:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                _BOOT_TIME = float(line.split()[1])
+    ticks = int(fields_after_name[19])  # field 22 of /proc/PID/stat: start time in clock ticks
+    return (_BOOT_TIME or 0.0) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stale_staging(repository: Path) -> tuple[list[Path], list[Path]]:
+    """Staging folders of the repository's models: (left by a writer of this host that is gone,
+    left by another host or of unknown origin). A process id that now belongs to a process
+    started after the folder was made is a writer that is gone, too."""
+    gone: list[Path] = []
+    unknown: list[Path] = []
+    host = socket.gethostname()
+    if not repository.is_dir():
+        return gone, unknown
+    for model_dir in repository.iterdir():
+        if not model_dir.is_dir():
+            continue
+        for child in model_dir.glob(STAGING_PREFIX + "*"):
+            writer_host, _, _random = child.name[len(STAGING_PREFIX):].rpartition("-")
+            writer_host, _, pid_text = writer_host.rpartition("-")
+            if writer_host != host or not pid_text.isdigit():
+                unknown.append(child)
+                continue
+            started = _process_start(int(pid_text))
+            try:
+                created = child.stat().st_mtime
+            except OSError:
+                continue  # removed meanwhile
+            if started is None or started > created + 1.0:
+                gone.append(child)
+    return sorted(gone), sorted(unknown)
+
+
+def remove_stale_staging(repository: Path) -> tuple[list[Path], list[Path]]:
+    """Removes the staging folders whose writer is gone; returns (removed, left alone)."""
+    gone, unknown = stale_staging(repository)
+    removed = []
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed, [folder for folder in gone if folder not in removed] + unknown
 
 
 def discard(staging: Path) -> None:

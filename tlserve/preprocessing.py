@@ -87,6 +87,10 @@ class Preprocessor:
         """The tokens of one text, at most `max_tokens` of them."""
         return self._tokenize(self.normalize(text))[: self.config.max_tokens]
 
+    def is_truncated(self, text: str) -> bool:
+        """Whether `text` has more than `max_tokens` tokens (and so loses the rest)."""
+        return len(self._tokenize(self.normalize(text))) > self.config.max_tokens
+
     def batch_tokens(self, texts: Sequence[str]) -> list[list[str]]:
         return [self.tokens(text) for text in texts]
 

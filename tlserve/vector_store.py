@@ -261,6 +261,31 @@ class VectorStore:
             )
 
 
+def is_store(folder: Path) -> bool:
+    """Whether `folder` holds a vector store (its manifest names a store format)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "fingerprint" in data and "dimension" in data and "format" in data
+
+
+def check_store_target(out: Path, overwrite: bool) -> None:
+    """Refuses a target that is not tlserve's to replace: a file, a folder that is not a store
+    (with files in it), or an existing store unless `overwrite` is asked for."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a folder; give the path of a folder for the store")
+    if is_store(out):
+        if not overwrite:
+            raise BundleError(f"{out}: a vector store is already there; pass --overwrite to replace it")
+    elif any(out.iterdir()):
+        raise BundleError(f"{out}: the folder holds files that are not a vector store; tlserve will not "
+                          "replace it (choose a new folder, or remove it yourself)")
+
+
 def write_store(
     out: Path,
     words: Iterable[str],
@@ -269,8 +294,14 @@ def write_store(
     case: str,
     source_name: str,
     source_sha256: str,
+    overwrite: bool = False,
 ) -> StoreManifest:
-    """Writes a store into `out` atomically: a temporary sibling folder renamed into place."""
+    """Writes a store into `out` atomically: a temporary sibling folder renamed into place.
+
+    Never deletes what tlserve did not write: an existing store is replaced only with
+    `overwrite` (the old one is moved aside, the new one renamed in, then the old removed);
+    anything else already at `out` is refused before any work (`check_store_target`).
+    """
     vocabulary = list(words)
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[0] != len(vocabulary):
@@ -279,6 +310,7 @@ def write_store(
         if not word or "\n" in word or "\x00" in word or word != word.strip():
             raise ValueError(f"word {i} ({word!r}) is empty or holds whitespace, newline or NUL")
     out = Path(out)
+    check_store_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -301,9 +333,14 @@ def write_store(
         )
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
+        check_store_target(out, overwrite)  # again: something may have appeared meanwhile
+        old = None
         if out.exists():
-            shutil.rmtree(out)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "store")
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

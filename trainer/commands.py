@@ -33,6 +33,8 @@ def register(verbs: Any) -> None:
     importer.add_argument("--limit", type=int, help="keep only the first N words (files list frequent words first)")
     importer.add_argument("--case", choices=["lower", "keep"], default="lower",
                           help="lower-case the vocabulary (first of colliding words wins) or keep it")
+    importer.add_argument("--overwrite", action="store_true",
+                          help="replace the store already at --out (never anything that is not a store)")
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     importer.set_defaults(run=_run_import)
     info = vector_verbs.add_parser("info", help="print a store's manifest")
@@ -104,7 +106,8 @@ def register(verbs: Any) -> None:
 def _run_import(args: argparse.Namespace) -> int:
     from tlserve.trainer.vectors import import_vectors
 
-    manifest = import_vectors(args.source, args.out, args.format, args.limit, args.case, not args.no_progress)
+    manifest = import_vectors(args.source, args.out, args.format, args.limit, args.case, not args.no_progress,
+                              args.overwrite)
     print(f"{args.out}: {manifest.size} words x {manifest.dimension} dims, fingerprint {manifest.fingerprint}")
     return 0
 
@@ -124,9 +127,20 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the staging folder of an unfinished version is removed."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from tlserve.trainer.train import train
 
+    _stop_on_sigterm()
     head = HeadConfig(hidden=args.hidden, dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
                       epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, monitor=args.monitor,
                       class_weights=args.class_weights, word_dropout=args.word_dropout)

@@ -1,7 +1,17 @@
 """Labelled texts from CSV, TSV, JSONL or fastText files, and seeded stratified splits.
 
 Every error names the file and the line: a missing column, an empty file, bytes that are
-not UTF-8, a single class, a class with too few examples to split.
+not UTF-8, a label that is not text, a single class, a class with too few examples to split.
+
+One rule for labels in every format: a label is text (a CSV/TSV field, a JSON *string*, the
+word after ``__label__``), surrounding whitespace trimmed, never empty. A JSON number, null,
+boolean, list or object is refused with its line, so ``1`` and ``"1"`` never merge and null
+never becomes a class named "None".
+
+CSV fields may be quoted and then span lines (RFC 4180); a stray quote makes one field swallow
+the rows after it, which is legal CSV and rarely meant, so the loader says how many texts span
+several lines and where the first one starts. TSV has no quoting (as in the IANA definition):
+a quote is an ordinary character there.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ class LabelledData:
     path: Path
     skipped_empty: int = 0
     """Examples skipped because their text was empty (with the "skip" policy)."""
+    notes: list[str] = field(default_factory=list)
+    """What the reader noticed and the user should know (texts spanning several lines)."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -48,7 +60,7 @@ class LabelledData:
     def subset(self, indices: np.ndarray) -> LabelledData:
         return LabelledData(
             [self.texts[i] for i in indices], [self.labels[i] for i in indices],
-            [self.lines[i] for i in indices], self.path,
+            [self.lines[i] for i in indices], self.path, notes=self.notes,
         )
 
 
@@ -94,18 +106,39 @@ def load_labelled(
     kind = detect_format(path, fmt)
     text = _decode(path)
     rows: list[tuple[int, str, str]] = []
+    notes: list[str] = []
     if kind in ("csv", "tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if kind == "csv" else "\t")
-        header = reader.fieldnames or []
+        if kind == "csv":
+            reader = csv.reader(io.StringIO(text, newline=""))
+        else:
+            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, [])
         for column in (text_column, label_column):
             if column not in header:
                 raise InputFileError(path, f"missing column {column!r}; the header has {header}", 1)
-        for record in reader:
-            line = reader.line_num
-            text_value, label_value = record.get(text_column), record.get(label_column)
-            if text_value is None or label_value is None:
-                raise InputFileError(path, f"row has fewer fields than the header ({len(header)})", line)
-            rows.append((line, text_value, label_value))
+        text_at, label_at = header.index(text_column), header.index(label_column)
+        spanning: list[int] = []
+        end = reader.line_num  # the line the previous row ended on
+        records = iter(reader)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise InputFileError(path, f"malformed {kind.upper()} row: {exc}", end + 1) from None
+            first, end = end + 1, reader.line_num
+            if not record:
+                continue  # a blank line
+            if len(record) < len(header):
+                raise InputFileError(path, f"row has {len(record)} fields, fewer than the header's {len(header)}",
+                                     first)
+            if end > first:
+                spanning.append(first)
+            rows.append((first, record[text_at], record[label_at]))
+        if spanning:
+            notes.append(f"{path}: {len(spanning)} row(s) span several lines (quoted fields with line breaks); "
+                         f"the first starts on line {spanning[0]}: check for a stray quote there")
     elif kind == "jsonl":
         for line, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():
@@ -121,7 +154,12 @@ def load_labelled(
                     raise InputFileError(path, f"missing field {column!r}", line)
             if not isinstance(record[text_column], str):
                 raise InputFileError(path, f"field {text_column!r} must be a string", line)
-            rows.append((line, record[text_column], str(record[label_column])))
+            label = record[label_column]
+            if not isinstance(label, str):
+                shown = json.dumps(label)[:40]
+                raise InputFileError(path, f"field {label_column!r} is {_json_kind(label)} {shown}; labels are "
+                                           f"strings (write \"{shown}\" if that is the class name)", line)
+            rows.append((line, record[text_column], label))
     else:
         for line, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():
@@ -134,7 +172,9 @@ def load_labelled(
             rows.append((line, " ".join(words), labels[0]))
     if not rows:
         raise InputFileError(path, "the file holds a header but no examples")
-    data = LabelledData([], [], [], path)
+    data = LabelledData([], [], [], path, notes=notes)
+    for note in notes:
+        _LOGGER.warning("%s", note)
     for line, text_value, label_value in rows:
         label_value = label_value.strip()
         if not label_value:
@@ -152,6 +192,16 @@ def load_labelled(
     if len(set(data.labels)) < 2:
         raise InputFileError(path, f"only one class ({data.labels[0]!r}); a classifier needs at least two")
     return data
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def check_splittable(data: LabelledData, minimum: int) -> None:

@@ -21,20 +21,49 @@ from tlserve.trainer.evaluation import Evaluation
 OOV_WARNING = 0.2
 
 
+# Past this many labels a confusion matrix is unreadable (and its figure grows with the square
+# of the labels): the report shows the most confused pairs instead, in a figure of fixed size.
+MATRIX_LABELS = 30
+TOP_PAIRS = 20
+
+
+def confused_pairs(evaluation: Evaluation, top: int = TOP_PAIRS) -> list[tuple[str, str, int]]:
+    """The `top` (true, predicted, count) cells off the diagonal, most frequent first."""
+    matrix = np.array(evaluation.confusion, dtype=np.int64)
+    np.fill_diagonal(matrix, 0)
+    flat = np.argsort(-matrix, axis=None, kind="stable")[:top]
+    rows, cols = np.unravel_index(flat, matrix.shape)
+    return [(evaluation.labels[i], evaluation.labels[j], int(matrix[i, j]))
+            for i, j in zip(rows.tolist(), cols.tolist(), strict=True) if matrix[i, j] > 0]
+
+
 def _figure_confusion(evaluation: Evaluation, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len(evaluation.labels) > MATRIX_LABELS:
+        pairs = confused_pairs(evaluation)
+        fig, ax = plt.subplots(figsize=(8, 6))
+        names = [f"{_short(true)} -> {_short(predicted)}" for true, predicted, _ in pairs][::-1]
+        ax.barh(range(len(pairs)), [count for _, _, count in pairs][::-1], color="tab:blue")
+        ax.set_yticks(range(len(pairs)), names, fontsize=7)
+        ax.set_xlabel("test texts")
+        ax.set_title(f"Most confused pairs, true -> predicted ({len(evaluation.labels)} labels; "
+                     f"accuracy {evaluation.accuracy:.3f})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return
     matrix = np.array(evaluation.confusion, dtype=np.float64)
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = max(5.0, 0.45 * len(evaluation.labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     ticks = range(len(evaluation.labels))
-    ax.set_xticks(ticks, evaluation.labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(ticks, evaluation.labels, fontsize=8)
+    ax.set_xticks(ticks, [_short(label) for label in evaluation.labels], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, [_short(label) for label in evaluation.labels], fontsize=8)
     if len(evaluation.labels) <= 20:
         for i in ticks:
             for j in ticks:
@@ -46,6 +75,19 @@ def _figure_confusion(evaluation: Evaluation, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _short(label: str, width: int = 40) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _confusion_record(evaluation: Evaluation) -> dict[str, Any]:
+    """The confusion matrix in report.json: whole up to MATRIX_LABELS labels, else its non-zero cells
+    (at most one per test text), so the report's size never grows with the square of the labels."""
+    if len(evaluation.labels) <= MATRIX_LABELS:
+        return {"labels": evaluation.labels, "matrix": evaluation.confusion}
+    cells = [[i, j, count] for i, row in enumerate(evaluation.confusion) for j, count in enumerate(row) if count]
+    return {"labels": evaluation.labels, "cells": cells, "most_confused": confused_pairs(evaluation)}
 
 
 def _figure_curves(history: Any, path: Path) -> None:
@@ -92,9 +134,14 @@ def figure_learning_curve(points: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None) -> list[str]:
-    """Plain-language findings on the two failure modes of transfer."""
+def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None,
+              manifest: BundleManifest | None = None) -> list[str]:
+    """Plain-language findings on the two failure modes of transfer, and on the data."""
     notes = []
+    if manifest is not None and manifest.training_data.truncated_texts:
+        cap = manifest.preprocessing.max_tokens
+        notes.append(f"Long texts: {manifest.training_data.truncated_texts} training texts have more than {cap} "
+                     f"tokens and were cut to their first {cap} (raise --max-tokens to keep more).")
     if evaluation.oov_share > OOV_WARNING:
         notes.append(
             f"Data mismatch: {evaluation.oov_share:.1%} of the test tokens are not in the vocabulary "
@@ -122,7 +169,7 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
     """Writes report.json, report.md and the figures into the version folder being staged."""
     _figure_confusion(evaluation, folder / bundle.CONFUSION_FIGURE)
     _figure_curves(history, folder / bundle.CURVES_FIGURE)
-    findings = diagnosis(evaluation, comparison)
+    findings = diagnosis(evaluation, comparison, manifest)
     if comparison and comparison.get("learning_curve"):
         figure_learning_curve(comparison["learning_curve"], folder / bundle.LEARNING_CURVE_FIGURE)
     parity = manifest.parity
@@ -131,7 +178,7 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         "mode": manifest.mode,
         "test": {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1, "oov_share": evaluation.oov_share,
                  "examples": evaluation.examples, "per_class": evaluation.per_class,
-                 "confusion": {"labels": evaluation.labels, "matrix": evaluation.confusion}},
+                 "confusion": _confusion_record(evaluation)},
         "training": {"epochs_run": len(history.loss), "best_epoch": history.best_epoch + 1,
                      "best_val_loss": history.val_loss[history.best_epoch],
                      "best_val_accuracy": history.val_accuracy[history.best_epoch]},

@@ -23,6 +23,7 @@ import numpy as np
 from tlserve import __version__, bundle
 from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
 from tlserve.features import OUTPUT
+from tlserve.preprocessing import Preprocessor
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
 from tlserve.trainer.evaluation import evaluate
@@ -42,6 +43,28 @@ def data_fingerprint(*datasets: LabelledData) -> str:
             digest.update(b"\x1e")
     return digest.hexdigest()
 
+
+
+def _import_export_libraries() -> None:
+    """Imports what writing a version needs before its staging folder exists. A stop signal
+    (Ctrl-C, SIGTERM) that lands inside a native module's initialisation aborts the process
+    with no chance to clean up; landing anywhere later, it unwinds and the folder is removed."""
+    import matplotlib.pyplot  # noqa: F401
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tf2onnx  # noqa: F401
+
+
+def count_truncated(preprocessor: Preprocessor, texts: list[str]) -> int:
+    """How many texts lose tokens to the cap; logged, so a long document is never cut silently."""
+    cap = preprocessor.config.max_tokens
+    # A text of at most `cap` characters cannot have more than `cap` tokens.
+    truncated = [len(text) for text in texts if len(text) > cap and preprocessor.is_truncated(text)]
+    if truncated:
+        _LOGGER.warning("%d of %d training texts have more than %d tokens and were cut to their first %d "
+                        "(--max-tokens); the longest has %d characters", len(truncated), len(texts), cap, cap,
+                        max(truncated))
+    return len(truncated)
 
 
 def library_versions() -> dict[str, str]:
@@ -90,10 +113,16 @@ def train(config: TrainConfig) -> TrainResult:
                  len(splits.validation), len(splits.test), len(labels), "; ".join(splits.notes) or "")
     matrix = random_like(store, config.seed) if config.random_vectors else None
     fitted = fit_model(config, splits, store, labels, matrix, verbose=2 if config.progress else 0)
+    _import_export_libraries()
+    truncated = count_truncated(fitted.featurizer.preprocessor, splits.train.texts)
     probabilities, encoded = predict(fitted, splits.test.texts)
     evaluation = evaluate(splits.test.labels, probabilities, labels, encoded)
 
     model_dir = config.repository / config.model
+    for folder in bundle.remove_stale_staging(config.repository)[0]:
+        _LOGGER.warning("removed %s: a staging folder left by a `tlserve train` that was killed", folder)
+    for folder in bundle.incomplete_versions(model_dir):
+        _LOGGER.warning("%s has no manifest: not a version; the new version is numbered after it", folder)
     staging = bundle.staging_folder(model_dir)
     try:
         onnx_path = staging / bundle.MODEL_FILE
@@ -129,6 +158,7 @@ def train(config: TrainConfig) -> TrainResult:
                 skipped_empty=splits.train.skipped_empty,
                 seed=config.seed,
                 train_fraction=config.train_fraction,
+                truncated_texts=truncated,
             ),
             hyperparameters={**asdict(config.head), "pooling": pooling_name(fitted), "sif": config.sif,
                              "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,

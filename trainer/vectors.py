@@ -16,12 +16,13 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from tlserve.errors import InputFileError
-from tlserve.vector_store import StoreManifest, sha256_file, write_store
+from tlserve.vector_store import StoreManifest, check_store_target, sha256_file, write_store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_gensim(path: Path, fmt: str, limit: int | None, progress: bool) -> tupl
         raise InputFileError(path, "file not found") from None
     except PermissionError:
         raise InputFileError(path, "permission denied") from None
-    except (UnicodeDecodeError, EOFError, ValueError, IndexError, OSError) as exc:
+    except (UnicodeDecodeError, EOFError, ValueError, IndexError, TypeError, OSError) as exc:
         # gensim's messages rarely say where; for text formats, find the first bad line here.
         if not binary:
             found = diagnose_text(path, fmt, limit)
@@ -98,13 +99,29 @@ def read_gensim(path: Path, fmt: str, limit: int | None, progress: bool) -> tupl
         raise InputFileError(path, f"cannot parse ({exc})", int(match.group(1)) if match else None) from None
     if len(vectors.index_to_key) == 0:
         raise InputFileError(path, "no vectors found (empty file?)")
+    if fmt in ("word2vec", "fasttext") and limit is None:
+        _check_row_count(path, len(vectors.index_to_key))
     return [str(word) for word in vectors.index_to_key], np.asarray(vectors.vectors, dtype=np.float32)
+
+
+def _check_row_count(path: Path, header_words: int) -> None:
+    """gensim reads as many rows as the header says: rows beyond them would be lost without a word."""
+    rows = 0
+    with open(path, "rb") as handle:
+        next(handle, None)  # the header
+        for number, line in enumerate(handle, start=2):
+            if line.strip():
+                rows += 1
+                if rows > header_words:
+                    raise InputFileError(path, f"the header says {header_words} words but more rows follow "
+                                               "(fix the header's count, or pass --limit to keep the first ones)",
+                                         number)
 
 
 def diagnose_text(path: Path, fmt: str, limit: int | None) -> tuple[int | None, str] | None:
     """The first problem in a text-format vector file, as (line, message); None if none is found."""
     expected_rows: int | None = None
-    dimension: int | None = None
+    dimension: int | None = _common_dimension(path) if fmt == "glove" else None
     rows = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -137,6 +154,34 @@ def diagnose_text(path: Path, fmt: str, limit: int | None) -> tuple[int | None, 
         return None, (f"the header says {expected_rows} words but the file has {rows}: "
                       "the header disagrees with the rows")
     return None
+
+
+def _common_dimension(path: Path, sample: int = 1000) -> int | None:
+    """The dimension most of the first rows have (GloVe has no header to say it), so a bad first
+    row is blamed, not every row after it; ties go to the earliest."""
+    counts: Counter[int] = Counter()
+    with open(path, "rb") as handle:
+        for raw in handle:
+            parts = raw.rstrip(b"\r\n").rstrip(b" ").split(b" ")
+            if len(parts) > 1:
+                counts[len(parts) - 1] += 1
+            if sum(counts.values()) >= sample:
+                break
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _check_source(source: Path, fmt: str) -> None:
+    """Names the problem with the source path before any parsing."""
+    if not source.exists():
+        raise InputFileError(source, "file not found")
+    if fmt == "kumo-npy":
+        if not source.is_dir():
+            raise InputFileError(source, "the kumo-npy format reads the package's data folder; this is a file")
+        return
+    if source.is_dir():
+        raise InputFileError(source, "is a folder; give the vector file itself (.txt, .vec or .bin)")
+    if source.stat().st_size == 0:
+        raise InputFileError(source, "the file is empty")
 
 
 def read_kumo(path: Path, limit: int | None) -> tuple[list[str], np.ndarray, str]:
@@ -179,12 +224,20 @@ def import_vectors(
     limit: int | None = None,
     case: str = "lower",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> StoreManifest:
-    """Reads `source` in format `fmt` and writes a vector store to `out`."""
+    """Reads `source` in format `fmt` and writes a vector store to `out`.
+
+    `out` must be new, an empty folder, or (with `overwrite`) an existing store: nothing
+    tlserve did not write is ever replaced, and that is checked before the (long) parse.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown vector format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, not {limit}")
+    source, out = Path(source), Path(out)
+    _check_source(source, fmt)
+    check_store_target(out, overwrite)
     if fmt == "kumo-npy":
         words, matrix, digest = read_kumo(source, limit)
     else:
@@ -194,7 +247,8 @@ def import_vectors(
         bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
         raise InputFileError(source, f"the vector of {words[bad]!r} holds NaN or infinity", None)
     words, matrix = _apply_case(words, matrix, case)
-    manifest = write_store(out, words, matrix, case=case, source_name=source.name, source_sha256=digest)
+    manifest = write_store(out, words, matrix, case=case, source_name=source.name, source_sha256=digest,
+                           overwrite=overwrite)
     _LOGGER.info("wrote store %s: %d words x %d dims, fingerprint %s", out, manifest.size,
                  manifest.dimension, manifest.fingerprint[:12])
     return manifest

@@ -6,8 +6,14 @@ The knobs mirror Triton's dynamic batcher (``max_batch_size``,
 - a batch closes when it holds ``max_batch_size`` texts, or when its oldest text has
   waited ``max_queue_delay_us``; with a delay of 0 it takes whatever is queued as soon as
   the inference thread is free, so batches grow exactly when the server is busy;
-- a request bigger than ``max_batch_size`` is split into chunks that may share batches
-  with other calls; each call gets back exactly its own rows, in order;
+- a request bigger than ``max_batch_size`` texts or a quarter of ``max_batch_chars``
+  characters is split into chunks that may share batches with other calls; each call gets
+  back exactly its own rows, in order;
+- a batch also holds at most ``max_batch_chars`` characters, so one batch of long texts
+  cannot hold the model for long;
+- calls are served fairly: each batch first takes the first chunk of calls that have had
+  nothing run yet (up to half the batch), then one chunk per waiting call in turn, so a
+  one-text call is never stuck behind the many chunks of a large request;
 - the queue holds at most ``max_queue_size`` texts: beyond that `QueueFull` is raised at
   once, instead of letting memory and latency grow;
 - a chunk whose caller was cancelled or whose deadline passed while queued is dropped
@@ -86,9 +92,19 @@ class BatchStats:
 @dataclass
 class _Chunk:
     texts: list[str]
+    chars: int
     future: asyncio.Future[Prediction]
     deadline: float | None  # loop.time() after which the work is worthless
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+class _Call:
+    """The chunks of one request still queued, in order."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[_Chunk]) -> None:
+        self.chunks = deque(chunks)
 
 
 class DynamicBatcher:
@@ -103,16 +119,21 @@ class DynamicBatcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         inline_batch_texts: int = 0,
         adaptive_delay_us: int = 0,
+        max_batch_chars: int = 1 << 18,
     ) -> None:
         self.scorer = scorer
         self.max_batch_size = max_batch_size
+        self.max_batch_chars = max_batch_chars
+        self.chunk_chars = max(1, max_batch_chars // 4)
         self.max_delay = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
         self.on_batch = on_batch
         self.inline_batch_texts = inline_batch_texts
         self.adaptive_delay = adaptive_delay_us / 1e6
         self._gathering: asyncio.Future[None] | None = None
-        self._queue: deque[_Chunk] = deque()
+        # Calls none of whose texts ran yet, and calls taking turns for their remaining chunks.
+        self._fresh: deque[_Call] = deque()
+        self._rotating: deque[_Call] = deque()
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{scorer.name}")
@@ -149,16 +170,12 @@ class DynamicBatcher:
                 f"would pass max_queue_size={self.max_queue_size}"
             )
         waits = self._meter.waits
-        idle = not self._queue and not self._running and waits != self._waits_seen
+        idle = not self._fresh and not self._rotating and not self._running and waits != self._waits_seen
         self._waits_seen = waits
         if idle and self.max_delay == 0 and len(texts) <= self.inline_batch_texts:
             return self._run_now(texts)
-        loop = asyncio.get_running_loop()
-        chunks = [
-            _Chunk(texts[i : i + self.max_batch_size], loop.create_future(), deadline)
-            for i in range(0, len(texts), self.max_batch_size)
-        ]
-        self._queue.extend(chunks)
+        chunks = self._split(texts, deadline, asyncio.get_running_loop())
+        self._fresh.append(_Call(chunks))
         self._queued_texts += len(texts)
         self._wakeup.set()
         gathering = self._gathering
@@ -181,6 +198,27 @@ class DynamicBatcher:
             sum(p.inference_seconds for p in parts),
         )
 
+    def _split(self, texts: list[str], deadline: float | None, loop: asyncio.AbstractEventLoop) -> list[_Chunk]:
+        """Chunks of at most `max_batch_size` texts and `chunk_chars` characters (at least one text)."""
+        chunks: list[_Chunk] = []
+        start, chars = 0, 0
+        for i, text in enumerate(texts):
+            size = len(text)
+            if i > start and (i - start >= self.max_batch_size or chars + size > self.chunk_chars):
+                chunks.append(_Chunk(texts[start:i], chars, loop.create_future(), deadline))
+                start, chars = i, 0
+            chars += size
+        chunks.append(_Chunk(texts[start:], chars, loop.create_future(), deadline))
+        return chunks
+
+    def _queued(self) -> bool:
+        return bool(self._fresh or self._rotating)
+
+    def _oldest(self) -> float:
+        """When the longest-waiting queued chunk was queued."""
+        heads = [calls[0].chunks[0].enqueued for calls in (self._fresh, self._rotating) if calls]
+        return min(heads)
+
     def _run_now(self, texts: list[str]) -> Prediction:
         """Runs a lone small request in the calling task (see the module docstring)."""
         self._running = True
@@ -199,32 +237,49 @@ class DynamicBatcher:
                                                    prediction.oov_fractions))
 
     def _take_batch(self) -> list[_Chunk]:
+        """The next batch: new calls' first chunks (up to half the batch), then one chunk per call in turn."""
         batch: list[_Chunk] = []
-        size = 0
+        room = [self.max_batch_size, self.max_batch_chars]
         now = asyncio.get_running_loop().time()
-        while self._queue and size + len(self._queue[0].texts) <= self.max_batch_size:
-            chunk = self._queue.popleft()
-            self._queued_texts -= len(chunk.texts)
-            if chunk.future.done():  # cancelled by its caller
-                continue
-            if chunk.deadline is not None and now > chunk.deadline:
-                chunk.future.set_exception(DeadlineExceeded("deadline passed while queued; the work was dropped"))
-                continue
-            batch.append(chunk)
-            size += len(chunk.texts)
+
+        def take(calls: deque[_Call], texts_limit: int) -> None:
+            while calls:
+                call = calls[0]
+                chunk = call.chunks[0]
+                if batch and (len(chunk.texts) > min(room[0], texts_limit) or chunk.chars > room[1]):
+                    return
+                calls.popleft()
+                call.chunks.popleft()
+                if call.chunks:
+                    self._rotating.append(call)  # its next chunk waits for the others' turn
+                self._queued_texts -= len(chunk.texts)
+                if chunk.future.done():  # cancelled by its caller
+                    continue
+                if chunk.deadline is not None and now > chunk.deadline:
+                    chunk.future.set_exception(DeadlineExceeded("deadline passed while queued; the work was dropped"))
+                    continue
+                batch.append(chunk)
+                room[0] -= len(chunk.texts)
+                room[1] -= chunk.chars
+                texts_limit -= len(chunk.texts)
+
+        half = self.max_batch_size // 2
+        take(self._fresh, half)
+        take(self._rotating, self.max_batch_size)
+        take(self._fresh, self.max_batch_size)
         return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queued():
                 if self._closed:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if self.max_delay > 0 and self._queued_texts < self.max_batch_size:
-                oldest = self._queue[0].enqueued
+                oldest = self._oldest()
                 remaining = self.max_delay - (time.perf_counter() - oldest)
                 if remaining > 0 and not self._closed:
                     self._wakeup.clear()
@@ -265,7 +320,7 @@ class DynamicBatcher:
         would idle, the batch is full, or the oldest text has waited `adaptive_delay`.
         One future and one timer per batch: a task per arrival (asyncio.wait_for) would
         cost more than the batching saves."""
-        waited = time.perf_counter() - self._queue[0].enqueued
+        waited = time.perf_counter() - self._oldest()
         if waited >= self.adaptive_delay:
             return
         gathering: asyncio.Future[None] = loop.create_future()

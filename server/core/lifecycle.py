@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlserve.bundle import MANIFEST, model_names, versions_of
+from tlserve.bundle import MANIFEST, incomplete_versions, model_names, remove_stale_staging, versions_of
 from tlserve.errors import BundleError
 from tlserve.scorer import Scorer, StoreCache, session_options
 from tlserve.server.core import metrics, observe
@@ -67,17 +67,36 @@ class ModelLifecycle:
                                        settings.allow_spinning)
         self._lock = asyncio.Lock()
         self._refused: dict[tuple[str, int], float] = {}
+        self._reported: set[Path] = set()
 
     def desired(self) -> dict[str, list[int]]:
         """The complete versions on disk that the version policy asks to serve, by model."""
         if not self.root.is_dir():
             raise BundleError(f"{self.root}: model repository not found")
+        self._report_debris()
         wanted: dict[str, list[int]] = {}
         for name in model_names(self.root):
             versions = select_versions(versions_of(self.root / name), self.settings.version_policy)
             if versions:
                 wanted[name] = versions
         return wanted
+
+    def _report_debris(self) -> None:
+        """Staging folders whose writer is gone are removed (when the repository is writable);
+        the rest, and numbered folders without a manifest, are logged once each."""
+        removed, left = remove_stale_staging(self.root)
+        for folder in removed:
+            _LOGGER.warning("removed %s: a staging folder whose writer is gone (a killed `tlserve train`)", folder)
+        for folder in left:
+            if folder not in self._reported:
+                self._reported.add(folder)
+                _LOGGER.warning("staging folder %s: its writer is gone or on another host; not removed here "
+                                "(read-only repository, or another host's)", folder)
+        for name in model_names(self.root):
+            for folder in incomplete_versions(self.root / name):
+                if folder not in self._reported:
+                    self._reported.add(folder)
+                    _LOGGER.warning("%s has no %s: not a version, not served", folder, MANIFEST)
 
     async def reload(self) -> ReloadResult:
         """Brings the served versions in line with the repository, never dropping a call.
@@ -111,7 +130,8 @@ class ModelLifecycle:
                     batcher = DynamicBatcher(scorer, self.settings.max_batch_size, self.settings.max_queue_delay_us,
                                              self.settings.max_queue_size,
                                              functools.partial(observe.record_batch, scorer.name, scorer.version),
-                                             self.settings.inline_batch_texts, self.settings.adaptive_delay_us)
+                                             self.settings.inline_batch_texts, self.settings.adaptive_delay_us,
+                                             self.settings.max_batch_chars)
                     batcher.start()
                     self.table.add(ServedVersion(scorer, batcher))  # from here on, calls can reach it
                     result.loaded.append(scorer.describe())

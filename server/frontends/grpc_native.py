@@ -105,8 +105,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassifyResponse | bytes]:
         # Requests are processed concurrently so a stream fills batches like many unary
-        # calls do; responses are yielded in request order.
-        pending: asyncio.Queue[asyncio.Task[pb.ClassifyResponse | bytes] | None] = asyncio.Queue(maxsize=256)
+        # calls do; responses are yielded in request order. Flow control: at most a batch's
+        # worth of texts (max_batch_size) is read and not yet answered; a stream whose client
+        # stops reading answers stops being read from (HTTP/2 then holds the client back),
+        # instead of the server classifying and buffering answers nobody takes.
+        window = self.plane.settings.max_batch_size
+        in_flight = 0
+        room = asyncio.Event()
+        pending: asyncio.Queue[tuple[asyncio.Task[pb.ClassifyResponse | bytes], int] | None] = asyncio.Queue()
 
         async def one(request: pb.ClassifyRequest | MalformedRequest) -> pb.ClassifyResponse | bytes:
             try:
@@ -120,23 +126,37 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                                            error=pb.ErrorStatus(code=status_of(exc).value[0], message=exc.message))
 
         async def read() -> None:
+            nonlocal in_flight
             try:
-                async for request in request_iterator:
-                    await pending.put(asyncio.ensure_future(one(request)))
+                requests = request_iterator.__aiter__()
+                while True:
+                    while in_flight >= window:
+                        room.clear()
+                        await room.wait()
+                    try:
+                        request = await requests.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    size = 1 if isinstance(request, MalformedRequest) else max(1, len(request.texts))
+                    in_flight += size
+                    pending.put_nowait((asyncio.ensure_future(one(request)), size))
             finally:
-                await pending.put(None)
+                pending.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await pending.get()) is not None:
-                yield await task
+            while (item := await pending.get()) is not None:
+                task, size = item
+                yield await task  # returns once the client has taken the answer (or gRPC buffered it)
+                in_flight -= size
+                room.set()
             await reader
         finally:
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
-                    leftover.cancel()
+                    leftover[0].cancel()
 
     @grpc_errors
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

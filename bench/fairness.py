@@ -1,0 +1,200 @@
+"""Small calls beside large ones: a one-text caller's latency while others send huge requests.
+
+    python -m tlserve.bench.fairness --repository R --model M [--seconds 10] [--out fairness.json]
+
+Starts `tlserve serve` on a free loopback port and measures, in turn:
+
+- quiet: a one-text caller alone (100 calls/s, each call timed from when it was due);
+- large requests: the same caller while 4 client processes send requests of 1,023 texts of
+  16 KB each, back to back (the documented limits);
+- readers that do not read: the same caller while 64 ClassifyStream streams send requests and
+  never read the answers (with 1 text and with 1,023 texts per message).
+
+For each: the caller's p50/p99/max and failed calls, and the server's RSS before, at the end
+of the load, and 10 s after it (memory must come back after a burst).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve.bench.systems import free_port, tlserve_serve_command
+
+CONTEXT = multiprocessing.get_context("spawn")
+WORDS = ("cat", "dog", "tree", "house", "river", "mountain", "computer", "program", "person", "animal", "plant",
+         "music", "money", "time", "water", "fire", "city", "road", "light", "sound", "window", "garden", "forest",
+         "ocean", "market", "letter", "train", "paper", "table", "friend")
+
+
+def big_text(rng: random.Random, size: int = 16_384) -> str:
+    words: list[str] = []
+    length = 0
+    while True:
+        word = rng.choice(WORDS)
+        if length + len(word) + 1 > size:
+            return " ".join(words)
+        words.append(word)
+        length += len(word) + 1
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _heavy_unary(target: str, model: str, texts: int, stop_at: float) -> None:
+    import grpc
+
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+
+    rng = random.Random(7)
+    request = pb.ClassifyRequest(model=model, texts=[big_text(rng) for _ in range(texts)])
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        while time.time() < stop_at:
+            try:
+                await stub.Classify(request, timeout=30)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.01)
+
+
+async def _silent_streams(target: str, model: str, streams: int, texts: int, stop_at: float) -> None:
+    """Streams that send requests as fast as gRPC takes them and never read an answer."""
+    import grpc
+
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+
+    rng = random.Random(11)
+    body = [big_text(rng, 60) for _ in range(texts)]
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+
+        async def one() -> None:
+            call = stub.ClassifyStream()
+            try:
+                while time.time() < stop_at:
+                    await asyncio.wait_for(call.write(pb.ClassifyRequest(model=model, texts=body)),
+                                           max(0.01, stop_at - time.time()))
+            except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+            finally:
+                call.cancel()
+
+        await asyncio.gather(*(one() for _ in range(streams)))
+
+
+def _load_process(kind: str, target: str, model: str, count: int, texts: int, stop_at: float) -> None:
+    if kind == "unary":
+        asyncio.run(_heavy_unary(target, model, texts, stop_at))
+    else:
+        asyncio.run(_silent_streams(target, model, count, texts, stop_at))
+
+
+async def _small_caller(target: str, model: str, seconds: float, rate: float = 100.0) -> dict[str, float]:
+    import grpc
+
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    failures = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        request = pb.ClassifyRequest(model=model, texts=["a small domesticated cat"])
+        await stub.Classify(request, timeout=30)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        due = start
+        while due < start + seconds:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                await stub.Classify(request, timeout=30)
+                latencies.append((loop.time() - due) * 1000)
+            except grpc.aio.AioRpcError:
+                failures += 1
+            due += 1.0 / rate
+            due = max(due, loop.time() - 1.0)  # a long stall is charged once, not replayed as a flood
+    values = np.array(latencies) if latencies else np.zeros(1)
+    return {"calls": len(latencies), "failed": failures, "p50_ms": round(float(np.percentile(values, 50)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+
+
+def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str, int, int, int] | None
+             ) -> dict[str, Any]:
+    """`load` = (kind, processes, per-process count, texts per message)."""
+    before = _rss_mb(pid)
+    workers = []
+    if load is not None:
+        kind, processes, count, texts = load
+        stop_at = time.time() + seconds + 2.0
+        workers = [CONTEXT.Process(target=_load_process, args=(kind, target, model, count, texts, stop_at),
+                                   daemon=True) for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        time.sleep(2.0)  # the load is running before the measurement starts
+    result = asyncio.run(_small_caller(target, model, seconds))
+    result["rss_before_mb"] = round(before, 1)
+    result["rss_end_mb"] = round(_rss_mb(pid), 1)
+    for worker in workers:
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+    if load is not None:
+        time.sleep(10.0)
+        result["rss_10s_after_mb"] = round(_rss_mb(pid), 1)
+    return result
+
+
+def run(repository: Path, model: str, seconds: float, out: Path | None, extra: list[str]) -> dict[str, Any]:
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    server = subprocess.Popen(tlserve_serve_command(repository, port) + extra)
+    try:
+        from tlserve.client import Classifier
+
+        with Classifier(target) as client:
+            if client.wait_until_serving(60) != "SERVING":
+                raise RuntimeError("the server did not become SERVING")
+        report: dict[str, Any] = {"seconds": seconds}
+        report["quiet"] = scenario(target, model, server.pid, seconds, None)
+        report["large_requests"] = scenario(target, model, server.pid, seconds, ("unary", 4, 1, 1023))
+        report["quiet_after_large"] = scenario(target, model, server.pid, seconds, None)
+        report["silent_streams_1_text"] = scenario(target, model, server.pid, seconds, ("stream", 1, 64, 1))
+        report["silent_streams_1023_texts"] = scenario(target, model, server.pid, seconds, ("stream", 1, 64, 1023))
+    finally:
+        server.terminate()
+        server.wait(60)
+    print(json.dumps(report, indent=1))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path)
+    args, extra = parser.parse_known_args()
+    run(args.repository, args.model, args.seconds, args.out, extra)
+
+
+if __name__ == "__main__":
+    main()
