@@ -68,6 +68,7 @@ def grpc_options(settings: ServerSettings, reuse_port: bool, connections: int) -
         ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
         *([("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000))]
           if settings.connection_idle_seconds else []),
+        ("grpc.http2.bdp_probe", 1 if settings.window_autotune else 0),
     ]
 
 
@@ -92,6 +93,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     from tlserve.server.core import loop_idle, metrics, observe
     from tlserve.server.core.dataplane import DataPlane
     from tlserve.server.core.lifecycle import ModelLifecycle
+    from tlserve.server.core.memory import HeapTrimmer
     from tlserve.server.core.routing import RoutingTable
     from tlserve.server.frontends.grpc_native import SERVICE as CLASSIFIER
     from tlserve.server.frontends.grpc_native import ClassifierServicer, add_classifier_service
@@ -105,6 +107,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     plane = DataPlane(table, settings)
     loop_idle.METER.on_idle.append(metrics.DEFERRED.flush)
     loop_idle.METER.on_idle.append(observe.QueueSampler(table))
+    loop_idle.METER.on_idle.append(HeapTrimmer())
     token = settings.token()
     interceptors = [BearerTokenInterceptor(token)] if token else []
     connections = connection_limit(settings, raise_open_file_limit())

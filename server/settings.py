@@ -33,7 +33,7 @@ class ServerSettings:
     metrics_port: int = _setting(9090, "Prometheus metrics HTTP port (0 disables metrics)")
     max_batch_size: int = _setting(64, "most texts per inference batch; bigger requests are split")
     max_batch_chars: int = _setting(
-        262144, "most characters of text per inference batch, so a batch of long texts stays short; requests "
+        65536, "most characters of text per inference batch, so a batch of long texts stays short; requests "
         "are split into chunks of a quarter of it, and calls take turns chunk by chunk")
     max_queue_delay_us: int = _setting(
         0, "most microseconds a text waits for others to fill its batch; 0 runs what is queued at once "
@@ -60,6 +60,10 @@ class ServerSettings:
     handshake_timeout_seconds: float = _setting(
         10.0, "a connection that has not completed its TLS/HTTP2 handshake within this time is closed")
     max_concurrent_streams: int = _setting(256, "most calls in flight on one connection; more wait in the client")
+    window_autotune: bool = _setting(
+        False, "let gRPC grow each connection's receive window with the measured bandwidth-delay product "
+        "(faster large requests over long links, but a client sending faster than the server reads can make "
+        "it buffer hundreds of MB); off, each stream buffers at most 64 KiB")
     poll_seconds: float = _setting(
         2.0, "how often the repository is scanned for new, changed or removed versions (0: only on SIGHUP)")
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")

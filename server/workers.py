@@ -27,6 +27,9 @@ _LOGGER = logging.getLogger(__name__)
 def run(settings: ServerSettings, log_level: str = "INFO") -> int:
     """Serves in this process (one worker) or forks `settings.workers` workers."""
     configure_logging(settings.log_format, logging.getLevelName(log_level.upper()))
+    from tlserve.server.core.memory import tune_allocator
+
+    tune_allocator()
     if settings.workers == 1:
         from tlserve.server.core import metrics
 

@@ -96,3 +96,21 @@ def test_a_store_without_hash_table_and_a_damaged_one_still_answer(tmp_path: Pat
     full = np.zeros(16, dtype=np.int32)  # no free slot: a lookup must not probe forever
     damaged = VocabularyIndex(store.index.words, store.index.rows, full)
     assert damaged.lookup_few(["cherry", "kiwi"]) == [2, -1]
+
+
+_PIECES = ["cat", "ΟΔΟΣ", "ΣΑΣ", "e\u0301", "\u0301", "ﬁne", "½", "ᾈ", "猫是一种", "x86_64", "don't", "ÄPFEL", "İ"]
+_GAPS = [" ", "  ", "\n", "", "\u00a0", " \u0301", "\t", "ʼ"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_GAPS)), max_size=120),
+       cap=st.integers(1, 40))
+def test_a_long_text_read_a_window_at_a_time_gives_the_whole_texts_tokens(pieces: list[tuple[str, str]],
+                                                                         cap: int) -> None:
+    """Long texts are normalised and tokenised from their start in windows ending at a space;
+    the tokens are exactly those of the whole text (normalisation, final sigma, combining marks)."""
+    text = "".join(piece + gap for piece, gap in pieces)
+    preprocessor = Preprocessor(PreprocessingConfig(max_tokens=cap))
+    preprocessor._window = 4  # windows far smaller than the text, so every case takes that path
+    whole = preprocessor._tokenize(preprocessor.normalize(text))[:cap]
+    assert preprocessor.tokens(text) == whole

@@ -78,14 +78,32 @@ class Preprocessor:
             self._tokenize = _jieba_tokenizer()
         else:
             self._tokenize = _LATIN_OR_CJK_CHAR.findall
+        # Texts longer than this are read from their start, a window at a time (see `tokens`).
+        self._window = 16 * config.max_tokens
 
     def normalize(self, text: str) -> str:
         text = unicodedata.normalize(self.config.normalization, text)
         return text.lower() if self.config.case == "lower" else text
 
     def tokens(self, text: str) -> list[str]:
-        """The tokens of one text, at most `max_tokens` of them."""
-        return self._tokenize(self.normalize(text))[: self.config.max_tokens]
+        """The tokens of one text, at most `max_tokens` of them.
+
+        A long document is normalised and tokenised from its start, a growing window at a time,
+        until the cap is reached, instead of whole to keep its first tokens. Each window ends
+        just after an ASCII space: no normalisation form composes a space with what is around
+        it, lower-casing decides a final sigma by the next character (the space), and no token
+        spans a space, so the tokens are those of the whole text (a test checks this)."""
+        cap = self.config.max_tokens
+        size = self._window
+        while len(text) > size:
+            cut = text.find(" ", size)
+            if cut < 0:
+                break
+            found = self._tokenize(self.normalize(text[: cut + 1]))
+            if len(found) >= cap:
+                return found[:cap]
+            size *= 4
+        return self._tokenize(self.normalize(text))[:cap]
 
     def is_truncated(self, text: str) -> bool:
         """Whether `text` has more than `max_tokens` tokens (and so loses the rest)."""

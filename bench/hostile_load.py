@@ -1,14 +1,16 @@
 """Small calls beside large ones: a one-text caller's latency while others send huge requests.
 
-    python -m tlserve.bench.fairness --repository R --model M [--seconds 10] [--out fairness.json]
+    python -m tlserve.bench.hostile_load --repository R --model M [--seconds 10] [--out hostile.json]
 
 Starts `tlserve serve` on a free loopback port and measures, in turn:
 
-- quiet: a one-text caller alone (100 calls/s, each call timed from when it was due);
+- quiet: a one-text caller alone (100 calls/s; each call timed from its send);
 - large requests: the same caller while 4 client processes send requests of 1,023 texts of
   16 KB each, back to back (the documented limits);
 - readers that do not read: the same caller while 64 ClassifyStream streams send requests and
-  never read the answers (with 1 text and with 1,023 texts per message).
+  never read the answers (with 1 text and with 1,023 texts per message);
+- idle connections: the same caller while 2,000 TCP connections are held open and idle (run
+  with ``--server-nofile 1024`` to start the server under the common open-file limit).
 
 For each: the caller's p50/p99/max and failed calls, and the server's RSS before, at the end
 of the load, and 10 s after it (memory must come back after a burst).
@@ -123,13 +125,13 @@ async def _small_caller(target: str, model: str, seconds: float, rate: float = 1
         due = start
         while due < start + seconds:
             await asyncio.sleep(max(0.0, due - loop.time()))
+            sent = loop.time()
             try:
                 await stub.Classify(request, timeout=30)
-                latencies.append((loop.time() - due) * 1000)
+                latencies.append((loop.time() - sent) * 1000)
             except grpc.aio.AioRpcError:
                 failures += 1
-            due += 1.0 / rate
-            due = max(due, loop.time() - 1.0)  # a long stall is charged once, not replayed as a flood
+            due = max(due + 1.0 / rate, loop.time())  # paced at `rate`, never faster to catch up
     values = np.array(latencies) if latencies else np.zeros(1)
     return {"calls": len(latencies), "failed": failures, "p50_ms": round(float(np.percentile(values, 50)), 2),
             "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
@@ -140,6 +142,8 @@ def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str,
     """`load` = (kind, processes, per-process count, texts per message)."""
     before = _rss_mb(pid)
     workers = []
+    if load is not None and load[0] == "idle":
+        return _with_idle_connections(target, model, pid, seconds, load[2])
     if load is not None:
         kind, processes, count, texts = load
         stop_at = time.time() + seconds + 2.0
@@ -161,22 +165,57 @@ def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str,
     return result
 
 
-def run(repository: Path, model: str, seconds: float, out: Path | None, extra: list[str]) -> dict[str, Any]:
+def _with_idle_connections(target: str, model: str, pid: int, seconds: float, count: int) -> dict[str, Any]:
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds the sockets
+    host, port = target.rsplit(":", 1)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            held.append(socket.create_connection((host, int(port)), timeout=10))
+        result = asyncio.run(_small_caller(target, model, seconds))  # a new connection, after the flood
+        result["idle_connections"] = len(held)
+        result["rss_end_mb"] = round(_rss_mb(pid), 1)
+        return result
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+SCENARIOS: dict[str, tuple[str, int, int, int] | None] = {
+    "quiet": None,
+    "large_requests": ("unary", 4, 1, 1023),
+    "quiet_after_large": None,
+    "silent_streams_1_text": ("stream", 1, 64, 1),
+    "silent_streams_1023_texts": ("stream", 1, 64, 1023),
+    "idle_connections": ("idle", 0, 2000, 0),
+}
+
+
+def run(repository: Path, model: str, seconds: float, out: Path | None, extra: list[str],
+        scenarios: list[str] | None = None, server_nofile: int = 0) -> dict[str, Any]:
+    scenarios = scenarios or list(SCENARIOS)
     port = free_port()
     target = f"127.0.0.1:{port}"
-    server = subprocess.Popen(tlserve_serve_command(repository, port) + extra)
+    launcher = []
+    if server_nofile:
+        import resource
+
+        launcher = ["prlimit", f"--nofile={server_nofile}:{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}"]
+    server = subprocess.Popen(launcher + tlserve_serve_command(repository, port) + extra)
     try:
         from tlserve.client import Classifier
 
         with Classifier(target) as client:
             if client.wait_until_serving(60) != "SERVING":
                 raise RuntimeError("the server did not become SERVING")
-        report: dict[str, Any] = {"seconds": seconds}
-        report["quiet"] = scenario(target, model, server.pid, seconds, None)
-        report["large_requests"] = scenario(target, model, server.pid, seconds, ("unary", 4, 1, 1023))
-        report["quiet_after_large"] = scenario(target, model, server.pid, seconds, None)
-        report["silent_streams_1_text"] = scenario(target, model, server.pid, seconds, ("stream", 1, 64, 1))
-        report["silent_streams_1023_texts"] = scenario(target, model, server.pid, seconds, ("stream", 1, 64, 1023))
+        report: dict[str, Any] = {"seconds": seconds, "server_nofile": server_nofile or "unchanged"}
+        for name in scenarios:
+            report[name] = scenario(target, model, server.pid, seconds, SCENARIOS[name])
     finally:
         server.terminate()
         server.wait(60)
@@ -192,8 +231,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), help="default: all, in this order")
+    parser.add_argument("--server-nofile", type=int, default=0,
+                        help="start the server with this soft open-file limit (prlimit), e.g. 1024")
     args, extra = parser.parse_known_args()
-    run(args.repository, args.model, args.seconds, args.out, extra)
+    run(args.repository, args.model, args.seconds, args.out, extra, args.scenarios, args.server_nofile)
 
 
 if __name__ == "__main__":
