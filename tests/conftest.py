@@ -7,6 +7,7 @@ tests/fixtures is 1,200 WordNet noun glosses (120 per category).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -131,6 +132,22 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
     while not condition():
         assert time.monotonic() < deadline, f"never happened: {what}"
         time.sleep(0.02)
+
+
+async def call_until(stop: asyncio.Event, target: str, model: str, answers: list[int], failures: list[str],
+                     callers: int = 6) -> None:
+    """`callers` clients classifying a text in a loop until `stop`: the versions that answered, and failures."""
+    from tlserve.client import AsyncClassifier
+
+    async def caller() -> None:
+        async with AsyncClassifier(target, model=model, retries=0) as client:
+            while not stop.is_set():
+                try:
+                    answers.append((await client.classify(["a small domesticated cat"]))[0].version)
+                except Exception as exc:
+                    failures.append(repr(exc))
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
 
 
 def wait_serving(server: ServerProcess, timeout: float = 60) -> None:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tlserve.client import AsyncClassifier, Classifier
+from tlserve.client import Classifier
 from tlserve.errors import InputFileError
 
-from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, metric, start_server, wait_until
+from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, call_until, metric, start_server, wait_until
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -95,14 +95,6 @@ def test_bad_model_shapes_published_under_load_are_refused_and_the_previous_vers
     failures: list[str] = []
     stop = asyncio.Event()
 
-    async def caller() -> None:
-        async with AsyncClassifier(server.target, model="hot", retries=0) as client:
-            while not stop.is_set():
-                try:
-                    answers.append((await client.classify(["a small domesticated cat"]))[0].version)
-                except Exception as exc:
-                    failures.append(repr(exc))
-
     async def publish() -> None:
         for version, kind in ((2, "wide"), (3, "deep"), (4, "narrow")):
             await asyncio.to_thread(_publish_bad, trained.frozen.path, model_dir, version, kind)
@@ -113,7 +105,7 @@ def test_bad_model_shapes_published_under_load_are_refused_and_the_previous_vers
         stop.set()
 
     async def run() -> None:
-        await asyncio.gather(publish(), *(caller() for _ in range(6)))
+        await asyncio.gather(publish(), call_until(stop, server.target, "hot", answers, failures))
 
     try:
         asyncio.run(run())

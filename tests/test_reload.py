@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tlserve.client import AsyncClassifier, Classifier
+from tlserve.client import Classifier
 
-from conftest import ServerProcess, Trained, start_server
+from conftest import ServerProcess, Trained, call_until, start_server
 
 
 def publish(source: Path, model_dir: Path, version: int, corrupt: bool = False) -> None:
@@ -64,14 +64,6 @@ def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) 
     failures: list[str] = []
     stop = asyncio.Event()
 
-    async def caller() -> None:
-        async with AsyncClassifier(server.target, model="hot", retries=0) as client:
-            while not stop.is_set():
-                try:
-                    answers.append((await client.classify(["a small domesticated cat"]))[0].version)
-                except Exception as exc:
-                    failures.append(repr(exc))
-
     async def reloads() -> None:
         def step(action, expected: list[int]) -> None:  # type: ignore[no-untyped-def]
             # Under load: each change lands while callers are answered, and each step waits
@@ -89,7 +81,7 @@ def test_five_reloads_under_load_lose_no_call(trained: Trained, tmp_path: Path) 
         stop.set()
 
     async def run() -> None:
-        await asyncio.gather(reloads(), *(caller() for _ in range(6)))
+        await asyncio.gather(reloads(), call_until(stop, server.target, "hot", answers, failures))
 
     try:
         asyncio.run(run())
