@@ -149,3 +149,13 @@ def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, 
     assert any(note.startswith(("Transfer helped", "Negative transfer")) for note in report["findings"])
     markdown = (path / "report.md").read_text()
     assert "## Comparison" in markdown and "fasttext_pretrained" in markdown and "## Learning curve" in markdown
+
+
+def test_scorers_opened_with_one_cache_share_one_store(trained: Trained) -> None:
+    from tlserve.scorer import StoreCache
+
+    cache = StoreCache()
+    frozen = Scorer.open(trained.frozen.path, stores=cache)
+    finetune = Scorer.open(trained.finetune.path, stores=cache)
+    assert len(cache) == 2  # the shared store once, and the finetune model's own
+    assert frozen.featurizer.matrix is finetune.featurizer.matrix  # one memory map for both

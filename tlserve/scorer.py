@@ -137,7 +137,8 @@ class Scorer:
         bundle = Bundle.open(path, verify=verify)
         if path.name != str(bundle.version) or path.parent.name != bundle.name:
             raise BundleError(f"{path}: manifest says {bundle.name}/{bundle.version}")
-        store, shared = (stores or StoreCache()).for_bundle(bundle, repository or path.parent.parent)
+        cache = stores if stores is not None else StoreCache()  # an empty cache is falsy: test for None
+        store, shared = cache.for_bundle(bundle, repository or path.parent.parent)
         return cls(bundle, store, shared, options)
 
     @classmethod
