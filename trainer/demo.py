@@ -152,12 +152,13 @@ def spam_csv(data: Path, out: Path) -> Path:
 def prepare(root: Path, tasks: list[str]) -> dict[str, Path]:
     """Fetches what `tasks` need under `root` and returns the paths made."""
     from tlserve.trainer.vectors import import_vectors
+    from tlserve.vector_store import MANIFEST
 
     root = root.resolve()
     downloads = root / "downloads"
     made: dict[str, Path] = {}
     store = root / "stores" / "glove-6b-50d"
-    if not (store / "manifest.json").is_file():
+    if not (store / MANIFEST).is_file():
         import_vectors(fetch_glove(downloads), store, "kumo-npy", case="lower", progress=False)
     made["vectors"] = store
     if "wordnet" in tasks:
