@@ -79,7 +79,7 @@ def prepare(config: BenchConfig) -> dict[str, Any]:
         if versions_of(repository / model):
             continue
         _LOGGER.warning("training %s (frozen, 10%% of the WordNet labels; first run only)", model)
-        # A subprocess: TensorFlow stays out of this process (fastText misbehaves beside it).
+        # A subprocess: TensorFlow and its thread pools stay out of the measuring process.
         subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "train", "--data",
                         str(made["wordnet"]), "--vectors", str(made["vectors"]), "--repository", str(repository),
                         "--model", model, "--mode", "frozen", "--train-fraction", "0.1", "--seed", str(seed),

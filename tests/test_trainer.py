@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -14,7 +15,7 @@ from tlserve.errors import BundleError
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.scorer import Scorer
 
-from conftest import Trained
+from conftest import WORDNET_SAMPLE, Trained
 
 
 def mixed_texts(count: int, seed: int = 0) -> list[str]:
@@ -130,6 +131,21 @@ def test_preprocessing_tokenises_latin_and_chinese() -> None:
     words = Preprocessor(PreprocessingConfig(case="keep", tokenizer="jieba"))
     tokens = words.tokens("我喜欢小猫 and Dogs")
     assert "喜欢" in tokens and "Dogs" in tokens and "我喜欢小猫" not in tokens
+
+
+def test_the_fasttext_peer_trains_at_every_seed(tmp_path: Path) -> None:
+    """fastText 0.9.3 leaves blocks of its input matrix uninitialised below ten threads."""
+    pytest.importorskip("fasttext")
+    from tlserve.trainer.compare import _train_fasttext, _write_fasttext
+
+    with open(WORDNET_SAMPLE, newline="", encoding="utf-8") as handle:
+        rows = [(row["text"], row["label"]) for row in csv.DictReader(handle)]
+    train_file = tmp_path / "train.txt"
+    _write_fasttext(train_file, [text.lower() for text, _ in rows], [label for _, label in rows], seed=0)
+    for seed in range(6):
+        model, rate = _train_fasttext(train_file, epoch=5, lr=0.1, seed=seed, options={"wordNgrams": 1, "dim": 100})
+        assert model is not None and rate == 0.1, f"seed {seed}"
+        assert np.isfinite(model.get_input_matrix()).all()
 
 
 def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, tmp_path: Path) -> None:
