@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlserve.trainer.fitting import mixture_weights
+from tlserve.trainer.calibration import mixture_weights
 
 
 def test_a_better_calibrated_member_gets_the_weight() -> None:
@@ -23,3 +23,11 @@ def test_members_that_err_differently_are_mixed_and_ties_go_even() -> None:
     assert 0 < w[0] < 1 and abs(sum(w) - 1) < 1e-9
     same = np.array([[0.8, 0.2], [0.3, 0.7]])
     assert mixture_weights([same, same], truth) == [0.5, 0.5]
+
+
+def test_three_members_get_weights_on_the_simplex() -> None:
+    truth = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    bad = np.array([[0.2, 0.8], [0.8, 0.2], [0.2, 0.8], [0.8, 0.2]])
+    w = mixture_weights([bad, good, bad], truth)
+    assert w == [0.0, 1.0, 0.0]

@@ -37,7 +37,9 @@ def test_server_features_are_bit_identical_to_the_trainers(trained: Trained, mod
     served = runtime.featurizer.encode(texts)
     trained_features = result.fitted.featurizer.encode(texts)
     assert served.inputs.keys() == trained_features.inputs.keys()
-    assert set(served.inputs) == ({"features"} if mode == "frozen" else {"token_ids", "features"})
+    semantic = {"features"} if mode == "frozen" else {"token_ids", "features"}
+    assert runtime.bundle.features.lexical  # the mix kept the lexical channel on this sample
+    assert set(served.inputs) == semantic | {"lexicon_ids", "lexicon_weights"}
     for name, array in served.inputs.items():
         assert array.dtype == trained_features.inputs[name].dtype
         assert np.array_equal(array, trained_features.inputs[name])
@@ -63,6 +65,14 @@ def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
         report = json.loads((result.path / "report.json").read_text())
         assert len(report["test"]["confusion"]["matrix"]) == 10
         assert any("coverage" in note or "mismatch" in note for note in report["findings"])
+        assert "reliability.png" in manifest.files
+        calibration = report["calibration"]
+        assert calibration["temperature"] == manifest.hyperparameters["temperature"]
+        assert 0.0 <= calibration["ece_after"] <= 1.0 and sum(b["count"] for b in calibration["bins"]) == 240
+        transfer = report["transfer_check"]  # GloVe on WordNet glosses: the vectors carry the task
+        assert transfer["pretrained"] > transfer["random"] + 0.2
+        assert any(note.startswith("Transfer helps") for note in report["findings"])
+        assert not any("mismatch" in note.lower() for note in report["findings"])
     assert "sif_weights.npy" in Bundle.open(trained.frozen.path).manifest.files
     assert "store/vectors.npy" in Bundle.open(trained.finetune.path).manifest.files
 
@@ -70,14 +80,17 @@ def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
 def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None:
     import onnxruntime as ort
 
-    for result, names in ((trained.frozen, ["features"]), (trained.finetune, ["features", "token_ids"])):
+    lexical = ["lexicon_ids", "lexicon_weights"]
+    for result, names in ((trained.frozen, sorted(["features", *lexical])),
+                          (trained.finetune, sorted(["features", "token_ids", *lexical]))):
         session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
         inputs = {graph_input.name: graph_input for graph_input in session.get_inputs()}
         (out,) = session.get_outputs()
         assert sorted(inputs) == names and out.name == "probabilities"
         assert all(not isinstance(graph_input.shape[0], int) for graph_input in inputs.values())  # dynamic batch
-        if "token_ids" in inputs:
-            assert not isinstance(inputs["token_ids"].shape[1], int)  # any number of tokens
+        for name in ("token_ids", *lexical):
+            if name in inputs:
+                assert not isinstance(inputs[name].shape[1], int)  # any number of tokens or n-grams
 
 
 def test_tampered_bundle_is_refused(trained: Trained, tmp_path: Path) -> None:
@@ -136,14 +149,14 @@ def test_preprocessing_tokenises_latin_and_chinese() -> None:
 def test_the_fasttext_peer_trains_at_every_seed(tmp_path: Path) -> None:
     """fastText 0.9.3 leaves blocks of its input matrix uninitialised below ten threads."""
     pytest.importorskip("fasttext")
-    from tlserve.trainer.compare import _train_fasttext, _write_fasttext
+    from tlserve.trainer.peers import train_fasttext, write_fasttext_file
 
     with open(WORDNET_SAMPLE, newline="", encoding="utf-8") as handle:
         rows = [(row["text"], row["label"]) for row in csv.DictReader(handle)]
     train_file = tmp_path / "train.txt"
-    _write_fasttext(train_file, [text.lower() for text, _ in rows], [label for _, label in rows], seed=0)
+    write_fasttext_file(train_file, [text.lower() for text, _ in rows], [label for _, label in rows], seed=0)
     for seed in range(6):
-        model, rate = _train_fasttext(train_file, epoch=5, lr=0.1, seed=seed, options={"wordNgrams": 1, "dim": 100})
+        model, rate = train_fasttext(train_file, epoch=5, lr=0.1, seed=seed, options={"wordNgrams": 1, "dim": 100})
         assert model is not None and rate == 0.1, f"seed {seed}"
         assert np.isfinite(model.get_input_matrix()).all()
 
@@ -156,7 +169,7 @@ def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, 
     report = json.loads((path / "report.json").read_text())
     systems = report["comparison"]["systems"]
     assert {"tlserve_frozen", "tlserve_finetune", "random_vectors_frozen", "random_vectors_finetune",
-            "tfidf_logreg", "fasttext", "fasttext_bigrams", "fasttext_pretrained"} <= set(systems)
+            "tfidf_logreg", "fasttext", "fasttext_vectors"} <= set(systems)
     assert all(0.0 <= scores["accuracy"] <= 1.0 for scores in systems.values())
     curve = report["comparison"]["learning_curve"]
     assert [point["fraction"] for point in curve] == [0.01, 0.05, 0.10, 0.25, 0.50, 1.0]
@@ -164,7 +177,7 @@ def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, 
     assert "learning_curve.png" in Bundle.open(path).manifest.files
     assert any(note.startswith(("Transfer helped", "Negative transfer")) for note in report["findings"])
     markdown = (path / "report.md").read_text()
-    assert "## Comparison" in markdown and "fasttext_pretrained" in markdown and "## Learning curve" in markdown
+    assert "## Comparison" in markdown and "fasttext_vectors" in markdown and "## Learning curve" in markdown
 
 
 def test_scorers_opened_with_one_cache_share_one_store(trained: Trained) -> None:
@@ -175,3 +188,21 @@ def test_scorers_opened_with_one_cache_share_one_store(trained: Trained) -> None
     finetune = Scorer.open(trained.finetune.path, stores=cache)
     assert len(cache) == 2  # the shared store once, and the finetune model's own
     assert frozen.featurizer.matrix is finetune.featurizer.matrix  # one memory map for both
+
+
+def test_the_transfer_finding_fires_when_the_vectors_buy_nothing() -> None:
+    from tlserve.trainer.report import transfer_finding
+
+    helps = {"validation_examples": 500, "pretrained": 0.80, "random": 0.55, "lexical_log_loss": 0.70,
+             "mixed_log_loss": 0.55}
+    assert transfer_finding(helps).startswith("Transfer helps")
+    no_better_than_random = transfer_finding({**helps, "pretrained": 0.71, "random": 0.70})
+    assert no_better_than_random.startswith("Data mismatch (negative transfer)")
+    assert "tlserve vectors adapt" in no_better_than_random
+    adds_nothing_to_the_words = transfer_finding({**helps, "mixed_log_loss": 0.698})
+    assert adds_nothing_to_the_words.startswith("Data mismatch: the vectors help over random ones but add nothing")
+    # A gap within one standard error on 100 texts is noise.
+    assert transfer_finding({**helps, "validation_examples": 100, "pretrained": 0.60,
+                             "random": 0.55}).startswith("Data mismatch (negative transfer)")
+    assert transfer_finding({**helps, "validation_examples": 100, "pretrained": 0.70,
+                             "random": 0.55}).startswith("Transfer helps")

@@ -10,6 +10,7 @@ and Triton)::
         labels.json                   output order of the labels
         preprocessing.json            tlserve.preprocessing.PreprocessingConfig
         sif_weights.npy               (frozen + SIF) one weight per store row
+        lexicon.txt, lexicon_idf.npy  (lexical channel) its n-grams and their IDF (tlserve.lexicon)
         store/                        (finetune) the model's own vocabulary and adapted table
         report.json, report.md, *.png the training report
         manifest.json                 sha256 of every file above, the store fingerprint,
@@ -52,6 +53,7 @@ REPORT_MD = "report.md"
 CONFUSION_FIGURE = "confusion.png"
 CURVES_FIGURE = "training_curves.png"
 LEARNING_CURVE_FIGURE = "learning_curve.png"
+RELIABILITY_FIGURE = "reliability.png"
 # Letters, digits, '_', '-', '.', not starting with '.' or '_': no path traversal, no
 # hidden staging folders, no clash with _stores.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -12,6 +12,10 @@ Two feature kinds, one per transfer mode:
   the graph also takes the frozen features of the shared store: the adapted table
   learns the task, the shared store keeps every pretrained word the labels never showed.
 
+Either kind can add a lexical channel (``lexical``): the ids and TF-IDF weights of the
+text's word uni- and bigrams in the bundle's lexicon (`tlserve.lexicon`), read by a linear
+classifier in the graph, for the words and phrases the labels carry.
+
 Both are computed for a whole batch at once: one vectorised lookup over all tokens, and
 segment reductions (``np.add.reduceat``) for pooling, so no Python loop touches vectors.
 A batch of a few tokens (a lone short text, the common call of a serving API) takes the
@@ -29,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VocabularyIndex
 
@@ -37,6 +42,8 @@ Pooling = Literal["mean", "mean_max"]
 
 FROZEN_INPUT = "features"
 FINETUNE_INPUT = "token_ids"
+LEXICON_IDS_INPUT = "lexicon_ids"
+LEXICON_WEIGHTS_INPUT = "lexicon_weights"
 OUTPUT = "probabilities"
 
 
@@ -56,6 +63,8 @@ class FeatureConfig:
     """finetune only: add hashed word bigrams as extra tokens."""
     static: bool = False
     """finetune only: also feed the pooled vectors of the shared store (a frozen channel)."""
+    lexical: bool = False
+    """Also feed the ids and TF-IDF weights of the text's n-grams in the bundle's lexicon (a lexical channel)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
@@ -66,10 +75,12 @@ class FeatureConfig:
 
     @property
     def input_names(self) -> list[str]:
-        """Every graph input, in order: token ids first, then pooled features."""
+        """Every graph input, in order: token ids, pooled features, the lexical channel's two."""
         if self.mode == "frozen":
-            return [FROZEN_INPUT]
-        return [FINETUNE_INPUT, FROZEN_INPUT] if self.static else [FINETUNE_INPUT]
+            names = [FROZEN_INPUT]
+        else:
+            names = [FINETUNE_INPUT, FROZEN_INPUT] if self.static else [FINETUNE_INPUT]
+        return [*names, LEXICON_IDS_INPUT, LEXICON_WEIGHTS_INPUT] if self.lexical else names
 
     @property
     def uses_shared_store(self) -> bool:
@@ -81,7 +92,8 @@ class EncodedBatch:
     """Model input for a batch of texts, with per-text token statistics."""
 
     inputs: dict[str, np.ndarray]
-    """Graph inputs by name: ``features`` float32 [n, F] and/or ``token_ids`` int64 [n, length]."""
+    """Graph inputs by name: ``features`` float32 [n, F] and/or ``token_ids`` int64 [n, length]; with the
+    lexical channel, ``lexicon_ids`` int64 and ``lexicon_weights`` float32 [n, n-grams]."""
     token_counts: np.ndarray
     """int32 [n]: tokens per text after preprocessing."""
     oov_counts: np.ndarray
@@ -129,9 +141,12 @@ class Featurizer:
         matrix: np.ndarray | None = None,
         sif_weights: np.ndarray | None = None,
         store_index: VocabularyIndex | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
         if config.uses_shared_store and matrix is None:
             raise ValueError("pooled features need the shared store's matrix")
+        if config.lexical and lexicon is None:
+            raise ValueError("the lexical channel needs the bundle's lexicon")
         self.config = config
         self.preprocessor = preprocessor
         self.index = index
@@ -139,6 +154,7 @@ class Featurizer:
         self.matrix = matrix
         self.sif_weights = sif_weights
         self.store_index = store_index if store_index is not None else index
+        self.lexicon = lexicon
 
     @property
     def feature_size(self) -> int:
@@ -159,7 +175,7 @@ class Featurizer:
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         tokens, flat = self._tokens(texts)
         if self.config.mode == "frozen" and len(flat) <= FEW_TOKENS:
-            return self._encode_few(tokens, self.index.lookup_few(flat))
+            return self._add_lexical(tokens, self._encode_few(tokens, self.index.lookup_few(flat)))
         rows, counts = self.index.lookup(flat), _counts(tokens)
         known = rows >= 0
         oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
@@ -171,7 +187,14 @@ class Featurizer:
             if self.config.static:
                 store_rows = self.store_index.lookup(flat)
                 inputs[FROZEN_INPUT] = self._pool(store_rows, counts, store_rows >= 0)
-        return EncodedBatch(inputs, counts.astype(np.int32), oov)
+        return self._add_lexical(tokens, EncodedBatch(inputs, counts.astype(np.int32), oov))
+
+    def _add_lexical(self, tokens: list[list[str]], encoded: EncodedBatch) -> EncodedBatch:
+        if self.lexicon is not None and self.config.lexical:
+            ids, weights = self.lexicon.encode(tokens)
+            encoded.inputs[LEXICON_IDS_INPUT] = ids
+            encoded.inputs[LEXICON_WEIGHTS_INPUT] = weights
+        return encoded
 
     def _encode_few(self, tokens: list[list[str]], rows: list[int]) -> EncodedBatch:
         """`encode` (frozen) of a few tokens, `rows` from `VocabularyIndex.lookup_few`."""

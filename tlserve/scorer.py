@@ -29,14 +29,15 @@ import onnxruntime as ort
 
 from tlserve.bundle import Bundle, versions_of
 from tlserve.errors import BundleError
-from tlserve.features import FINETUNE_INPUT, OUTPUT, Featurizer
+from tlserve.features import FINETUNE_INPUT, LEXICON_IDS_INPUT, OUTPUT, Featurizer
+from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 
 # ONNX type strings of each graph input, by name.
-_INPUT_TYPES = {FINETUNE_INPUT: "tensor(int64)"}
+_INPUT_TYPES = {FINETUNE_INPUT: "tensor(int64)", LEXICON_IDS_INPUT: "tensor(int64)"}
 _DEFAULT_INPUT_TYPE = "tensor(float)"
 
 
@@ -124,6 +125,7 @@ class Scorer:
             matrix=shared.matrix if shared is not None else None,
             sif_weights=sif,
             store_index=shared.index if shared is not None else None,
+            lexicon=Lexicon.load(bundle.path) if features.lexical else None,
         )
         self.session = ort.InferenceSession(str(bundle.model_file), sess_options=options or session_options(),
                                             providers=["CPUExecutionProvider"])

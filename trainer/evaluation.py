@@ -50,3 +50,34 @@ def evaluate(true_labels: list[str], probabilities: np.ndarray, labels: list[str
         oov_share=oov,
         examples=len(true_labels),
     )
+
+
+def expected_calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top label: the mean |accuracy - confidence| over `bins` equal-width confidence bins,
+    weighted by the share of texts in each."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin i holds confidences in (edges[i], edges[i+1]]; a confidence of exactly 0 joins bin 0.
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    total = 0.0
+    for i in range(bins):
+        members = which == i
+        if members.any():
+            total += members.mean() * abs(float(correct[members].mean()) - float(confidence[members].mean()))
+    return float(total)
+
+
+def reliability(probabilities: np.ndarray, truth: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
+    """Per confidence bin: its range, the texts in it, their mean confidence and accuracy (the diagram's data)."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == truth
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    out = []
+    for i in range(bins):
+        members = which == i
+        if members.any():
+            out.append({"low": float(edges[i]), "high": float(edges[i + 1]), "count": int(members.sum()),
+                        "confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean())})
+    return out

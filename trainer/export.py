@@ -29,12 +29,12 @@ def to_onnx(model: Any, example: dict[str, np.ndarray], path: Path) -> None:
     import tensorflow as tf
     import tf2onnx
 
-    names = [tensor.name.split(":")[0] for tensor in model.inputs]
     signature = []
-    for name in names:
-        array = example[name]
-        width = None if array.dtype == np.int64 else array.shape[1]
-        signature.append(tf.TensorSpec((None, width), tf.as_dtype(array.dtype), name=name))
+    for tensor in model.inputs:
+        name = tensor.name.split(":")[0]
+        # A width the model leaves open (token ids, n-grams) stays open in the graph.
+        width = tensor.shape[1]
+        signature.append(tf.TensorSpec((None, width), tf.as_dtype(example[name].dtype), name=name))
     # A one-input Keras model is called with the tensor itself, not a list of one.
     spec: Any = tuple(signature) if len(signature) == 1 else (signature,)
     # Keras 3 models have no `output_names` attribute, which tf2onnx reads.

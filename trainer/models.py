@@ -52,10 +52,56 @@ def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> An
 
 
 def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig,
-                   static_features: np.ndarray | None = None, name: str = "finetune") -> Any:
-    """Token ids (and, with `static_features`, the shared store's pooled vectors) -> probabilities."""
+                   static_features: np.ndarray | None = None, name: str = "finetune",
+                   trained_rows: np.ndarray | None = None) -> Any:
+    """Token ids (and, with `static_features`, the shared store's pooled vectors) -> probabilities.
+
+    `trained_rows` (bool per table row) marks the rows the training texts reach; only they can get
+    a gradient, so only they are trainable variables. The others (store words the labels never
+    showed, hash buckets no training token hit) sit in a constant table: Adam updates every row
+    of a variable at every step, and most rows of a large vocabulary would be updated with nothing.
+    """
     import keras
     from keras import ops
+
+    class SplitEmbedding(keras.layers.Layer):
+        """An embedding whose rows are split between a trainable and a constant table (row 0 of each: zeros)."""
+
+        def __init__(self, full: np.ndarray, trainable_rows: np.ndarray, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.rows, self.dim = full.shape
+            trainable_rows = trainable_rows.copy()
+            trainable_rows[0] = False
+            self.trainable_index = np.flatnonzero(trainable_rows)
+            self.constant_index = np.flatnonzero(~trainable_rows)[1:]  # without the padding row
+            to_trainable = np.zeros(self.rows, np.int64)
+            to_trainable[self.trainable_index] = np.arange(1, len(self.trainable_index) + 1)
+            to_constant = np.zeros(self.rows, np.int64)
+            to_constant[self.constant_index] = np.arange(1, len(self.constant_index) + 1)
+            zero = np.zeros((1, self.dim), np.float32)
+            self.to_trainable = self.add_weight(shape=(self.rows,), dtype="int64", trainable=False,
+                                                initializer=keras.initializers.Constant(to_trainable),
+                                                name="to_trainable")
+            self.to_constant = self.add_weight(shape=(self.rows,), dtype="int64", trainable=False,
+                                               initializer=keras.initializers.Constant(to_constant),
+                                               name="to_constant")
+            trained = np.concatenate([zero, full[self.trainable_index]])
+            constant = np.concatenate([zero, full[self.constant_index]])
+            self.trained = self.add_weight(shape=trained.shape, initializer=keras.initializers.Constant(trained),
+                                           name="trained")
+            self.constant = self.add_weight(shape=constant.shape, trainable=False,
+                                            initializer=keras.initializers.Constant(constant), name="constant")
+
+        def call(self, ids: Any) -> Any:
+            return (ops.take(self.trained, ops.take(self.to_trainable, ids, axis=0), axis=0)
+                    + ops.take(self.constant, ops.take(self.to_constant, ids, axis=0), axis=0))
+
+        def full_table(self) -> np.ndarray:
+            """The whole table as one array again (the trained rows as trained)."""
+            out = np.zeros((self.rows, self.dim), np.float32)
+            out[self.trainable_index] = np.asarray(self.trained.numpy())[1:]
+            out[self.constant_index] = np.asarray(self.constant.numpy())[1:]
+            return out
 
     class WordDropout(keras.layers.Layer):
         """Zeroes (pads out) each token id with probability `rate`, in training only."""
@@ -92,9 +138,9 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
 
     ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
     dropped = WordDropout(config.word_dropout, name="word_dropout")(ids)
-    embedded = keras.layers.Embedding(
-        table.shape[0], table.shape[1], embeddings_initializer=keras.initializers.Constant(table), name="embedding"
-    )(dropped)
+    if trained_rows is None:
+        trained_rows = np.ones(table.shape[0], dtype=bool)
+    embedded = SplitEmbedding(table, trained_rows, name="embedding")(dropped)
     pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped)
     inputs = [ids]
     if static_features is not None:
@@ -108,14 +154,43 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_mixture(members: list[Any], feature_widths: list[int], weights: list[float]) -> Any:
-    """One graph whose probabilities are the `weights`-weighted sum of trained finetune `members`'.
+def build_lexical(coefficients: np.ndarray, intercept: np.ndarray) -> Any:
+    """The lexical channel: a trained linear classifier over TF-IDF n-gram weights as a graph.
 
-    All members read the same token ids; member i reads the first `feature_widths[i]`
-    columns of the static features (the mean+max layout starts with the mean), so one
-    featurizer feeds them all. An empty `feature_widths` means no static input.
+    `coefficients` [n-grams, classes] become an embedding (row 0: padding) gathered by n-gram
+    id and summed with the TF-IDF weights: the sparse product x . W without a dense x.
     """
     import keras
+    from keras import ops
+
+    class WeightedRows(keras.layers.Layer):
+        def __init__(self, bias: np.ndarray, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.bias = [float(b) for b in bias]
+
+        def call(self, rows: Any, weights: Any) -> Any:
+            return ops.sum(rows * ops.expand_dims(weights, -1), axis=1) + ops.convert_to_tensor(self.bias)
+
+    table = np.concatenate([np.zeros((1, coefficients.shape[1]), np.float32), coefficients.astype(np.float32)])
+    ids = keras.Input(shape=(None,), dtype="int64", name="lexicon_ids")
+    weights = keras.Input(shape=(None,), dtype="float32", name="lexicon_weights")
+    rows = keras.layers.Embedding(table.shape[0], table.shape[1], embeddings_initializer=keras.initializers.Constant(
+        table), trainable=False, name="lexicon_classifier")(ids)
+    logits = WeightedRows(intercept, name="lexicon_logits")(rows, weights)
+    return keras.Model([ids, weights], keras.layers.Softmax(name="probabilities")(logits), name="lexical")
+
+
+def build_mixture(members: list[Any], weights: list[float], temperature: float = 1.0) -> Any:
+    """One graph: the `weights`-weighted sum of trained `members`' probabilities, temperature-scaled.
+
+    Members read graph inputs by name (token ids, pooled features, the lexical channel's two);
+    a member reading fewer pooled-feature columns than the widest gets the first ones (the
+    mean+max layout starts with the mean), so one featurizer feeds them all. With
+    `temperature` T != 1 the mix becomes softmax(log p / T): the same ranking, calibrated
+    confidence (T is fitted on the validation split).
+    """
+    import keras
+    from keras import ops
 
     class FirstColumns(keras.layers.Layer):
         def __init__(self, width: int, **kwargs: Any) -> None:
@@ -136,20 +211,40 @@ def build_mixture(members: list[Any], feature_widths: list[int], weights: list[f
                 total = total + x * weight
             return total
 
-    ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
-    inputs = [ids]
-    features = None
-    if feature_widths:
-        features = keras.Input(shape=(max(feature_widths),), dtype="float32", name="features")
-        inputs.append(features)
+    class Temperature(keras.layers.Layer):
+        def __init__(self, value: float, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.value = float(value)
+
+        def call(self, probabilities: Any) -> Any:
+            # 1e-30: a probability that underflowed to 0 stays the least likely, and finite.
+            return ops.softmax(ops.log(ops.maximum(probabilities, 1e-30)) / self.value, axis=-1)
+
+    graph_inputs: dict[str, Any] = {}
+    widths: dict[str, int] = {}
+    for member in members:
+        for tensor in member.inputs:
+            name = tensor.name.split(":")[0]
+            width = tensor.shape[1]
+            widths[name] = max(widths.get(name, 0), width or 0)
+            if name not in graph_inputs:
+                graph_inputs[name] = tensor.dtype
+    inputs = {name: keras.Input(shape=(widths[name] or None,), dtype=dtype, name=name)
+              for name, dtype in graph_inputs.items()}
     outputs = []
     for i, member in enumerate(members):
-        if features is None:
-            outputs.append(member(ids))
-        else:
-            outputs.append(member([ids, FirstColumns(feature_widths[i], name=f"features_{i}")(features)]))
-    mixed = WeightedSum(weights, name="probabilities")(outputs)
-    return keras.Model(inputs, mixed, name="finetune_mixture")
+        fed = []
+        for tensor in member.inputs:
+            name = tensor.name.split(":")[0]
+            x = inputs[name]
+            if tensor.shape[1] is not None and tensor.shape[1] < widths[name]:
+                x = FirstColumns(tensor.shape[1], name=f"{name}_{i}")(x)
+            fed.append(x)
+        outputs.append(member(fed[0] if len(fed) == 1 else fed))
+    mixed = outputs[0] if len(outputs) == 1 else WeightedSum(weights, name="mixture")(outputs)
+    if temperature != 1.0:
+        mixed = Temperature(temperature, name="temperature")(mixed)
+    return keras.Model(list(inputs.values()), mixed, name="mixture")
 
 
 def auto_batch_size(examples: int) -> int:
@@ -169,6 +264,63 @@ class History:
     accuracy: list[float]
     val_accuracy: list[float]
     best_epoch: int
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, window: int = 50
+                   ) -> list[np.ndarray]:
+    """One epoch of batches of row indices: shuffled, then sorted by length within windows of `window`
+    batches, so a batch holds texts of similar length and pads little; batch order shuffled again."""
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _token_batches(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed: int,
+                   sample_weight: np.ndarray | None, shuffle: bool) -> Any:
+    """Batches for Keras `fit` that cut each token-id input to the longest text of the batch.
+
+    Token ids are padded to the longest text of the whole split; a long-tailed split (e-mails)
+    would otherwise make every step as costly as its longest document.
+    """
+    import keras
+
+    ids = [name for name, array in x.items() if array.dtype == np.int64]
+    lengths = np.max([(x[name] > 0).sum(1) for name in ids], axis=0)
+    rng = np.random.default_rng(seed)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = self._plan()
+
+        def _plan(self) -> list[np.ndarray]:
+            if shuffle:
+                return length_batches(lengths, batch_size, rng)
+            order = np.argsort(lengths, kind="stable")
+            return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def __getitem__(self, index: int) -> Any:
+            rows = self.batches[index]
+            width = max(1, int(lengths[rows].max()))
+            inputs = {name: (array[rows, :width] if name in ids else array[rows]) for name, array in x.items()}
+            if sample_weight is None:
+                return keras_inputs(inputs), y[rows]
+            return keras_inputs(inputs), y[rows], sample_weight[rows]
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self.batches = self._plan()
+
+    return Batches()
 
 
 def keras_inputs(inputs: dict[str, np.ndarray]) -> Any:
@@ -202,16 +354,25 @@ def fit(
         monitor=monitor, patience=config.patience, restore_best_weights=True, verbose=0,
         mode="max" if monitor == "val_accuracy" else "min",
     )
-    result = model.fit(
-        keras_inputs(x_train), y_train,
-        validation_data=(keras_inputs(x_val), y_val),
-        epochs=config.epochs,
-        batch_size=batch_size,
-        shuffle=True,
-        callbacks=[stopper],
-        class_weight=class_weight_map(y_train, n_classes) if config.class_weights else None,
-        verbose=verbose,
-    )
+    class_weight = class_weight_map(y_train, n_classes) if config.class_weights else None
+    if any(array.dtype == np.int64 for array in x_train.values()):
+        weights = np.array([class_weight[int(c)] for c in y_train], np.float32) if class_weight else None
+        result = model.fit(
+            _token_batches(x_train, y_train, batch_size, seed=len(y_train), sample_weight=weights, shuffle=True),
+            validation_data=_token_batches(x_val, y_val, 1024, seed=0, sample_weight=None, shuffle=False),
+            epochs=config.epochs, callbacks=[stopper], verbose=verbose,
+        )
+    else:
+        result = model.fit(
+            keras_inputs(x_train), y_train,
+            validation_data=(keras_inputs(x_val), y_val),
+            epochs=config.epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            callbacks=[stopper],
+            class_weight=class_weight,
+            verbose=verbose,
+        )
     h = result.history
     best = int(np.argmax(h["val_accuracy"]) if monitor == "val_accuracy" else np.argmin(h["val_loss"]))
     return History(h["loss"], h["val_loss"], h["accuracy"], h["val_accuracy"], best)

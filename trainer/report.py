@@ -8,6 +8,7 @@ negative transfer (pretrained vectors no better than random ones) and data misma
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,30 @@ def _figure_curves(history: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def _figure_reliability(calibration: dict[str, Any], path: Path) -> None:
+    """Reliability diagram on the test split: accuracy against confidence per bin, before and after scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for key, label, marker in (("bins_before", f"before (ECE {calibration['ece_before']:.3f})", "x"),
+                               ("bins", f"after, T={calibration['temperature']:.2f} "
+                                        f"(ECE {calibration['ece_after']:.3f})", "o")):
+        bins = calibration[key]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker, label=label)
+    ax.set_xlabel("confidence (top label)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def figure_learning_curve(points: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -134,21 +159,48 @@ def figure_learning_curve(points: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def transfer_finding(transfer: dict[str, Any]) -> str:
+    """Data mismatch and negative transfer, judged by what the vectors buy on the task's validation texts:
+    over random vectors of the same shape, and over the task's own words (the lexical channel)."""
+    n, pretrained, random = transfer["validation_examples"], transfer["pretrained"], transfer["random"]
+    # One standard error of the difference of two accuracies on n texts (at least a point):
+    # smaller differences are noise.
+    margin = max(0.01, math.sqrt(2.0 * pretrained * (1.0 - pretrained) / max(1, n)))
+    measured = (f"on the {n} validation texts a frozen head scored {pretrained:.3f} on the pretrained vectors and "
+                f"{random:.3f} on random vectors of the same shape")
+    advice = ("Adapt the vectors on unlabelled text of your domain (`tlserve vectors adapt`), bring more labels, "
+              "or use vectors from a source closer to your texts.")
+    if pretrained - random <= margin:
+        return (f"Data mismatch (negative transfer): the pretrained vectors buy no more than random ones here; "
+                f"{measured}. {advice}")
+    if "mixed_log_loss" in transfer:
+        gain = transfer["lexical_log_loss"] - transfer["mixed_log_loss"]
+        measured += (f"; adding the vectors' channels to the task's own words (the lexical channel) moved the "
+                     f"validation log-loss from {transfer['lexical_log_loss']:.3f} to {transfer['mixed_log_loss']:.3f}")
+        # Less than 0.01 nats: the vectors add nothing the words do not already give.
+        if gain < 0.01:
+            return (f"Data mismatch: the vectors help over random ones but add nothing to the task's own words; "
+                    f"{measured}. The model leans on its lexical channel. {advice}")
+    return f"Transfer helps: +{pretrained - random:.3f} validation accuracy over random vectors; {measured}."
+
+
 def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None,
-              manifest: BundleManifest | None = None) -> list[str]:
+              manifest: BundleManifest | None = None, transfer: dict[str, Any] | None = None) -> list[str]:
     """Plain-language findings on the two failure modes of transfer, and on the data."""
     notes = []
     if manifest is not None and manifest.training_data.truncated_texts:
         cap = manifest.preprocessing.max_tokens
         notes.append(f"Long texts: {manifest.training_data.truncated_texts} training texts have more than {cap} "
                      f"tokens and were cut to their first {cap} (raise --max-tokens to keep more).")
+    if transfer is not None:
+        notes.append(transfer_finding(transfer))
     if evaluation.oov_share > OOV_WARNING:
         notes.append(
             f"Data mismatch: {evaluation.oov_share:.1%} of the test tokens are not in the vocabulary "
             f"(over {OOV_WARNING:.0%}); the pretrained vectors cover this task's words poorly."
         )
     else:
-        notes.append(f"Vocabulary coverage is good: {evaluation.oov_share:.1%} of test tokens are out of vocabulary.")
+        notes.append(f"Vocabulary coverage: {evaluation.oov_share:.1%} of test tokens are out of vocabulary.")
     random_key = f"random_vectors_{comparison.get('mode', '')}" if comparison else ""
     if comparison and random_key in comparison.get("systems", {}):
         random_accuracy = comparison["systems"][random_key]["accuracy"]
@@ -165,13 +217,16 @@ def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None,
 
 
 def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, history: Any,
-          comparison: dict[str, Any] | None) -> None:
+          comparison: dict[str, Any] | None, transfer: dict[str, Any] | None = None,
+          calibration: dict[str, Any] | None = None) -> None:
     """Writes report.json, report.md and the figures into the version folder being staged."""
     _figure_confusion(evaluation, folder / bundle.CONFUSION_FIGURE)
     _figure_curves(history, folder / bundle.CURVES_FIGURE)
-    findings = diagnosis(evaluation, comparison, manifest)
+    findings = diagnosis(evaluation, comparison, manifest, transfer)
     if comparison and comparison.get("learning_curve"):
         figure_learning_curve(comparison["learning_curve"], folder / bundle.LEARNING_CURVE_FIGURE)
+    if calibration is not None:
+        _figure_reliability(calibration, folder / bundle.RELIABILITY_FIGURE)
     parity = manifest.parity
     payload = {
         "model": manifest.model,
@@ -186,6 +241,8 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         "data": asdict(manifest.training_data),
         "hyperparameters": manifest.hyperparameters,
         "comparison": comparison,
+        "transfer_check": transfer,
+        "calibration": calibration,
         "findings": findings,
     }
     (folder / bundle.REPORT_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
@@ -200,6 +257,12 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         *[f"- {note}" for note in findings],
         "",
     ]
+    if calibration is not None:
+        lines += ["## Calibration", "",
+                  f"Temperature {calibration['temperature']:.3f}, fitted on the validation split. Expected "
+                  f"calibration error (15 bins) on the {calibration['test_examples']} test texts: "
+                  f"{calibration['ece_before']:.4f} before, **{calibration['ece_after']:.4f}** after.", "",
+                  f"![reliability]({bundle.RELIABILITY_FIGURE})", ""]
     if comparison:
         lines += ["## Comparison (same split, same run)", "", "| system | accuracy | macro-F1 |", "|---|---|---|"]
         for name, scores in comparison["systems"].items():

@@ -24,9 +24,10 @@ from tlserve import __version__, bundle
 from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
 from tlserve.features import OUTPUT
 from tlserve.preprocessing import Preprocessor
+from tlserve.trainer.calibration import apply_temperature
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
-from tlserve.trainer.evaluation import evaluate
+from tlserve.trainer.evaluation import evaluate, expected_calibration_error, reliability
 from tlserve.trainer.fitting import FittedModel, fit_model, pooling_name, predict, random_like
 from tlserve.vector_store import VectorStore, copy_store, write_store
 
@@ -92,6 +93,18 @@ def load_splits(config: TrainConfig) -> Splits:
     )
 
 
+def calibration_record(probabilities: np.ndarray, true_labels: list[str], labels: list[str], temperature: float
+                       ) -> dict[str, Any]:
+    """ECE and reliability bins on the test split, of the model as exported and without its temperature."""
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.array([index.get(label, -1) for label in true_labels])
+    before = apply_temperature(probabilities, 1.0 / temperature) if temperature != 1.0 else probabilities
+    return {"temperature": temperature, "test_examples": len(truth),
+            "ece_before": expected_calibration_error(before, truth),
+            "ece_after": expected_calibration_error(probabilities, truth),
+            "bins_before": reliability(before, truth), "bins": reliability(probabilities, truth)}
+
+
 @dataclass
 class TrainResult:
     """The published version folder and the fitted model it was exported from."""
@@ -132,6 +145,8 @@ def train(config: TrainConfig) -> TrainResult:
         (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")
         if fitted.featurizer.sif_weights is not None:
             np.save(staging / bundle.SIF_FILE, fitted.featurizer.sif_weights, allow_pickle=False)
+        if fitted.featurizer.lexicon is not None and fitted.featurizer.config.lexical:
+            fitted.featurizer.lexicon.save(staging)
         store_ref = _place_stores(config, fitted, store, staging)
         comparison = None
         if config.compare:
@@ -162,10 +177,12 @@ def train(config: TrainConfig) -> TrainResult:
             ),
             hyperparameters={**asdict(config.head), "pooling": pooling_name(fitted), "sif": config.sif,
                              "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
-                             "static": config.static, "random_vectors": config.random_vectors},
+                             "static": config.static, "random_vectors": config.random_vectors,
+                             "lexical": fitted.lexical, "temperature": fitted.temperature},
             library_versions=library_versions(),
         )
-        report.write(staging, manifest, evaluation, fitted.history, comparison)
+        report.write(staging, manifest, evaluation, fitted.history, comparison, fitted.transfer,
+                     calibration_record(probabilities, splits.test.labels, labels, fitted.temperature))
         target = bundle.publish_version(staging, model_dir, manifest)
     except BaseException:
         bundle.discard(staging)

@@ -1,0 +1,51 @@
+"""The lexical channel's features: what scikit-learn's TfidfVectorizer computes, from ids and weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlserve.errors import BundleError
+from tlserve.lexicon import LEXICON_IDF_FILE, Lexicon, ngrams
+
+TEXTS = [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog"], [], ["the", "the", "the"], ["cat", "dog", "cat"]]
+
+
+def _dense(lexicon: Lexicon, token_lists: list[list[str]]) -> np.ndarray:
+    ids, weights = lexicon.encode(token_lists)
+    out = np.zeros((len(token_lists), len(lexicon) + 1), dtype=np.float64)
+    for row in range(len(token_lists)):
+        np.add.at(out[row], ids[row], weights[row])
+    return out[:, 1:]
+
+
+def test_weights_equal_scikit_learns_sublinear_tfidf() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    lexicon = Lexicon.fit(TEXTS, max_size=1000)
+    vectorizer = TfidfVectorizer(analyzer=ngrams, sublinear_tf=True).fit(TEXTS)
+    expected = vectorizer.transform(TEXTS).toarray()
+    columns = [vectorizer.vocabulary_[gram] for gram in lexicon.grams]
+    assert sorted(columns) == list(range(len(vectorizer.vocabulary_)))
+    assert np.allclose(_dense(lexicon, TEXTS), expected[:, columns], atol=1e-6)
+
+
+def test_unknown_ngrams_are_dropped_and_padding_is_zero() -> None:
+    lexicon = Lexicon.fit(TEXTS, max_size=1000)
+    ids, weights = lexicon.encode([["zebra"], ["cat", "zebra"], []])
+    assert ids.shape == weights.shape == (3, 1)
+    assert ids[0, 0] == 0 and weights[0, 0] == 0.0
+    assert lexicon.grams[ids[1, 0] - 1] == "cat" and weights[1, 0] == pytest.approx(1.0)
+
+
+def test_the_most_frequent_ngrams_are_kept(tmp_path: Path) -> None:
+    lexicon = Lexicon.fit(TEXTS, max_size=2)
+    assert lexicon.grams == ["cat", "dog"]  # "cat", "dog" and "the" are in 2 texts each; ties alphabetical
+    lexicon.save(tmp_path)
+    loaded = Lexicon.load(tmp_path)
+    assert loaded.grams == lexicon.grams and np.array_equal(loaded.idf, lexicon.idf)
+    np.save(tmp_path / LEXICON_IDF_FILE, np.ones(5, dtype=np.float32))
+    with pytest.raises(BundleError, match="2 n-grams but"):
+        Lexicon.load(tmp_path)

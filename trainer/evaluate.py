@@ -1,0 +1,150 @@
+"""`tlserve evaluate`: tlserve and its peers on K seeded stratified splits, mean +- sd and paired differences.
+
+One split of a few hundred test texts moves accuracy by one or two points, so a single run
+cannot say which system is ahead. Each repeat draws a new seeded split (test first, then the
+label budget, then validation, as `tlserve train` does); every system trains on the same
+training split, tunes on the same validation split (or on the training labels, as its
+own tooling does) and is scored once on the same test split. The summary gives each
+system's mean and standard deviation, and the per-split difference between tlserve's
+default mode and the best peer (by mean accuracy): its mean, its standard deviation and
+on how many splits tlserve was ahead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve.trainer.calibration import apply_temperature
+from tlserve.trainer.config import TrainConfig
+from tlserve.trainer.evaluation import evaluate, expected_calibration_error
+from tlserve.vector_store import VectorStore
+
+_LOGGER = logging.getLogger(__name__)
+
+PEERS = ("tfidf_logreg", "fasttext", "fasttext_vectors")
+
+
+@dataclass
+class EvaluateConfig:
+    """What `tlserve evaluate` runs."""
+
+    train: TrainConfig
+    """The training settings of tlserve (data, vectors, label budget, ...); its seed is the first split's."""
+    repeats: int = 5
+    """Seeded splits: seeds train.seed, train.seed + 1, ..."""
+    modes: list[str] = field(default_factory=lambda: ["finetune", "frozen"])
+    """tlserve modes to run; the first is the default one the paired comparison uses."""
+    peers: list[str] = field(default_factory=lambda: list(PEERS))
+    """Peers to run (fastText ones are skipped if fasttext is not installed)."""
+
+
+def _score(true: list[str], probabilities: np.ndarray, labels: list[str], seconds: float, **extra: Any
+           ) -> dict[str, Any]:
+    evaluation = evaluate(true, probabilities, labels)
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.array([index.get(label, -1) for label in true])
+    return {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1,
+            "ece": expected_calibration_error(probabilities, truth), "seconds": round(seconds, 2), **extra}
+
+
+def run_split(config: EvaluateConfig, seed: int, store: VectorStore) -> dict[str, Any]:
+    """Every system on the split of `seed`."""
+    from tlserve.trainer import peers
+    from tlserve.trainer.fitting import fit_model, predict
+    from tlserve.trainer.train import load_splits
+
+    train_config = replace(config.train, seed=seed, progress=False)
+    splits = load_splits(train_config)
+    labels = sorted(set(splits.train.labels))
+    systems: dict[str, dict[str, Any]] = {}
+    for mode in config.modes:
+        started = time.perf_counter()
+        fitted = fit_model(replace(train_config, mode=mode), splits, store, labels)
+        seconds = time.perf_counter() - started
+        probabilities = predict(fitted, splits.test.texts)[0]
+        extra: dict[str, Any] = {"temperature": fitted.temperature, "mixture": fitted.mixture}
+        if fitted.temperature != 1.0:  # what calibration changed: the same model's ECE without it
+            index = {label: i for i, label in enumerate(labels)}
+            truth = np.array([index.get(label, -1) for label in splits.test.labels])
+            raw = apply_temperature(probabilities, 1.0 / fitted.temperature)
+            extra["ece_uncalibrated"] = expected_calibration_error(raw, truth)
+            extra["accuracy_uncalibrated"] = float(np.mean(raw.argmax(1) == truth))
+        systems[f"tlserve_{mode}"] = _score(splits.test.labels, probabilities, labels, seconds, **extra)
+    chinese = peers.is_chinese(splits.train.texts)
+    if "tfidf_logreg" in config.peers:
+        result = peers.tfidf_logreg(splits, labels, chinese)
+        systems["tfidf_logreg"] = _score(splits.test.labels, result.probabilities, labels, result.seconds,
+                                         chosen=result.chosen)
+    if {"fasttext", "fasttext_vectors"} & set(config.peers):
+        for name, result in peers.fasttext_peers(splits, labels, store, seed, chinese).items():
+            if name in config.peers:
+                systems[name] = _score(splits.test.labels, result.probabilities, labels, result.seconds,
+                                       chosen=result.chosen)
+    for name, scores in systems.items():
+        _LOGGER.info("seed %d %-18s accuracy %.4f  ECE %.4f  %.1f s", seed, name, scores["accuracy"], scores["ece"],
+                     scores["seconds"])
+    return {"seed": seed, "examples": {"train": len(splits.train), "validation": len(splits.validation),
+                                       "test": len(splits.test)}, "systems": systems}
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarize(splits: list[dict[str, Any]], default: str) -> dict[str, Any]:
+    names = [name for name in splits[0]["systems"] if all(name in s["systems"] for s in splits)]
+    summary: dict[str, Any] = {}
+    for name in names:
+        rows = [s["systems"][name] for s in splits]
+        summary[name] = {metric: _mean_sd([row[metric] for row in rows]) for metric in ("accuracy", "macro_f1",
+                                                                                         "ece", "seconds")}
+    peer_names = [name for name in names if not name.startswith("tlserve_")]
+    paired: dict[str, Any] = {}
+    if peer_names and default in summary:
+        best = max(peer_names, key=lambda name: summary[name]["accuracy"]["mean"])
+        differences = [s["systems"][default]["accuracy"] - s["systems"][best]["accuracy"] for s in splits]
+        paired = {"default": default, "best_peer": best, **_mean_sd(differences),
+                  "ahead": sum(d > 0 for d in differences), "tied": sum(d == 0 for d in differences),
+                  "splits": len(differences)}
+    return {"systems": summary, "paired": paired}
+
+
+def run(config: EvaluateConfig) -> dict[str, Any]:
+    store = VectorStore(config.train.vectors)
+    splits = []
+    for repeat in range(config.repeats):
+        splits.append(run_split(config, config.train.seed + repeat, store))
+    default = f"tlserve_{config.modes[0]}"
+    return {"data": str(config.train.data), "vectors": str(config.train.vectors), "store": store.fingerprint,
+            "train_fraction": config.train.train_fraction, "repeats": config.repeats, "default": default,
+            "splits": splits, "summary": summarize(splits, default)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary as a Markdown table: mean +- sd of accuracy, ECE and seconds per system."""
+    summary = result["summary"]
+    lines = [f"{result['data']}, {result['train_fraction']:.0%} of the training labels, "
+             f"{result['repeats']} seeded splits (mean +- sd)", "",
+             "| system | accuracy | macro-F1 | ECE | seconds |", "|---|---|---|---|---|"]
+    for name, scores in summary["systems"].items():
+        cells = [f"{scores[m]['mean']:.4f} +- {scores[m]['sd']:.4f}" for m in ("accuracy", "macro_f1", "ece")]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {scores['seconds']['mean']:.1f} |")
+    paired = summary["paired"]
+    if paired:
+        lines += ["", f"{paired['default']} - {paired['best_peer']} per split: {paired['mean']:+.4f} +- "
+                      f"{paired['sd']:.4f}; ahead on {paired['ahead']} of {paired['splits']} splits"]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
