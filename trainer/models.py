@@ -283,44 +283,41 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 def _token_batches(x: dict[str, np.ndarray], y: np.ndarray, batch_size: int, seed: int,
                    sample_weight: np.ndarray | None, shuffle: bool) -> Any:
-    """Batches for Keras `fit` that cut each token-id input to the longest text of the batch.
+    """A tf.data pipeline for Keras `fit` that cuts each token-id input to the longest text of the batch.
 
     Token ids are padded to the longest text of the whole split; a long-tailed split (e-mails)
-    would otherwise make every step as costly as its longest document.
+    would otherwise make every step as costly as its longest document. The signature leaves
+    the length open, so batches of any length pass (Keras would fix it from the first batches).
     """
-    import keras
+    import tensorflow as tf
 
     ids = [name for name, array in x.items() if array.dtype == np.int64]
     lengths = np.max([(x[name] > 0).sum(1) for name in ids], axis=0)
     rng = np.random.default_rng(seed)
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches = self._plan()
-
-        def _plan(self) -> list[np.ndarray]:
-            if shuffle:
-                return length_batches(lengths, batch_size, rng)
+    def batches() -> Any:
+        if shuffle:
+            plan = length_batches(lengths, batch_size, rng)
+        else:
             order = np.argsort(lengths, kind="stable")
-            return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-        def __len__(self) -> int:
-            return len(self.batches)
-
-        def __getitem__(self, index: int) -> Any:
-            rows = self.batches[index]
+            plan = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for rows in plan:
             width = max(1, int(lengths[rows].max()))
             inputs = {name: (array[rows, :width] if name in ids else array[rows]) for name, array in x.items()}
             if sample_weight is None:
-                return keras_inputs(inputs), y[rows]
-            return keras_inputs(inputs), y[rows], sample_weight[rows]
+                yield keras_inputs(inputs), y[rows]
+            else:
+                yield keras_inputs(inputs), y[rows], sample_weight[rows]
 
-        def on_epoch_end(self) -> None:
-            if shuffle:
-                self.batches = self._plan()
-
-    return Batches()
+    specs = {name: tf.TensorSpec((None, None) if name in ids else (None, array.shape[1]), tf.as_dtype(array.dtype),
+                                 name=name) for name, array in x.items()}
+    signature: tuple[Any, ...] = (keras_inputs(specs), tf.TensorSpec((None,), tf.as_dtype(y.dtype)))
+    if sample_weight is not None:
+        signature = (*signature, tf.TensorSpec((None,), tf.float32))
+    count = len(length_batches(lengths, batch_size, np.random.default_rng(0))) if shuffle else \
+        -(-len(lengths) // batch_size)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2)
 
 
 def keras_inputs(inputs: dict[str, np.ndarray]) -> Any:
