@@ -49,3 +49,16 @@ def test_the_most_frequent_ngrams_are_kept(tmp_path: Path) -> None:
     np.save(tmp_path / LEXICON_IDF_FILE, np.ones(5, dtype=np.float32))
     with pytest.raises(BundleError, match="2 n-grams but"):
         Lexicon.load(tmp_path)
+
+
+def test_chinese_texts_use_character_pairs_with_punctuation() -> None:
+    from tlserve.lexicon import char_units
+    from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+
+    preprocessor = Preprocessor(PreprocessingConfig(tokenizer="jieba"))
+    units = char_units(preprocessor, "股市 大涨\n(图)")
+    assert units == list("股市 大涨 (图)")
+    lexicon = Lexicon.fit([units, list("股市下跌")], max_size=100, units="chars")
+    assert {"股市", "(图", "股", "图"} <= set(lexicon.grams) and " 大" in lexicon.grams
+    ids, _ = lexicon.encode([list("股市")])
+    assert sorted(lexicon.grams[i - 1] for i in ids[0]) == ["市", "股", "股市"]

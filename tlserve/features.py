@@ -65,6 +65,8 @@ class FeatureConfig:
     """finetune only: also feed the pooled vectors of the shared store (a frozen channel)."""
     lexical: bool = False
     """Also feed the ids and TF-IDF weights of the text's n-grams in the bundle's lexicon (a lexical channel)."""
+    lexical_units: Literal["words", "chars"] = "words"
+    """The lexical channel's units: the tokens, or (Chinese) the characters of the normalised text."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
@@ -175,7 +177,7 @@ class Featurizer:
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         tokens, flat = self._tokens(texts)
         if self.config.mode == "frozen" and len(flat) <= FEW_TOKENS:
-            return self._add_lexical(tokens, self._encode_few(tokens, self.index.lookup_few(flat)))
+            return self._add_lexical(texts, tokens, self._encode_few(tokens, self.index.lookup_few(flat)))
         rows, counts = self.index.lookup(flat), _counts(tokens)
         known = rows >= 0
         oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
@@ -187,11 +189,11 @@ class Featurizer:
             if self.config.static:
                 store_rows = self.store_index.lookup(flat)
                 inputs[FROZEN_INPUT] = self._pool(store_rows, counts, store_rows >= 0)
-        return self._add_lexical(tokens, EncodedBatch(inputs, counts.astype(np.int32), oov))
+        return self._add_lexical(texts, tokens, EncodedBatch(inputs, counts.astype(np.int32), oov))
 
-    def _add_lexical(self, tokens: list[list[str]], encoded: EncodedBatch) -> EncodedBatch:
+    def _add_lexical(self, texts: Sequence[str], tokens: list[list[str]], encoded: EncodedBatch) -> EncodedBatch:
         if self.lexicon is not None and self.config.lexical:
-            ids, weights = self.lexicon.encode(tokens)
+            ids, weights = self.lexicon.encode(self.lexicon.units_of(self.preprocessor, texts, tokens))
             encoded.inputs[LEXICON_IDS_INPUT] = ids
             encoded.inputs[LEXICON_WEIGHTS_INPUT] = weights
         return encoded

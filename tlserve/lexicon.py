@@ -1,43 +1,61 @@
-"""The lexical channel's vocabulary: word uni- and bigrams with their IDF, shared by trainer and server.
+"""The lexical channel's vocabulary: uni- and bigrams with their IDF, shared by trainer and server.
 
-A model's lexical channel is a linear classifier over TF-IDF features of the text's own
-tokens (the same tokens the rest of the model sees): for each n-gram of the lexicon present
-in a text, the weight ``(1 + ln tf) * idf``, the whole L2-normalised, as scikit-learn's
-``TfidfVectorizer(sublinear_tf=True)`` computes them. The trainer fits the classifier; the
+A model's lexical channel is a linear classifier over TF-IDF features of the text's
+uni- and bigrams: for each n-gram of the lexicon present in a text, the weight
+``(1 + ln tf) * idf``, the whole L2-normalised, as scikit-learn's
+``TfidfVectorizer(sublinear_tf=True)`` computes them. The units are the model's own tokens
+(``words``), or, for Chinese, the characters of the normalised text (``chars``, punctuation
+and digits included): a Chinese headline is a handful of jieba words, and character pairs
+generalise better (THUCNews, 10 % of the labels: 0.74 with character 1-2-grams against 0.66
+with word 1-2-grams). The trainer fits the classifier; the
 graph gathers its rows by n-gram id and sums them with these weights, so a text costs a few
 dictionary lookups, never a dense vector of the whole lexicon.
 
 Files in the bundle: ``lexicon.txt`` (one n-gram per line, UTF-8; a bigram is its two tokens
-joined by a space, which no token contains) and ``lexicon_idf.npy`` (float32, one per line).
+joined by a space, which no token contains; a character bigram is its two characters) and
+``lexicon_idf.npy`` (float32, one per line). The unit kind is in the bundle's feature config.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from tlserve.errors import BundleError
+from tlserve.preprocessing import Preprocessor
 
 LEXICON_FILE = "lexicon.txt"
 LEXICON_IDF_FILE = "lexicon_idf.npy"
+Units = Literal["words", "chars"]
+_WHITESPACE = re.compile(r"\s+")
 
 
-def ngrams(tokens: Sequence[str]) -> list[str]:
-    """A text's unigrams followed by its bigrams."""
-    return [*tokens, *(f"{a} {b}" for a, b in pairwise(tokens))]
+def ngrams(units: Sequence[str], joiner: str = " ") -> list[str]:
+    """A text's unigrams followed by its bigrams (units joined by `joiner`)."""
+    return [*units, *(f"{a}{joiner}{b}" for a, b in pairwise(units))]
+
+
+def char_units(preprocessor: Preprocessor, text: str) -> list[str]:
+    """The characters of the normalised text, whitespace runs as one space, at most 4 x max_tokens of them."""
+    window = text[: 4 * preprocessor.config.max_tokens]
+    return list(_WHITESPACE.sub(" ", preprocessor.normalize(window)).strip())
 
 
 class Lexicon:
     """N-grams, their ids (1 + position; 0 is padding) and IDF weights."""
 
-    def __init__(self, grams: list[str], idf: np.ndarray) -> None:
+    def __init__(self, grams: list[str], idf: np.ndarray, units: Units = "words") -> None:
         if len(grams) != len(idf):
             raise ValueError(f"{len(grams)} n-grams but {len(idf)} IDF weights")
+        self.units = units
+        self.joiner = "" if units == "chars" else " "
         self.grams = grams
         self.idf = np.asarray(idf, dtype=np.float32)
         self.ids = {gram: i + 1 for i, gram in enumerate(grams)}
@@ -46,23 +64,24 @@ class Lexicon:
         return len(self.grams)
 
     @classmethod
-    def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int) -> Lexicon:
+    def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int, units: Units = "words") -> Lexicon:
         """The `max_size` n-grams found in most texts, with scikit-learn's smoothed IDF."""
+        joiner = "" if units == "chars" else " "
         document_frequency: Counter[str] = Counter()
         for tokens in token_lists:
-            document_frequency.update(set(ngrams(tokens)))
+            document_frequency.update(set(ngrams(tokens, joiner)))
         # Most frequent first; ties in a fixed (alphabetical) order so training is reproducible.
         kept = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))[:max_size]
         n = len(token_lists)
         idf = np.array([math.log((1 + n) / (1 + df)) + 1.0 for _, df in kept], dtype=np.float32)
-        return cls([gram for gram, _ in kept], idf)
+        return cls([gram for gram, _ in kept], idf, units)
 
     def encode(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (0-padded)."""
         ids_per_text: list[list[int]] = []
         weights_per_text: list[np.ndarray] = []
         for tokens in token_lists:
-            counts = Counter(self.ids[gram] for gram in ngrams(tokens) if gram in self.ids)
+            counts = Counter(self.ids[gram] for gram in ngrams(tokens, self.joiner) if gram in self.ids)
             ids = list(counts)
             if ids:
                 tf = np.fromiter(counts.values(), dtype=np.float32, count=len(ids))
@@ -84,12 +103,17 @@ class Lexicon:
         (folder / LEXICON_FILE).write_text("".join(f"{gram}\n" for gram in self.grams), encoding="utf-8")
         np.save(folder / LEXICON_IDF_FILE, self.idf, allow_pickle=False)
 
+    def units_of(self, preprocessor: Preprocessor, texts: Sequence[str], tokens: Sequence[Sequence[str]]
+                 ) -> Sequence[Sequence[str]]:
+        """The units of each text: its tokens, or its characters."""
+        return [char_units(preprocessor, text) for text in texts] if self.units == "chars" else tokens
+
     @classmethod
-    def load(cls, folder: Path) -> Lexicon:
+    def load(cls, folder: Path, units: Units = "words") -> Lexicon:
         path = folder / LEXICON_FILE
         grams = path.read_text(encoding="utf-8").split("\n")[:-1]
         idf = np.load(folder / LEXICON_IDF_FILE, allow_pickle=False)
         if idf.ndim != 1 or len(idf) != len(grams):
             raise BundleError(f"{path}: {len(grams)} n-grams but {folder / LEXICON_IDF_FILE} holds shape "
                               f"{list(idf.shape)}")
-        return cls(grams, idf)
+        return cls(grams, idf, units)

@@ -125,7 +125,7 @@ class Scorer:
             matrix=shared.matrix if shared is not None else None,
             sif_weights=sif,
             store_index=shared.index if shared is not None else None,
-            lexicon=Lexicon.load(bundle.path) if features.lexical else None,
+            lexicon=Lexicon.load(bundle.path, features.lexical_units) if features.lexical else None,
         )
         self.session = ort.InferenceSession(str(bundle.model_file), sess_options=options or session_options(),
                                             providers=["CPUExecutionProvider"])

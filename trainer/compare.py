@@ -24,7 +24,7 @@ import numpy as np
 
 from tlserve.trainer import peers
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import Splits, subsample
+from tlserve.trainer.datasets import Splits, is_chinese, subsample
 from tlserve.trainer.evaluation import Evaluation, evaluate
 from tlserve.trainer.fitting import fit_model, predict, random_like
 from tlserve.vector_store import VectorStore
@@ -73,7 +73,7 @@ def run(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[st
         started = time.perf_counter()
         systems[f"random_vectors_{mode}"] = _scores(
             _tlserve(replace(config, mode=mode), splits, store, labels, random_matrix), time.perf_counter() - started)
-    chinese = peers.is_chinese(splits.train.texts)
+    chinese = is_chinese(splits.train.texts)
     results = {"tfidf_logreg": peers.tfidf_logreg(splits, labels, chinese),
                **peers.fasttext_peers(splits, labels, store, config.seed, chinese)}
     for name, peer in results.items():

@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ _BY_SUFFIX: dict[str, DataFormat] = {
     ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "fasttext", ".ft": "fasttext",
 }
 _FASTTEXT_LABEL = "__label__"
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]")
 # Whole e-mails fit in one CSV field; the csv module's default cap is 128 KiB.
 csv.field_size_limit(1 << 26)
 
@@ -62,6 +65,13 @@ class LabelledData:
             [self.texts[i] for i in indices], [self.labels[i] for i in indices],
             [self.lines[i] for i in indices], self.path, notes=self.notes,
         )
+
+
+def is_chinese(texts: list[str], sample: int = 2000) -> bool:
+    """Whether most letters of (a sample of) the texts are Chinese characters."""
+    joined = "".join(texts[:sample])
+    letters = len(_LETTER.findall(joined))
+    return letters > 0 and len(_CJK.findall(joined)) / letters > 0.3
 
 
 def detect_format(path: Path, fmt: str | None) -> DataFormat:

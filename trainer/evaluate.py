@@ -24,6 +24,7 @@ import numpy as np
 
 from tlserve.trainer.calibration import apply_temperature
 from tlserve.trainer.config import TrainConfig
+from tlserve.trainer.datasets import is_chinese
 from tlserve.trainer.evaluation import evaluate, expected_calibration_error
 from tlserve.vector_store import VectorStore
 
@@ -78,7 +79,7 @@ def run_split(config: EvaluateConfig, seed: int, store: VectorStore) -> dict[str
             extra["ece_uncalibrated"] = expected_calibration_error(raw, truth)
             extra["accuracy_uncalibrated"] = float(np.mean(raw.argmax(1) == truth))
         systems[f"tlserve_{mode}"] = _score(splits.test.labels, probabilities, labels, seconds, **extra)
-    chinese = peers.is_chinese(splits.train.texts)
+    chinese = is_chinese(splits.train.texts)
     if "tfidf_logreg" in config.peers:
         result = peers.tfidf_logreg(splits, labels, chinese)
         systems["tfidf_logreg"] = _score(splits.test.labels, result.probabilities, labels, result.seconds,

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from tlserve.features import FINETUNE_INPUT, EncodedBatch, FeatureConfig, Featurizer
-from tlserve.lexicon import Lexicon
+from tlserve.lexicon import Lexicon, Units, char_units
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.trainer import calibration
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import Splits
+from tlserve.trainer.datasets import Splits, is_chinese
 from tlserve.vector_store import VectorStore, VocabularyIndex
 
 _LOGGER = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         graph_members.append(models.build_lexical(lexical.coefficients, lexical.intercept))
         graph_weights.append(weights[semantic])
         mixture.append(("lexical", weights[semantic]))
-        featurizer = Featurizer(replace(featurizer.config, lexical=True), featurizer.preprocessor, featurizer.index,
+        featurizer = Featurizer(replace(featurizer.config, lexical=True, lexical_units=lexical.lexicon.units),
+                                featurizer.preprocessor, featurizer.index,
                                 featurizer.vocabulary_size, featurizer.matrix, featurizer.sif_weights,
                                 featurizer.store_index, lexical.lexicon)
     _LOGGER.info("mixture %s, temperature %.3f", " + ".join(f"{w:.2f} x {n}" for n, w in mixture), temperature)
@@ -163,6 +164,7 @@ class LexicalModel:
 
 
 def _tfidf_matrix(lexicon: Lexicon, token_lists: list[list[str]]) -> Any:
+    """The lexicon's TF-IDF features of the texts' units as a sparse matrix (what the graph computes)."""
     from scipy.sparse import csr_matrix
 
     ids, weights = lexicon.encode(token_lists)
@@ -175,12 +177,19 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
     """Logistic regression on TF-IDF n-grams of the model's own tokens; C chosen on validation log-loss."""
     from sklearn.linear_model import LogisticRegression
 
-    train_tokens = preprocessor.batch_tokens(splits.train.texts)
+    units: Units = "chars" if is_chinese(splits.train.texts) else "words"
+
+    def units_of(texts: list[str]) -> list[list[str]]:
+        if units == "chars":
+            return [char_units(preprocessor, text) for text in texts]
+        return preprocessor.batch_tokens(texts)
+
+    train_units = units_of(splits.train.texts)
     # Weights take n-grams x classes floats in the graph: bounded, so 1,000 labels stay small.
     size = max(1000, min(config.lexicon_size, LEXICON_WEIGHT_BUDGET // len(labels)))
-    lexicon = Lexicon.fit(train_tokens, size)
-    x_train = _tfidf_matrix(lexicon, train_tokens)
-    x_validation = _tfidf_matrix(lexicon, preprocessor.batch_tokens(splits.validation.texts))
+    lexicon = Lexicon.fit(train_units, size, units)
+    x_train = _tfidf_matrix(lexicon, train_units)
+    x_validation = _tfidf_matrix(lexicon, units_of(splits.validation.texts))
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
     # SAGA from the previous C's solution (weaker regularisation continues from stronger): the

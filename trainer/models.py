@@ -358,6 +358,7 @@ def fit(
             _token_batches(x_train, y_train, batch_size, seed=len(y_train), sample_weight=weights, shuffle=True),
             validation_data=_token_batches(x_val, y_val, 1024, seed=0, sample_weight=None, shuffle=False),
             epochs=config.epochs, callbacks=[stopper], verbose=verbose,
+            shuffle=False,  # the batches are shuffled (and length-sorted) by the pipeline itself
         )
     else:
         result = model.fit(

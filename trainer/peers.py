@@ -32,8 +32,6 @@ from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LETTER = re.compile(r"[^\W\d_]")
 # fastText's tutorial: `sed -e "s/\([.\!?,'/()]\)/ \1 /g" | tr "[:upper:]" "[:lower:]"`.
 _FASTTEXT_PUNCTUATION = re.compile(r"([.!?,'/()])")
 _FASTTEXT_LABEL = "__label__"
@@ -51,13 +49,6 @@ class PeerResult:
     probabilities: np.ndarray
     seconds: float
     chosen: dict[str, Any]
-
-
-def is_chinese(texts: list[str], sample: int = 2000) -> bool:
-    """Whether most letters of (a sample of) the texts are Chinese characters."""
-    joined = "".join(texts[:sample])
-    letters = len(_LETTER.findall(joined))
-    return letters > 0 and len(_CJK.findall(joined)) / letters > 0.3
 
 
 def _label_index(labels: list[str], names: list[str]) -> np.ndarray:
