@@ -463,7 +463,7 @@ def test_truncated_long_texts_are_counted_and_reported(glove_store: Path, tmp_pa
     report = (tmp_path / "repo" / "long" / "1" / "report.md").read_text()
     truncated = manifest["training_data"]["truncated_texts"]
     assert 0 < truncated < 30
-    assert f"{truncated} of " in result.stderr and "more than 256 tokens" in result.stderr
+    assert f"{truncated} of " in result.stderr and "more than 4096 tokens" in result.stderr
     assert f"Long texts: {truncated} training texts" in report
 
 
