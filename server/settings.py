@@ -59,7 +59,9 @@ class ServerSettings:
         300.0, "a connection with no call for this long is closed (clients reconnect when they need to; 0: never)")
     handshake_timeout_seconds: float = _setting(
         10.0, "a connection that has not completed its TLS/HTTP2 handshake within this time is closed")
-    max_concurrent_streams: int = _setting(256, "most calls in flight on one connection; more wait in the client")
+    max_concurrent_streams: int = _setting(
+        1024, "most calls in flight on one connection; more wait in the client (a client that opens more before it "
+        "has read the limit gets some refused: UNAVAILABLE, which gRPC clients retry)")
     window_autotune: bool = _setting(
         False, "let gRPC grow each connection's receive window with the measured bandwidth-delay product "
         "(faster large requests over long links, but a client sending faster than the server reads can make "

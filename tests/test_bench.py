@@ -59,7 +59,8 @@ def test_open_loop_keeps_its_schedule_and_charges_a_stall_to_the_server(ceiling:
     assert result.errors == 0
     assert result.calls == pytest.approx(400, rel=0.1)  # 200/s for 2 s, whatever the server did
     assert max(result.latencies_ms) >= 300  # a closed loop would have hidden the stall
-    assert sorted(result.latencies_ms)[len(result.latencies_ms) // 2] < 50
+    # Only the calls due around the stall carry it (about 0.4 s of 2 s), not the whole run.
+    assert sum(latency >= 300 for latency in result.latencies_ms) < len(result.latencies_ms) / 2
 
 
 def test_acceptance_reads_ratios_from_medians(tmp_path: Path) -> None:

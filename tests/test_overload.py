@@ -49,7 +49,7 @@ def test_burst_beyond_capacity_is_refused_with_bounded_memory_then_recovers(trai
         served = codes.count(grpc.StatusCode.OK)
         # gRPC core sheds what goes past its own limits before the application sees it: streams
         # that pile up on one connection (CANCELLED) and streams opened past
-        # --max-concurrent-streams (256) before the client learnt the limit (refused:
+        # --max-concurrent-streams (1024) before the client learnt the limit (refused:
         # UNAVAILABLE, which clients retry). Everything that reaches tlserve is served or
         # refused with RESOURCE_EXHAUSTED.
         shed = codes.count(grpc.StatusCode.CANCELLED) + codes.count(grpc.StatusCode.UNAVAILABLE)

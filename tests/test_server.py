@@ -23,6 +23,7 @@ from tlserve.client import AsyncClassifier, Classifier, ClassifierError
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 from tlserve.features import OUTPUT, Featurizer
+from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
 
@@ -46,8 +47,9 @@ def in_process(repository: Path, model: str, texts: list[str]) -> tuple[np.ndarr
     shared_path = bundle.shared_store_path(repository)
     shared = VectorStore(shared_path) if shared_path is not None else None
     sif = np.load(bundle.path / "sif_weights.npy") if bundle.features.sif else None
+    lexicon = Lexicon.load(bundle.path, bundle.features.lexical_units) if bundle.features.lexical else None
     featurizer = Featurizer(bundle.features, Preprocessor(bundle.preprocessing), store.index, len(store),
-                            shared.matrix if shared else None, sif, shared.index if shared else None)
+                            shared.matrix if shared else None, sif, shared.index if shared else None, lexicon)
     session = ort.InferenceSession(str(bundle.model_file), providers=["CPUExecutionProvider"])
     return session.run([OUTPUT], featurizer.encode(texts).inputs)[0], bundle.labels
 
