@@ -51,6 +51,8 @@ def register(verbs: Any) -> None:
                        help="tokeniser of the models that will use the store (default: latin)")
     adapt.add_argument("--epochs", type=int, default=5, help="passes over the corpus (default: 5)")
     adapt.add_argument("--min-count", type=int, default=3, help="leave out rarer corpus words (default: 3)")
+    adapt.add_argument("--learning-rate", type=float, default=0.0025,
+                       help="word2vec's starting learning rate (default 0.0025: keeps the pretrained geometry)")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     adapt.set_defaults(run=_run_adapt)
@@ -163,7 +165,8 @@ def _run_adapt(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.min_count < 1:
         raise ValueError(f"--epochs and --min-count must be at least 1, not {args.epochs} and {args.min_count}")
     manifest = adapt_vectors(AdaptConfig(args.vectors, args.corpus, args.out, args.tokenizer, args.epochs,
-                                         args.min_count, seed=args.seed, overwrite=args.overwrite))
+                                         args.min_count, learning_rate=args.learning_rate, seed=args.seed,
+                                         overwrite=args.overwrite))
     print(f"{args.out}: {manifest.size} words x {manifest.dimension} dims, fingerprint {manifest.fingerprint}")
     return 0
 
