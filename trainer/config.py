@@ -113,7 +113,7 @@ class TrainConfig:
     tokens, mixed in with the weight that minimises the validation log-loss (0 leaves it out). Few labels
     teach little to a network, but a linear model learns the words and phrases they carry."""
     lexicon_size: int = 200_000
-    """Most n-grams in the lexical channel (fewer for many labels: n-grams x labels stays under 20 M weights)."""
+    """Most n-grams in the lexical channel (fewer for many labels: n-grams x labels stays under 5 M weights)."""
     calibrate: bool = True
     """Temperature scaling of the probabilities, fitted on the validation split (accuracy unchanged)."""
     transfer_check: bool = True

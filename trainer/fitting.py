@@ -27,8 +27,9 @@ from tlserve.vector_store import VectorStore, VocabularyIndex
 _LOGGER = logging.getLogger(__name__)
 
 SIF_A = 1e-3
-# Floats of the lexical channel's weights (n-grams x classes) in one graph: 80 MB.
-LEXICON_WEIGHT_BUDGET = 20_000_000
+# Floats of the lexical channel's weights (n-grams x classes) in one graph: 20 MB (a 1,000-label model keeps
+# 5,000 n-grams; 10 labels keep up to --lexicon-size).
+LEXICON_WEIGHT_BUDGET = 5_000_000
 
 
 @dataclass
