@@ -66,7 +66,13 @@ def table(results: Path) -> str:
     lines = ["| row | train texts | " + " | ".join(systems) + " | default - best peer (ahead) | ECE default / "
              "best peer | seconds default / fastText+vectors |",
              "|---" * (len(systems) + 5) + "|"]
-    for path in sorted(results.glob("*.json")):
+    order = list(rows(Path("data")))
+
+    def place(path: Path) -> tuple[int, str]:
+        return (order.index(path.stem) if path.stem in order else len(order), path.stem)
+
+    paths = sorted(results.glob("*.json"), key=place)
+    for path in paths:
         result: dict[str, Any] = json.loads(path.read_text())
         summary, paired = result["summary"]["systems"], result["summary"]["paired"]
         cells = []
