@@ -117,12 +117,7 @@ def wordnet_csv(wordnet: Path, out: Path, top: int = 10) -> Path:
             if definition:
                 rows.append((definition, category))
     largest = {label for label, _ in Counter(label for _, label in rows).most_common(top)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(row for row in rows if row[1] in largest)
-    return out
+    return registry_data.write_csv(out, [row for row in rows if row[1] in largest])
 
 
 def _message_text(raw: str) -> str:
@@ -146,12 +141,7 @@ def spam_csv(data: Path, out: Path) -> Path:
         record = json.loads(path.read_text(encoding="utf-8"))
         label = "spam" if record["group"].startswith("spam") else "ham"
         rows.append((_message_text(record["text"]), label))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return out
+    return registry_data.write_csv(out, rows)
 
 
 def prepare(root: Path, tasks: list[str]) -> dict[str, Path]:

