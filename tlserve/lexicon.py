@@ -48,6 +48,14 @@ def char_units(preprocessor: Preprocessor, text: str) -> list[str]:
     return list(_WHITESPACE.sub(" ", preprocessor.normalize(window)).strip())
 
 
+def units_of(units: Units, preprocessor: Preprocessor, texts: Sequence[str],
+             tokens: Sequence[Sequence[str]] | None = None) -> Sequence[Sequence[str]]:
+    """The lexical units of each text: its tokens (computed unless given), or its characters."""
+    if units == "chars":
+        return [char_units(preprocessor, text) for text in texts]
+    return tokens if tokens is not None else preprocessor.batch_tokens(texts)
+
+
 class Lexicon:
     """N-grams, their ids (1 + position; 0 is padding) and IDF weights."""
 
@@ -106,7 +114,7 @@ class Lexicon:
     def units_of(self, preprocessor: Preprocessor, texts: Sequence[str], tokens: Sequence[Sequence[str]]
                  ) -> Sequence[Sequence[str]]:
         """The units of each text: its tokens, or its characters."""
-        return [char_units(preprocessor, text) for text in texts] if self.units == "chars" else tokens
+        return units_of(self.units, preprocessor, texts, tokens)
 
     @classmethod
     def load(cls, folder: Path, units: Units = "words") -> Lexicon:

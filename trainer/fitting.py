@@ -11,13 +11,14 @@ as one Keras graph, so serving stays one onnxruntime call.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from tlserve.features import FINETUNE_INPUT, EncodedBatch, FeatureConfig, Featurizer
-from tlserve.lexicon import Lexicon, Units, char_units
+from tlserve.lexicon import Lexicon, Units, units_of
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.trainer import calibration
 from tlserve.trainer.config import TrainConfig
@@ -164,7 +165,7 @@ class LexicalModel:
     chosen: dict[str, Any]
 
 
-def _tfidf_matrix(lexicon: Lexicon, token_lists: list[list[str]]) -> Any:
+def _tfidf_matrix(lexicon: Lexicon, token_lists: Sequence[Sequence[str]]) -> Any:
     """The lexicon's TF-IDF features of the texts' units as a sparse matrix (what the graph computes)."""
     from scipy.sparse import csr_matrix
 
@@ -179,18 +180,12 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
     from sklearn.linear_model import LogisticRegression
 
     units: Units = "chars" if is_chinese(splits.train.texts) else "words"
-
-    def units_of(texts: list[str]) -> list[list[str]]:
-        if units == "chars":
-            return [char_units(preprocessor, text) for text in texts]
-        return preprocessor.batch_tokens(texts)
-
-    train_units = units_of(splits.train.texts)
+    train_units = units_of(units, preprocessor, splits.train.texts)
     # Weights take n-grams x classes floats in the graph: bounded, so 1,000 labels stay small.
     size = max(1000, min(config.lexicon_size, LEXICON_WEIGHT_BUDGET // len(labels)))
     lexicon = Lexicon.fit(train_units, size, units)
     x_train = _tfidf_matrix(lexicon, train_units)
-    x_validation = _tfidf_matrix(lexicon, units_of(splits.validation.texts))
+    x_validation = _tfidf_matrix(lexicon, units_of(units, preprocessor, splits.validation.texts))
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
     # SAGA from the previous C's solution (weaker regularisation continues from stronger): the

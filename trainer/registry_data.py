@@ -48,14 +48,15 @@ def _run(command: list[str], cwd: Path) -> None:
 def _pip_download(requirement: str, downloads: Path, binary: bool) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     name = requirement.split("==")[0].replace("-", "_")
-    found = [p for p in downloads.iterdir() if p.name.lower().replace("-", "_").startswith(name)
-             and p.suffix in (".whl", ".gz")]
-    if not found:
+
+    def found() -> list[Path]:
+        return [p for p in downloads.iterdir() if p.name.lower().replace("-", "_").startswith(name)
+                and p.suffix in (".whl", ".gz")]
+
+    if not found():
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads),
               "--only-binary=:all:" if binary else "--no-binary=:all:", requirement], downloads)
-        found = [p for p in downloads.iterdir() if p.name.lower().replace("-", "_").startswith(name)
-                 and p.suffix in (".whl", ".gz")]
-    return found[0]
+    return found()[0]
 
 
 def _apt_download(package: str, downloads: Path) -> Path:
