@@ -116,6 +116,12 @@ class TrainConfig:
     """Most n-grams in the lexical channel (fewer for many labels: n-grams x labels stays under 5 M weights)."""
     calibrate: bool = True
     """Temperature scaling of the probabilities, fitted on the validation split (accuracy unchanged)."""
+    calibration_folds: int = 4
+    """With a validation split smaller than `calibration_min_examples`: the mixture weights and the temperature
+    are fitted on it together with out-of-fold answers for every training text (each member retrained at its
+    chosen epoch count on the other folds). A temperature fitted on 50 texts was as likely to hurt as to help."""
+    calibration_min_examples: int = 250
+    """Validation texts from which the validation split alone fits the mixture and the temperature."""
     transfer_check: bool = True
     """Also fit a frozen head on random vectors of the store's shape (and on the pretrained ones, for finetune),
     to report on validation what the source knowledge buys on this task: data mismatch and negative transfer."""

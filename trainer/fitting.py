@@ -31,6 +31,8 @@ SIF_A = 1e-3
 # Floats of the lexical channel's weights (n-grams x classes) in one graph: 20 MB (a 1,000-label model keeps
 # 5,000 n-grams; 10 labels keep up to --lexicon-size).
 LEXICON_WEIGHT_BUDGET = 5_000_000
+# Training texts the transfer check's two frozen heads learn from (a sample past it).
+TRANSFER_CHECK_EXAMPLES = 5_000
 
 
 @dataclass
@@ -89,7 +91,17 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
     if config.transfer_check and matrix is None:
         transfer = transfer_check(config, splits, store, labels, truth, validation[0] if config.mode == "frozen"
                                   else None, lexical.validation if lexical else None)
-    weights = calibration.mixture_weights(validation, truth)
+    held_out, held_out_truth = validation, truth
+    if (config.calibration_folds > 1 and len(truth) < config.calibration_min_examples
+            and (config.calibrate or len(validation) > 1)):
+        index_of = {label: i for i, label in enumerate(labels)}
+        y_train = np.array([index_of[label] for label in splits.train.labels])
+        folds = out_of_fold(config, splits, store, labels, candidates, members, lexical, matrix)
+        held_out = [np.concatenate([f, v]) for f, v in zip(folds, validation, strict=True)]
+        held_out_truth = np.concatenate([y_train, truth])
+        _LOGGER.info("mixture and temperature fitted on %d validation texts and %d out-of-fold training texts",
+                     len(truth), len(y_train))
+    weights = calibration.mixture_weights(held_out, held_out_truth)
     for name, probabilities, weight in zip(names, validation, weights, strict=True):
         _LOGGER.info("%s: validation accuracy %.4f, weight %.2f", name,
                      float(np.mean(probabilities.argmax(1) == truth)), weight)
@@ -98,7 +110,8 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         # What the vectors add to the task's own words: the mix against the lexical channel alone.
         transfer.update(lexical_log_loss=calibration.log_loss(lexical.validation, truth),
                         mixed_log_loss=calibration.log_loss(mixed, truth), vectors_weight=1.0 - weights[-1])
-    temperature = calibration.fit_temperature(mixed, truth) if config.calibrate else 1.0
+    mixed_held_out = sum(w * p for w, p in zip(weights, held_out, strict=True))
+    temperature = calibration.fit_temperature(mixed_held_out, held_out_truth) if config.calibrate else 1.0
     # The graph's inputs are fixed by its mode: the semantic member with the most weight stays,
     # even at weight 0, so that a mode's graph always reads the inputs the server feeds it.
     semantic = len(members)
@@ -129,11 +142,49 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
                        temperature, lexical.chosen if lexical_kept and lexical else None, transfer)
 
 
+def out_of_fold(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], candidates: list[str],
+                members: list[FittedModel], lexical: LexicalModel | None, matrix: np.ndarray | None
+                ) -> list[np.ndarray]:
+    """Each member's probabilities for every training text, from a copy trained on the other folds.
+
+    Copies train for the epochs their member's early stopping chose (and the lexical channel
+    keeps its C), without looking at the validation split, so their answers are held out as
+    the validation split's are: `config.calibration_folds` times as many texts to fit the
+    mixture and the temperature on.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[label] for label in splits.train.labels])
+    folds = config.calibration_folds
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=config.seed) if counts[counts > 0].min() >= folds
+                else KFold(folds, shuffle=True, random_state=config.seed))
+    out = [np.zeros((len(y), len(labels))) for _ in range(len(members) + (lexical is not None))]
+    for fold_train, fold_held_out in splitter.split(np.zeros(len(y)), y):
+        fold = Splits(splits.train.subset(fold_train), splits.train.subset(fold_held_out), splits.test)
+        for i, (pooling, member) in enumerate(zip(candidates, members, strict=True)):
+            copy = _fit_one(replace(config, pooling=pooling), fold, store, labels, matrix,
+                            epochs=member.history.best_epoch + 1)
+            out[i][fold_held_out] = predict(copy, fold.validation.texts)[0]
+        if lexical is not None:
+            out[-1][fold_held_out] = fit_lexical(config, fold, members[0].featurizer.preprocessor, labels,
+                                                 y[fold_held_out], (lexical.chosen["C"],)).validation
+    return out
+
+
 def transfer_check(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], truth: np.ndarray,
                    frozen_validation: np.ndarray | None, lexical_validation: np.ndarray | None) -> dict[str, Any]:
     """Validation accuracy of the same frozen head on the pretrained vectors and on random vectors of the
     store's shape, and of the lexical channel: whether the source knowledge helps this task."""
     frozen = replace(config, mode="frozen", pooling="mean_max", sif=False)
+    if len(splits.train) > TRANSFER_CHECK_EXAMPLES:
+        # A comparison of two heads on validation: a sample of the training split tells as much, in a
+        # fraction of the time (both heads train on the same sample).
+        sample = np.sort(np.random.default_rng(config.seed).choice(len(splits.train), TRANSFER_CHECK_EXAMPLES,
+                                                                   replace=False))
+        splits = replace(splits, train=splits.train.subset(sample))
+        frozen_validation = None
     if frozen_validation is None:
         frozen_validation = predict(_fit_one(frozen, splits, store, labels), splits.validation.texts)[0]
     random = _fit_one(frozen, splits, store, labels, random_like(store, config.seed))
@@ -142,7 +193,8 @@ def transfer_check(config: TrainConfig, splits: Splits, store: VectorStore, labe
     def accuracy(probabilities: np.ndarray) -> float:
         return float(np.mean(probabilities.argmax(1) == truth))
 
-    return {"validation_examples": len(truth), "pretrained": accuracy(frozen_validation),
+    return {"validation_examples": len(truth), "train_examples": len(splits.train),
+            "pretrained": accuracy(frozen_validation),
             "random": accuracy(random_validation),
             "lexical": accuracy(lexical_validation) if lexical_validation is not None else None}
 
@@ -175,7 +227,7 @@ def _tfidf_matrix(lexicon: Lexicon, token_lists: Sequence[Sequence[str]]) -> Any
 
 
 def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor, labels: list[str],
-                truth: np.ndarray) -> LexicalModel:
+                truth: np.ndarray, c_values: Sequence[float] = (1.0, 10.0, 100.0)) -> LexicalModel:
     """Logistic regression on TF-IDF n-grams of the model's own tokens; C chosen on validation log-loss."""
     from sklearn.linear_model import LogisticRegression
 
@@ -193,7 +245,7 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
     # validation log-loss (WordNet, 10 % of the labels).
     model = LogisticRegression(C=1.0, solver="saga", tol=1e-3, max_iter=3000, warm_start=True)
     best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
-    for c in (1.0, 10.0, 100.0):
+    for c in c_values:
         model.set_params(C=c)
         model.fit(x_train, y_train)
         probabilities = np.zeros((len(truth), len(labels)))
@@ -215,8 +267,9 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
 
 
 def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
-             matrix: np.ndarray | None = None, verbose: int = 0) -> FittedModel:
-    """Encodes the splits and fits one model; `matrix` replaces the store's vectors."""
+             matrix: np.ndarray | None = None, verbose: int = 0, epochs: int | None = None) -> FittedModel:
+    """Encodes the splits and fits one model; `matrix` replaces the store's vectors. With `epochs`, trains that
+    many epochs without looking at the validation split."""
     from tlserve.trainer import models
 
     models.seed_everything(config.seed)
@@ -232,7 +285,7 @@ def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: li
         if config.sif:
             featurizer.sif_weights = sif_weights(featurizer, splits.train.texts, len(store))
         x_train = featurizer.encode(splits.train.texts).inputs
-        x_val = featurizer.encode(splits.validation.texts).inputs
+        x_val = None if epochs else featurizer.encode(splits.validation.texts).inputs
         keras_model = models.build_frozen(x_train["features"], len(labels), config.head)
         own_store = None
     else:
@@ -248,14 +301,15 @@ def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: li
         buckets = rng.uniform(-1.0 / dim, 1.0 / dim, size=(config.buckets, dim)).astype(np.float32)
         embedding = np.concatenate([np.zeros((1, dim), np.float32), own_matrix, buckets])
         x_train = featurizer.encode(splits.train.texts).inputs
-        x_val = featurizer.encode(splits.validation.texts).inputs
+        x_val = None if epochs else featurizer.encode(splits.validation.texts).inputs
         reached = np.zeros(len(embedding), dtype=bool)
         reached[np.unique(x_train[FINETUNE_INPUT])] = True
         keras_model = models.build_finetune(embedding, len(labels), config.resolved_pooling, config.head,
                                             x_train.get("features"), name=f"finetune_{config.resolved_pooling}",
                                             trained_rows=reached)
         own_store = (words, own_matrix)
-    history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose)
+    history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose,
+                         epochs=epochs)
     if own_store is not None:
         # The adapted table, as the bundle's own store (rows 1..V of the trained embedding).
         trained = keras_model.get_layer("embedding").full_table()

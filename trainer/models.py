@@ -247,6 +247,42 @@ def build_mixture(members: list[Any], weights: list[float], temperature: float =
     return keras.Model(list(inputs.values()), mixed, name="mixture")
 
 
+def lazy_adam(learning_rate: float) -> Any:
+    """Adam that, for a gradient over a few rows of a table (an embedding lookup), updates only those rows'
+    moments and values, as fastText's sparse SGD touches only the words of the text.
+
+    Keras's Adam decays and applies every row's moments at every step: with 100,000 trained rows
+    of an embedding, that dense update was most of each step. Rows not in a batch keep their
+    moments (they are not decayed), the "lazy" variant of Adam.
+    """
+    import keras
+    import tensorflow as tf
+
+    class LazyAdam(keras.optimizers.Adam):
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            if not isinstance(gradient, tf.IndexedSlices):
+                super().update_step(gradient, variable, learning_rate)
+                return
+            rows, position = tf.unique(gradient.indices)
+            values = tf.math.unsorted_segment_sum(tf.cast(gradient.values, variable.dtype), position,
+                                                  tf.shape(rows)[0])
+            step = tf.cast(self.iterations + 1, variable.dtype)
+            alpha = (tf.cast(learning_rate, variable.dtype) * tf.sqrt(1.0 - tf.pow(tf.cast(self.beta_2, variable.dtype),
+                     step)) / (1.0 - tf.pow(tf.cast(self.beta_1, variable.dtype), step)))
+            m = self._momentums[self._get_variable_index(variable)]
+            v = self._velocities[self._get_variable_index(variable)]
+            m_rows = self.beta_1 * tf.gather(_tf(m), rows) + (1.0 - self.beta_1) * values
+            v_rows = self.beta_2 * tf.gather(_tf(v), rows) + (1.0 - self.beta_2) * tf.square(values)
+            self.assign(m, tf.IndexedSlices(m_rows, rows))
+            self.assign(v, tf.IndexedSlices(v_rows, rows))
+            self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+    def _tf(variable: Any) -> Any:
+        return variable.value if isinstance(variable, keras.Variable) else variable
+
+    return LazyAdam(learning_rate)
+
+
 def auto_batch_size(examples: int) -> int:
     return int(min(256, max(16, examples // 100)))
 
@@ -329,17 +365,22 @@ def fit(
     model: Any,
     x_train: dict[str, np.ndarray],
     y_train: np.ndarray,
-    x_val: dict[str, np.ndarray],
-    y_val: np.ndarray,
+    x_val: dict[str, np.ndarray] | None,
+    y_val: np.ndarray | None,
     n_classes: int,
     config: HeadConfig,
     verbose: int = 0,
+    epochs: int | None = None,
 ) -> History:
-    """Trains with Adam and early stopping on validation loss; restores the best weights."""
+    """Trains with (lazy) Adam and early stopping on validation loss; restores the best weights.
+
+    With `epochs` (and no validation data): exactly that many epochs, as a model whose
+    stopping point was already chosen on validation is retrained on other data.
+    """
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=lazy_adam(config.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -347,30 +388,37 @@ def fit(
     monitor = config.monitor
     if monitor == "auto":
         monitor = "val_accuracy" if any(t.dtype == "int64" for t in model.inputs) else "val_loss"
-    stopper = keras.callbacks.EarlyStopping(
+    callbacks = [] if epochs is not None else [keras.callbacks.EarlyStopping(
         monitor=monitor, patience=config.patience, restore_best_weights=True, verbose=0,
         mode="max" if monitor == "val_accuracy" else "min",
-    )
+    )]
+    validation_data: Any = None
+    if x_val is not None and y_val is not None and epochs is None:
+        validation_data = (x_val, y_val)
     class_weight = class_weight_map(y_train, n_classes) if config.class_weights else None
     if any(array.dtype == np.int64 for array in x_train.values()):
         weights = np.array([class_weight[int(c)] for c in y_train], np.float32) if class_weight else None
         result = model.fit(
             _token_batches(x_train, y_train, batch_size, seed=len(y_train), sample_weight=weights, shuffle=True),
-            validation_data=_token_batches(x_val, y_val, 1024, seed=0, sample_weight=None, shuffle=False),
-            epochs=config.epochs, callbacks=[stopper], verbose=verbose,
+            validation_data=_token_batches(validation_data[0], validation_data[1], 1024, seed=0, sample_weight=None,
+                                           shuffle=False)
+            if validation_data else None,
+            epochs=epochs or config.epochs, callbacks=callbacks, verbose=verbose,
             shuffle=False,  # the batches are shuffled (and length-sorted) by the pipeline itself
         )
     else:
         result = model.fit(
             keras_inputs(x_train), y_train,
-            validation_data=(keras_inputs(x_val), y_val),
-            epochs=config.epochs,
+            validation_data=(keras_inputs(validation_data[0]), validation_data[1]) if validation_data else None,
+            epochs=epochs or config.epochs,
             batch_size=batch_size,
             shuffle=True,
-            callbacks=[stopper],
+            callbacks=callbacks,
             class_weight=class_weight,
             verbose=verbose,
         )
     h = result.history
+    if not validation_data:
+        return History(h["loss"], [], h["accuracy"], [], len(h["loss"]) - 1)
     best = int(np.argmax(h["val_accuracy"]) if monitor == "val_accuracy" else np.argmin(h["val_loss"]))
     return History(h["loss"], h["val_loss"], h["accuracy"], h["val_accuracy"], best)
