@@ -23,6 +23,7 @@ import numpy as np
 from tlserve import __version__, bundle
 from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
 from tlserve.features import OUTPUT
+from tlserve.memory import release_memory
 from tlserve.preprocessing import Preprocessor
 from tlserve.trainer.calibration import apply_temperature
 from tlserve.trainer.config import TrainConfig
@@ -126,6 +127,9 @@ def train(config: TrainConfig) -> TrainResult:
                  len(splits.validation), len(splits.test), len(labels), "; ".join(splits.notes) or "")
     matrix = random_like(store, config.seed) if config.random_vectors else None
     fitted = fit_model(config, splits, store, labels, matrix, verbose=2 if config.progress else 0)
+    del matrix
+    # Each phase's peak (fitting, conversion, parity) starts from what the one before gave back.
+    release_memory()
     _import_export_libraries()
     truncated = count_truncated(fitted.featurizer.preprocessor, splits.train.texts)
     probabilities, encoded = predict(fitted, splits.test.texts)
@@ -140,6 +144,7 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         onnx_path = staging / bundle.MODEL_FILE
         export.to_onnx(fitted.keras_model, encoded.inputs, onnx_path)
+        release_memory()
         parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
         (staging / bundle.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
         (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")

@@ -18,36 +18,15 @@ Elsewhere than glibc both do nothing.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
-import os
 import threading
 import time
-from typing import Any
+
+from tlserve.memory import glibc as _glibc
+from tlserve.memory import resident_bytes
 
 _LOGGER = logging.getLogger(__name__)
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def resident_bytes() -> int:
-    """This process's resident set size, from /proc (0 where there is none)."""
-    try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _glibc() -> Any | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        return libc
-    except (OSError, AttributeError):
-        return None  # not glibc: nothing to trim
 
 
 _M_MMAP_THRESHOLD = -3
