@@ -10,7 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 marker="not slow"
 if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
 echo "== ruff" && ruff check .
-echo "== mypy" && mypy tlserve server trainer client scripts bench
+echo "== mypy" && mypy tlserve server trainer client scripts bench scoring
 # import-linter reads the package from the file system, so it checks a plain (non-editable)
 # install of the tree, where server/, trainer/ and client/ sit inside tlserve/ as users get them.
 echo "== import contracts (pyproject.toml [tool.importlinter])"

@@ -13,11 +13,11 @@ HEAVY = ("tensorflow", "keras", "tf2onnx", "onnxruntime", "gensim", "numpy")
 def test_help_lists_every_verb() -> None:
     out = subprocess.run([sys.executable, "-m", "tlserve.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for verb in ("vectors", "data", "train", "serve", "classify", "models", "health"):
+    for verb in ("vectors", "data", "train", "serve", "classify", "models", "health", "score"):
         assert f"    {verb}" in out
 
 
-@pytest.mark.parametrize("verb", ["classify", "serve", "train", "vectors", "health"])
+@pytest.mark.parametrize("verb", ["classify", "serve", "train", "vectors", "health", "score"])
 def test_parsing_a_verb_imports_nothing_heavy(verb: str) -> None:
     code = (
         "import sys; from tlserve.cli import build_parser; p = build_parser(); "

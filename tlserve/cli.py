@@ -19,6 +19,7 @@ from tlserve.errors import TlserveError
 def build_parser() -> argparse.ArgumentParser:
     from tlserve.bench import commands as bench_commands
     from tlserve.client import commands as client_commands
+    from tlserve.scoring import commands as scoring_commands
     from tlserve.server import commands as server_commands
     from tlserve.trainer import commands as trainer_commands
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_commands.register(verbs)
     server_commands.register(verbs)
     client_commands.register(verbs)
+    scoring_commands.register(verbs)
     bench_commands.register(verbs)
     return parser
 

@@ -1,0 +1,141 @@
+"""`tlserve score`: a file of texts in, a Parquet file of labels out, bad rows in a side file.
+
+Rows are read in order and scored in batches; the output and the side file are written to
+temporary files beside their targets and moved into place only when every row is done, so a
+failed or interrupted job never leaves a file that looks complete. A summary (rows, scored,
+bad, seconds, rows per second) is printed at the end and returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlserve.bundle import check_model_name, versions_of
+from tlserve.errors import TlserveError
+from tlserve.scoring.tables import Record, ScoredWriter, input_format, read_records
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreJob:
+    """What `tlserve score` runs."""
+
+    model: str
+    """REPOSITORY/MODEL[:VERSION]: a model of a model repository (newest version without :VERSION)."""
+    input: Path
+    """Parquet, CSV or JSONL file with a text column."""
+    output: Path
+    """Parquet file to write (replaced only when the job succeeds)."""
+    input_format: str | None = None
+    """parquet, csv or jsonl; None: from the suffix."""
+    text_column: str = "text"
+    """Column (or JSONL field) of the texts."""
+    id_column: str | None = None
+    """Column kept as `id` in the output."""
+    top_k: int = 3
+    """Labels per text in the output (0: all)."""
+    workers: int = 1
+    """Scoring processes on this machine."""
+    batch_size: int = 512
+    """Texts per batch."""
+    max_text_bytes: int = 16_384
+    """Longer texts are reported as bad rows, as the server refuses them."""
+    errors: Path | None = None
+    """JSON lines of the bad rows (row, id, error); default: OUTPUT with .errors.jsonl."""
+    progress: bool = True
+    """A progress line on stderr."""
+
+
+def resolve_model(spec: str) -> tuple[Path, Path]:
+    """REPOSITORY/MODEL[:VERSION] -> (repository, version folder)."""
+    name, _, version_text = spec.rpartition(":") if ":" in Path(spec).name else (spec, "", "")
+    path = Path(name)
+    repository, model = path.parent, path.name
+    check_model_name(model)
+    versions = versions_of(path)
+    if not versions:
+        raise TlserveError(f"{path}: no complete version of model {model!r} (give REPOSITORY/MODEL[:VERSION])")
+    if version_text:
+        if not version_text.isdigit() or int(version_text) not in versions:
+            raise TlserveError(f"{path}: no version {version_text!r}; versions: {versions}")
+        return repository, path / version_text
+    return repository, path / str(versions[-1])
+
+
+def errors_path(job: ScoreJob) -> Path:
+    return job.errors or job.output.with_name(job.output.stem + ".errors.jsonl")
+
+
+def run(job: ScoreJob) -> dict[str, Any]:
+    from tlserve.bundle import Bundle
+    from tlserve.scoring.engine import score_batches
+
+    repository, folder = resolve_model(job.model)
+    labels = Bundle.open(folder, verify=True).labels
+    fmt = input_format(job.input, job.input_format)
+    if job.output.is_dir():
+        raise TlserveError(f"{job.output}: is a folder; --output is the Parquet file to write")
+    if not job.output.parent.is_dir():
+        raise TlserveError(f"{job.output.parent}: no such folder for --output")
+    bad_path = errors_path(job)
+    bad_partial = bad_path.with_name(f".{bad_path.name}.partial-{os.getpid()}")
+    records = read_records(job.input, fmt, job.text_column, job.id_column, job.max_text_bytes)
+    writer = ScoredWriter(job.output, job.id_column is not None)
+    started = time.perf_counter()
+    counts = {"rows": 0, "scored": 0, "bad": 0}
+    good: list[list[Record]] = []
+
+    def batches() -> Iterator[list[str]]:
+        with bad_partial.open("w", encoding="utf-8") as bad:
+            batch: list[Record] = []
+            for record in records:
+                counts["rows"] += 1
+                if record.error is not None:
+                    counts["bad"] += 1
+                    bad.write(json.dumps({"row": record.row, "id": record.id, "error": record.error}) + "\n")
+                    continue
+                batch.append(record)
+                if len(batch) >= job.batch_size:
+                    good.append(batch)
+                    yield [r.text or "" for r in batch]
+                    batch = []
+            if batch:
+                good.append(batch)
+                yield [r.text or "" for r in batch]
+
+    try:
+        for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
+            batch = good.pop(0)
+            names = [[labels[i] for i in row] for row in scored.indices.tolist()]
+            writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
+                          "label": [row[0] for row in names], "labels": names,
+                          "probabilities": scored.probabilities.tolist(),
+                          "token_count": scored.token_counts.tolist(), "oov_fraction": scored.oov_fractions.tolist()})
+            counts["scored"] += len(batch)
+            if job.progress:
+                seconds = time.perf_counter() - started
+                print(f"\rscored {counts['scored']:,} rows, {counts['bad']:,} bad, {counts['scored'] / seconds:,.0f} "
+                      "rows/s", end="", file=sys.stderr, flush=True)
+        writer.commit()
+        os.replace(bad_partial, bad_path)
+    except BaseException:
+        writer.discard()
+        bad_partial.unlink(missing_ok=True)
+        raise
+    if job.progress:
+        print(file=sys.stderr)
+    seconds = time.perf_counter() - started
+    summary = {"model": str(folder), "input": str(job.input), "output": str(job.output), "errors": str(bad_path),
+               **counts, "seconds": round(seconds, 2), "rows_per_second": round(counts["scored"] / max(seconds, 1e-9))}
+    _LOGGER.info("scored %d of %d rows (%d bad, listed in %s) in %.1f s", counts["scored"], counts["rows"],
+                 counts["bad"], bad_path, seconds)
+    return summary
