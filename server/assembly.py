@@ -21,6 +21,9 @@ from tlserve.server.settings import ServerSettings
 _LOGGER = logging.getLogger(__name__)
 
 CLASSIFIER_SERVICE = "tlserve.v1.Classifier"
+# Health service for liveness probes: SERVING from the moment the port is bound (while models
+# load), answered by the event loop itself, so only a wedged process fails it.
+LIVENESS_SERVICE = "liveness"
 
 
 # Descriptors kept for the server's own files (repository scans, stores, models, logs) when
@@ -128,6 +131,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     SERVING = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", NOT_SERVING)
     await health_servicer.set(CLASSIFIER_SERVICE, NOT_SERVING)
+    await health_servicer.set(LIVENESS_SERVICE, SERVING)
     credentials = server_credentials(settings)
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
