@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, ServerProcess
 
 KUBE = ROOT / "deploy" / "kubernetes"
 VERSIONS = ["1.29", "1.31", "1.33", "1.35", "1.37"]
@@ -227,3 +227,15 @@ def test_the_kserve_example_runs_the_server_image_on_its_h2c_port() -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-check"},
            "spec": {"containers": [container], "volumes": service["spec"]["predictor"]["volumes"]}}
     kubernetes_validate.validate(pod, "1.37", strict=True)
+
+
+def test_the_liveness_service_answers_serving(server: ServerProcess) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tlserve.server.assembly import LIVENESS_SERVICE
+
+    with grpc.insecure_channel(server.target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE),
+                                                           timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
