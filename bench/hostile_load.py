@@ -14,6 +14,10 @@ Starts `tlserve serve` on a free loopback port and measures, in turn:
 
 For each: the caller's p50/p99/max and failed calls, and the server's RSS before, at the end
 of the load, and 10 s after it (memory must come back after a burst).
+
+``--system ceiling`` runs the same scenarios against the no-op gRPC server
+(`tlserve.bench.ceiling`): on a small machine the hostile clients share the cores with the
+server and the caller, and the no-op server shows what that alone costs the caller.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def _load_process(kind: str, target: str, model: str, count: int, texts: int, st
         asyncio.run(_silent_streams(target, model, count, texts, stop_at))
 
 
-async def _small_caller(target: str, model: str, seconds: float, rate: float = 100.0) -> dict[str, float]:
+async def _small_caller(target: str, model: str, seconds: float, rate: float = 100.0) -> dict[str, Any]:
     import grpc
 
     from tlserve.contract.v1 import classifier_pb2 as pb
@@ -116,6 +120,7 @@ async def _small_caller(target: str, model: str, seconds: float, rate: float = 1
 
     latencies: list[float] = []
     failures = 0
+    codes: dict[str, int] = {}
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.ClassifierStub(channel)
         request = pb.ClassifyRequest(model=model, texts=["a small domesticated cat"])
@@ -129,12 +134,14 @@ async def _small_caller(target: str, model: str, seconds: float, rate: float = 1
             try:
                 await stub.Classify(request, timeout=30)
                 latencies.append((loop.time() - sent) * 1000)
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as exc:
                 failures += 1
+                codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
             due = max(due + 1.0 / rate, loop.time())  # paced at `rate`, never faster to catch up
     values = np.array(latencies) if latencies else np.zeros(1)
-    return {"calls": len(latencies), "failed": failures, "p50_ms": round(float(np.percentile(values, 50)), 2),
-            "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+    return {"calls": len(latencies), "failed": failures, "failed_codes": codes,
+            "p50_ms": round(float(np.percentile(values, 50)), 2), "p99_ms": round(float(np.percentile(values, 99)), 2),
+            "max_ms": round(float(values.max()), 2)}
 
 
 def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str, int, int, int] | None
@@ -196,8 +203,32 @@ SCENARIOS: dict[str, tuple[str, int, int, int] | None] = {
 }
 
 
+def _wait_answering(target: str, model: str, timeout: float = 60.0) -> None:
+    """Until the server answers a Classify call (the no-op server has no health service)."""
+    import grpc
+
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.ClassifierStub(channel)
+        until = time.time() + timeout
+        while True:
+            try:
+                stub.Classify(pb.ClassifyRequest(model=model, texts=["ready"]), timeout=5, wait_for_ready=True)
+                return
+            except grpc.RpcError:
+                if time.time() > until:
+                    raise
+                time.sleep(0.2)
+
+
 def run(repository: Path, model: str, seconds: float, out: Path | None, extra: list[str],
-        scenarios: list[str] | None = None, server_nofile: int = 0) -> dict[str, Any]:
+        scenarios: list[str] | None = None, server_nofile: int = 0, system: str = "tlserve") -> dict[str, Any]:
+    """`system` "ceiling": the same scenarios against the no-op gRPC server (`tlserve.bench.ceiling`), what
+    Python gRPC and this machine allow beside the same hostile clients."""
+    import sys
+
     scenarios = scenarios or list(SCENARIOS)
     port = free_port()
     target = f"127.0.0.1:{port}"
@@ -206,14 +237,12 @@ def run(repository: Path, model: str, seconds: float, out: Path | None, extra: l
         import resource
 
         launcher = ["prlimit", f"--nofile={server_nofile}:{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}"]
-    server = subprocess.Popen(launcher + tlserve_serve_command(repository, port) + extra)
+    command = (tlserve_serve_command(repository, port) + extra if system == "tlserve"
+               else [sys.executable, "-m", "tlserve.bench.ceiling", "--port", str(port)])
+    server = subprocess.Popen(launcher + command)
     try:
-        from tlserve.client import Classifier
-
-        with Classifier(target) as client:
-            if client.wait_until_serving(60) != "SERVING":
-                raise RuntimeError("the server did not become SERVING")
-        report: dict[str, Any] = {"seconds": seconds, "server_nofile": server_nofile or "unchanged"}
+        _wait_answering(target, model)
+        report: dict[str, Any] = {"system": system, "seconds": seconds, "server_nofile": server_nofile or "unchanged"}
         for name in scenarios:
             report[name] = scenario(target, model, server.pid, seconds, SCENARIOS[name])
     finally:
@@ -234,8 +263,10 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), help="default: all, in this order")
     parser.add_argument("--server-nofile", type=int, default=0,
                         help="start the server with this soft open-file limit (prlimit), e.g. 1024")
+    parser.add_argument("--system", choices=["tlserve", "ceiling"], default="tlserve",
+                        help="ceiling: the no-op gRPC server with tlserve's messages, as the reference")
     args, extra = parser.parse_known_args()
-    run(args.repository, args.model, args.seconds, args.out, extra, args.scenarios, args.server_nofile)
+    run(args.repository, args.model, args.seconds, args.out, extra, args.scenarios, args.server_nofile, args.system)
 
 
 if __name__ == "__main__":

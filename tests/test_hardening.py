@@ -323,6 +323,79 @@ def test_a_small_call_is_not_queued_behind_the_chunks_of_a_large_one() -> None:
     assert max(sum(map(len, batch)) for batch in batches) <= 1 << 18  # the character budget held
 
 
+def test_the_messages_of_a_stream_take_one_turn_beside_a_unary_call() -> None:
+    """Two streams with 20 one-text messages queued each, then a unary call: the call runs in the first batch
+    (one place per stream), not behind 40 messages counted as 40 callers."""
+    from tlserve.scorer import Prediction
+    from tlserve.server.core import loop_idle
+    from tlserve.server.core.batching import DynamicBatcher
+
+    batches: list[list[str]] = []
+
+    class Recorder:
+        name = "m"
+
+        def predict(self, texts: list[str]) -> Prediction:
+            batches.append(list(texts))
+            n = len(texts)
+            return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
+
+    async def main() -> None:
+        batcher = DynamicBatcher(Recorder(), 8, 1_000_000, 4096)  # type: ignore[arg-type]
+        batcher.start()
+        first, second = object(), object()
+        calls = [asyncio.ensure_future(batcher.submit([f"{name}{i}"], flow=flow))
+                 for name, flow in (("a", first), ("b", second)) for i in range(20)]
+        calls.append(asyncio.ensure_future(batcher.submit(["unary"])))
+        await asyncio.wait_for(asyncio.gather(*calls), 60)
+        await batcher.close()
+
+    loop_idle.run(main())
+    assert "unary" in batches[0], batches
+    assert batches[0][:3] == ["a0", "b0", "unary"] and batches[0][3:] == ["a1", "b1", "a2", "b2", "a3"]
+    assert [t for b in batches for t in b if t.startswith("a")] == [f"a{i}" for i in range(20)]  # a flow keeps order
+
+
+def test_a_small_call_runs_beside_a_large_batch_instead_of_after_it() -> None:
+    """The inference thread holds a large batch (until the test opens its gate): a one-text call is answered
+    meanwhile, on the event loop."""
+    import threading
+
+    from tlserve.scorer import Prediction
+    from tlserve.server.core import loop_idle
+    from tlserve.server.core.batching import DynamicBatcher
+
+    gate, large_started = threading.Event(), threading.Event()
+
+    class Gated:
+        name = "m"
+
+        def predict(self, texts: list[str]) -> Prediction:
+            if len(texts) > 1:
+                large_started.set()
+                assert gate.wait(60)
+            n = len(texts)
+            return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
+
+    async def main() -> bool:
+        batcher = DynamicBatcher(Gated(), 64, 0, 4096, inline_batch_texts=4)  # type: ignore[arg-type]
+        batcher.start()
+        large = asyncio.ensure_future(batcher.submit(["x" * 4096] * 8))
+        while not large_started.is_set():
+            await asyncio.sleep(0.001)
+        small = await asyncio.wait_for(batcher.submit(["small"]), 30)
+        answered_while_large_ran = not large.done()
+        gate.set()
+        await large
+        await batcher.close()
+        return answered_while_large_ran and small.probabilities.shape == (1, 2)
+
+    try:
+        assert loop_idle.run(main())
+    finally:
+        gate.set()
+
+
 def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
     """The client sends 100 requests of 64 texts and takes one answer: the server reads no more
     than it has room to answer (one batch of texts), instead of classifying all 100."""
@@ -352,7 +425,7 @@ def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
         def model_label(self, name: str) -> str:
             return name
 
-        async def predict(self, name: str, version: int, texts: Any, deadline: Any) -> Answer:
+        async def predict(self, name: str, version: int, texts: Any, deadline: Any, flow: object = None) -> Answer:
             n = len(texts)
             return Answer(scorer, Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32),  # type: ignore
                                              np.zeros(n, np.float32), 0, 0))
@@ -379,6 +452,71 @@ def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
         return pulled
 
     assert loop_idle.run(main()) <= 2
+
+
+def test_streams_share_one_batch_of_texts_in_flight() -> None:
+    """A second stream that stops reading holds at most half a batch of one-text messages, not a whole one."""
+    from dataclasses import dataclass
+
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.scorer import Prediction
+    from tlserve.server.core import loop_idle
+    from tlserve.server.core.dataplane import Answer
+    from tlserve.server.frontends.grpc_native import ClassifierServicer
+
+    @dataclass
+    class FakeScorer:
+        name: str = "m"
+        version: int = 1
+        labels: tuple[str, ...] = ("a", "b")
+
+        def __hash__(self) -> int:
+            return id(self)
+
+    scorer = FakeScorer()
+
+    class Plane:
+        class settings:
+            max_batch_size = 64
+
+        def model_label(self, name: str) -> str:
+            return name
+
+        async def predict(self, name: str, version: int, texts: Any, deadline: Any, flow: object = None) -> Answer:
+            n = len(texts)
+            return Answer(scorer, Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32),  # type: ignore
+                                             np.zeros(n, np.float32), 0, 0))
+
+    class Context:
+        def time_remaining(self) -> None:
+            return None
+
+    pulled = {"a": 0, "b": 0}
+
+    async def requests(name: str) -> Any:
+        for i in range(500):
+            pulled[name] += 1
+            yield pb.ClassifyRequest(model="m", texts=[f"{name} {i}"])
+
+    async def settle() -> None:
+        before = loop_idle.METER.waits
+        while loop_idle.METER.waits < before + 3:  # the loop ran out of work
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        servicer = ClassifierServicer(Plane())  # type: ignore[arg-type]
+        first = servicer.ClassifyStream(requests("a"), Context())  # type: ignore[arg-type]
+        await first.__anext__()
+        await settle()
+        second = servicer.ClassifyStream(requests("b"), Context())  # type: ignore[arg-type]
+        await second.__anext__()
+        await settle()
+        await first.aclose()
+        await second.aclose()
+
+    loop_idle.run(main())
+    assert pulled["a"] <= 64 + 2  # alone: a batch's worth
+    assert pulled["b"] <= 32 + 2, pulled  # beside it: half
 
 
 # --- input files: misread silently no more ------------------------------------------------------------------------

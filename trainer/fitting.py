@@ -92,7 +92,7 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         transfer = transfer_check(config, splits, store, labels, truth, validation[0] if config.mode == "frozen"
                                   else None, lexical.validation if lexical else None)
     held_out, held_out_truth = validation, truth
-    if (config.calibration_folds > 1 and len(truth) < config.calibration_min_examples
+    if (min(config.calibration_folds, len(splits.train)) > 1 and len(truth) < config.calibration_min_examples
             and (config.calibrate or len(validation) > 1)):
         index_of = {label: i for i, label in enumerate(labels)}
         y_train = np.array([index_of[label] for label in splits.train.labels])
@@ -156,7 +156,7 @@ def out_of_fold(config: TrainConfig, splits: Splits, store: VectorStore, labels:
 
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[label] for label in splits.train.labels])
-    folds = config.calibration_folds
+    folds = min(config.calibration_folds, len(y))
     counts = np.bincount(y)
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=config.seed) if counts[counts > 0].min() >= folds
                 else KFold(folds, shuffle=True, random_state=config.seed))

@@ -13,7 +13,13 @@ The knobs mirror Triton's dynamic batcher (``max_batch_size``,
   cannot hold the model for long;
 - calls are served fairly: each batch first takes the first chunk of calls that have had
   nothing run yet (up to half the batch), then one chunk per waiting call in turn, so a
-  one-text call is never stuck behind the many chunks of a large request;
+  one-text call is never stuck behind the many chunks of a large request. The messages of
+  one stream are one flow (`submit`'s ``flow``): they queue behind each other and take one
+  turn together, so 64 streams with hundreds of messages each in flight count as 64
+  callers beside a unary call, not as thousands;
+- while a batch of much text (more than a chunk's characters) runs in the inference thread,
+  a small request (as small as those that run on the event loop) does not wait for it: it
+  runs at once on the event loop, beside it, and takes no room in the queue;
 - the queue holds at most ``max_queue_size`` texts: beyond that `QueueFull` is raised at
   once, instead of letting memory and latency grow;
 - a chunk whose caller was cancelled or whose deadline passed while queued is dropped
@@ -100,12 +106,13 @@ class _Chunk:
 
 
 class _Call:
-    """The chunks of one request still queued, in order."""
+    """The chunks still queued of one request, or of the requests of one flow (a stream), in order."""
 
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "flow")
 
-    def __init__(self, chunks: list[_Chunk]) -> None:
+    def __init__(self, chunks: list[_Chunk], flow: object | None) -> None:
         self.chunks = deque(chunks)
+        self.flow = flow
 
 
 class DynamicBatcher:
@@ -137,6 +144,8 @@ class DynamicBatcher:
         # Calls none of whose texts ran yet, and calls taking turns for their remaining chunks.
         self._fresh: deque[_Call] = deque()
         self._rotating: deque[_Call] = deque()
+        self._flows: dict[object, _Call] = {}  # flows with chunks queued
+        self._large_running = False  # a batch too large for the event loop is in the inference thread
         self._queued_texts = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{scorer.name}")
@@ -163,10 +172,16 @@ class DynamicBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str], deadline: float | None = None) -> Prediction:
-        """Classifies `texts` (any number) and returns their prediction, rows in order."""
+    async def submit(self, texts: list[str], deadline: float | None = None, flow: object | None = None
+                     ) -> Prediction:
+        """Classifies `texts` (any number) and returns their prediction, rows in order.
+
+        Requests with the same `flow` (the messages of one stream) share one place in the turns."""
         if self._closed:
             raise ShuttingDown(f"model {self.scorer.name!r} is shutting down; retry on another replica")
+        small = len(texts) <= self.inline_batch_texts and sum(map(len, texts)) <= self.inline_chars
+        if small and self._large_running:
+            return self._run_beside(texts)  # takes no room in the queue, which large requests may fill
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise QueueFull(
                 f"queue of model {self.scorer.name!r} holds {self._queued_texts} texts; {len(texts)} more "
@@ -175,11 +190,17 @@ class DynamicBatcher:
         waits = self._meter.waits
         idle = not self._fresh and not self._rotating and not self._running and waits != self._waits_seen
         self._waits_seen = waits
-        if (idle and self.max_delay == 0 and len(texts) <= self.inline_batch_texts
-                and sum(map(len, texts)) <= self.inline_chars):
+        if small and self.max_delay == 0 and idle:
             return self._run_now(texts)
         chunks = self._split(texts, deadline, asyncio.get_running_loop())
-        self._fresh.append(_Call(chunks))
+        queued = self._flows.get(flow) if flow is not None else None
+        if queued is not None:
+            queued.chunks.extend(chunks)  # behind the flow's earlier requests, in its turn
+        else:
+            call = _Call(chunks, flow)
+            self._fresh.append(call)
+            if flow is not None:
+                self._flows[flow] = call
         self._queued_texts += len(texts)
         self._wakeup.set()
         gathering = self._gathering
@@ -234,6 +255,13 @@ class DynamicBatcher:
         self._report(len(texts), [0.0], prediction)
         return prediction
 
+    def _run_beside(self, texts: list[str]) -> Prediction:
+        """Runs a small request on the event loop while a large batch holds the inference thread: it would
+        otherwise wait for that whole batch (tens of milliseconds) for ~0.1 ms of work."""
+        prediction = self.scorer.predict(texts)
+        self._report(len(texts), [0.0], prediction)
+        return prediction
+
     def _report(self, size: int, queue_seconds: list[float], prediction: Prediction) -> None:
         if self.on_batch is not None:
             self.on_batch(BatchStats(size, queue_seconds, prediction.encode_seconds,
@@ -256,6 +284,8 @@ class DynamicBatcher:
                 call.chunks.popleft()
                 if call.chunks:
                     self._rotating.append(call)  # its next chunk waits for the others' turn
+                elif call.flow is not None:
+                    del self._flows[call.flow]
                 self._queued_texts -= len(chunk.texts)
                 if chunk.future.done():  # cancelled by its caller
                     continue
@@ -303,7 +333,13 @@ class DynamicBatcher:
                 if len(texts) <= self.inline_batch_texts and sum(c.chars for c in batch) <= self.inline_chars:
                     prediction = self.scorer.predict(texts)
                 else:
-                    prediction = await loop.run_in_executor(self._executor, self.scorer.predict, texts)
+                    # Only a batch of much text makes small calls run beside it: under many small
+                    # callers they must keep joining batches.
+                    self._large_running = sum(c.chars for c in batch) > self.chunk_chars
+                    try:
+                        prediction = await loop.run_in_executor(self._executor, self.scorer.predict, texts)
+                    finally:
+                        self._large_running = False
             except Exception as exc:  # a bug or a broken model: fail these calls, keep serving
                 _LOGGER.exception("inference failed for model %s", self.scorer.name)
                 for chunk in batch:

@@ -90,11 +90,13 @@ class DataPlane:
                     f"max_text_bytes={byte_limit}",
                 )
 
-    async def predict(self, name: str, version: int, texts: Sequence[str], deadline: float | None) -> Answer:
+    async def predict(self, name: str, version: int, texts: Sequence[str], deadline: float | None,
+                      flow: object | None = None) -> Answer:
         """Checks, batches and scores `texts` with `name` at `version` (0: newest).
 
-        `deadline` is the event loop's time after which the work is worthless. Raises
-        ServingError with the code of what went wrong.
+        `deadline` is the event loop's time after which the work is worthless; requests with the
+        same `flow` (a stream's) take one turn together in the batcher. Raises ServingError with
+        the code of what went wrong.
         """
         served = self.served(name, version)
         if len(texts) > self.settings.max_texts_per_request:
@@ -102,7 +104,7 @@ class DataPlane:
         texts = await _materialize(texts)
         self.check_texts(texts)
         try:
-            prediction = await served.batcher.submit(texts, deadline)
+            prediction = await served.batcher.submit(texts, deadline, flow)
         except QueueFull as exc:
             raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except DeadlineExceeded as exc:

@@ -78,6 +78,9 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        self._streams = 0  # ClassifyStream calls open
+        self._stream_texts = 0  # texts of all streams read and not yet answered
+        self._stream_rooms: set[asyncio.Event] = set()  # streams waiting for room
         self._encoders: weakref.WeakKeyDictionary[Scorer, ResponseEncoder] = weakref.WeakKeyDictionary()
 
     def _response(self, answer: Answer, request: pb.ClassifyRequest) -> bytes:
@@ -89,9 +92,11 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                               prediction.token_counts.tolist(), prediction.oov_fractions.tolist(),
                               request.request_id)
 
-    async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext, method: str) -> bytes:
+    async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext, method: str,
+                        flow: object | None = None) -> bytes:
         with observe.observe_call(self.plane.model_label(request.model), request.version, method) as call:
-            answer = await self.plane.predict(request.model, request.version, request.texts, deadline_of(context))
+            answer = await self.plane.predict(request.model, request.version, request.texts, deadline_of(context),
+                                              flow)
             call.version = answer.scorer.version
             started = time.perf_counter()
             response = self._response(answer, request)
@@ -105,41 +110,56 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ClassifyResponse | bytes]:
         # Requests are processed concurrently so a stream fills batches like many unary
-        # calls do; responses are yielded in request order. Flow control: at most a batch's
-        # worth of texts (max_batch_size) is read and not yet answered; a stream whose client
-        # stops reading answers stops being read from (HTTP/2 then holds the client back),
-        # instead of the server classifying and buffering answers nobody takes.
+        # calls do; responses are yielded in request order. Flow control: at most its share of
+        # a batch's worth of texts (max_batch_size over the open streams) is read and not yet
+        # taken by its client; a stream whose client stops reading answers stops being read
+        # from (HTTP/2 then holds the client back), instead of the server classifying and
+        # buffering answers nobody takes.
         window = self.plane.settings.max_batch_size
+        flow = object()  # this stream's requests take one turn together in the batcher
+        self._streams += 1
         in_flight = 0
         room = asyncio.Event()
         pending: asyncio.Queue[tuple[asyncio.Task[pb.ClassifyResponse | bytes], int] | None] = asyncio.Queue()
 
-        async def one(request: pb.ClassifyRequest | MalformedRequest) -> pb.ClassifyResponse | bytes:
+        async def one(request: pb.ClassifyRequest | MalformedRequest, size: int) -> pb.ClassifyResponse | bytes:
             try:
                 if isinstance(request, MalformedRequest):
                     raise request.error()
-                return await self._classify(request, context, "ClassifyStream")
+                return await self._classify(request, context, "ClassifyStream", flow)
             except ServingError as exc:
                 model, request_id = ("", "") if isinstance(request, MalformedRequest) else (request.model,
                                                                                             request.request_id)
                 return pb.ClassifyResponse(model=model, request_id=request_id,
                                            error=pb.ErrorStatus(code=status_of(exc).value[0], message=exc.message))
+            finally:
+                self._stream_texts -= size
+                for waiting in self._stream_rooms:
+                    waiting.set()
 
         async def read() -> None:
             nonlocal in_flight
             try:
                 requests = request_iterator.__aiter__()
                 while True:
-                    while in_flight >= window:
+                    # All streams together keep about one batch of texts being classified (and each
+                    # its share of it unanswered): 64 streams do not put thousands of messages
+                    # ahead of a unary call on the event loop and in the batcher.
+                    while in_flight >= max(1, window // self._streams) or self._stream_texts >= window:
                         room.clear()
-                        await room.wait()
+                        self._stream_rooms.add(room)
+                        try:
+                            await room.wait()
+                        finally:
+                            self._stream_rooms.discard(room)
                     try:
                         request = await requests.__anext__()
                     except StopAsyncIteration:
                         return
                     size = 1 if isinstance(request, MalformedRequest) else max(1, len(request.texts))
                     in_flight += size
-                    pending.put_nowait((asyncio.ensure_future(one(request)), size))
+                    self._stream_texts += size
+                    pending.put_nowait((asyncio.ensure_future(one(request, size)), size))
             finally:
                 pending.put_nowait(None)
 
@@ -152,6 +172,7 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                 room.set()
             await reader
         finally:
+            self._streams -= 1
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
