@@ -292,23 +292,31 @@ def test_a_request_at_both_documented_limits_is_accepted(server: ServerProcess) 
     assert len(response.results) == 1024
 
 
+class _BatchRecorder:
+    """Stands in for a Scorer: records each batch's texts and answers 0.5 / 0.5."""
+
+    name = "m"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def predict(self, texts: list[str]) -> Any:
+        from tlserve.scorer import Prediction
+
+        self.batches.append(list(texts))
+        n = len(texts)
+        return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
+
+
 def test_a_small_call_is_not_queued_behind_the_chunks_of_a_large_one() -> None:
-    from tlserve.scorer import Prediction
     from tlserve.server.core import loop_idle
     from tlserve.server.core.batching import DynamicBatcher
 
-    batches: list[list[str]] = []
-
-    class Recorder:
-        name = "m"
-
-        def predict(self, texts: list[str]) -> Prediction:
-            batches.append(list(texts))
-            n = len(texts)
-            return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
+    recorder = _BatchRecorder()
+    batches = recorder.batches
 
     async def main() -> None:
-        batcher = DynamicBatcher(Recorder(), 64, 1_000_000, 4096,  # type: ignore[arg-type]
+        batcher = DynamicBatcher(recorder, 64, 1_000_000, 4096,  # type: ignore[arg-type]
                                  max_batch_chars=1 << 18)
         batcher.start()
         # Both calls are queued in the same loop turn, the large one first.
@@ -326,22 +334,14 @@ def test_a_small_call_is_not_queued_behind_the_chunks_of_a_large_one() -> None:
 def test_the_messages_of_a_stream_take_one_turn_beside_a_unary_call() -> None:
     """Two streams with 20 one-text messages queued each, then a unary call: the call runs in the first batch
     (one place per stream), not behind 40 messages counted as 40 callers."""
-    from tlserve.scorer import Prediction
     from tlserve.server.core import loop_idle
     from tlserve.server.core.batching import DynamicBatcher
 
-    batches: list[list[str]] = []
-
-    class Recorder:
-        name = "m"
-
-        def predict(self, texts: list[str]) -> Prediction:
-            batches.append(list(texts))
-            n = len(texts)
-            return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
+    recorder = _BatchRecorder()
+    batches = recorder.batches
 
     async def main() -> None:
-        batcher = DynamicBatcher(Recorder(), 8, 1_000_000, 4096)  # type: ignore[arg-type]
+        batcher = DynamicBatcher(recorder, 8, 1_000_000, 4096)  # type: ignore[arg-type]
         batcher.start()
         first, second = object(), object()
         calls = [asyncio.ensure_future(batcher.submit([f"{name}{i}"], flow=flow))
@@ -396,16 +396,19 @@ def test_a_small_call_runs_beside_a_large_batch_instead_of_after_it() -> None:
         gate.set()
 
 
-def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
-    """The client sends 100 requests of 64 texts and takes one answer: the server reads no more
-    than it has room to answer (one batch of texts), instead of classifying all 100."""
+class _NoDeadline:
+    """A servicer context without a deadline."""
+
+    def time_remaining(self) -> None:
+        return None
+
+
+def _answering_plane() -> type:
+    """A data plane (max_batch_size 64) that answers every text at once with 0.5 / 0.5: the stream's own logic alone."""
     from dataclasses import dataclass
 
-    from tlserve.contract.v1 import classifier_pb2 as pb
     from tlserve.scorer import Prediction
-    from tlserve.server.core import loop_idle
     from tlserve.server.core.dataplane import Answer
-    from tlserve.server.frontends.grpc_native import ClassifierServicer
 
     @dataclass
     class FakeScorer:
@@ -430,9 +433,17 @@ def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
             return Answer(scorer, Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32),  # type: ignore
                                              np.zeros(n, np.float32), 0, 0))
 
-    class Context:
-        def time_remaining(self) -> None:
-            return None
+    return Plane
+
+
+def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
+    """The client sends 100 requests of 64 texts and takes one answer: the server reads no more
+    than it has room to answer (one batch of texts), instead of classifying all 100."""
+    from tlserve.contract.v1 import classifier_pb2 as pb
+    from tlserve.server.core import loop_idle
+    from tlserve.server.frontends.grpc_native import ClassifierServicer
+
+    Plane, Context = _answering_plane(), _NoDeadline
 
     pulled = 0
 
@@ -456,40 +467,11 @@ def test_a_stream_whose_client_does_not_read_stops_being_read() -> None:
 
 def test_streams_share_one_batch_of_texts_in_flight() -> None:
     """A second stream that stops reading holds at most half a batch of one-text messages, not a whole one."""
-    from dataclasses import dataclass
-
     from tlserve.contract.v1 import classifier_pb2 as pb
-    from tlserve.scorer import Prediction
     from tlserve.server.core import loop_idle
-    from tlserve.server.core.dataplane import Answer
     from tlserve.server.frontends.grpc_native import ClassifierServicer
 
-    @dataclass
-    class FakeScorer:
-        name: str = "m"
-        version: int = 1
-        labels: tuple[str, ...] = ("a", "b")
-
-        def __hash__(self) -> int:
-            return id(self)
-
-    scorer = FakeScorer()
-
-    class Plane:
-        class settings:
-            max_batch_size = 64
-
-        def model_label(self, name: str) -> str:
-            return name
-
-        async def predict(self, name: str, version: int, texts: Any, deadline: Any, flow: object = None) -> Answer:
-            n = len(texts)
-            return Answer(scorer, Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32),  # type: ignore
-                                             np.zeros(n, np.float32), 0, 0))
-
-    class Context:
-        def time_remaining(self) -> None:
-            return None
+    Plane, Context = _answering_plane(), _NoDeadline
 
     pulled = {"a": 0, "b": 0}
 
