@@ -396,6 +396,52 @@ def test_a_small_call_runs_beside_a_large_batch_instead_of_after_it() -> None:
         gate.set()
 
 
+def test_a_request_refused_for_a_full_queue_is_refused_before_its_texts_are_read() -> None:
+    """Callers retrying large requests against a full queue: each refusal must not cost reading its texts."""
+    from collections.abc import Sequence
+
+    from tlserve.server.core import loop_idle
+    from tlserve.server.core.batching import DynamicBatcher
+    from tlserve.server.core.dataplane import DataPlane
+    from tlserve.server.core.errors import ErrorCode, ServingError
+    from tlserve.server.core.routing import RoutingTable, ServedVersion
+    from tlserve.server.settings import ServerSettings
+
+    class CountedTexts(Sequence[str]):
+        reads = 0
+
+        def __len__(self) -> int:
+            return 200
+
+        def __getitem__(self, index: Any) -> Any:
+            CountedTexts.reads += 1
+            return ["text"] * len(range(200)[index]) if isinstance(index, slice) else "text"
+
+    async def main() -> ServingError:
+        recorder = _BatchRecorder()
+        batcher = DynamicBatcher(recorder, 64, 0, 256, inline_batch_texts=4)  # type: ignore[arg-type]
+        # Not started: what is submitted stays queued.
+        queued = asyncio.ensure_future(batcher.submit(["queued"] * 200))
+        await asyncio.sleep(0)
+        assert batcher.queued_texts == 200
+        served = ServedVersion(recorder, batcher)  # type: ignore[arg-type]
+        table = RoutingTable()
+        table.models["m"] = {1: served}
+        plane = DataPlane(table, ServerSettings())
+        plane.ready = True
+        try:
+            await plane.predict("m", 0, CountedTexts(), None)
+        except ServingError as exc:
+            return exc
+        finally:
+            queued.cancel()
+        raise AssertionError("a request past max_queue_size was accepted")
+
+    error = loop_idle.run(main())
+    assert error.code is ErrorCode.RESOURCE_EXHAUSTED and "max_queue_size=256" in error.message
+    assert CountedTexts.reads == 0
+
+
 class _NoDeadline:
     """A servicer context without a deadline."""
 

@@ -159,6 +159,11 @@ class DynamicBatcher:
     def queued_texts(self) -> int:
         return self._queued_texts
 
+    def has_room(self, count: int) -> bool:
+        """Whether a request of `count` texts too many to run beside the queue would find room in it: known
+        before its texts are read, so a refused request costs no more than its bytes."""
+        return count <= self.inline_batch_texts or self._queued_texts + count <= self.max_queue_size
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.scorer.name}")
 

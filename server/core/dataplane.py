@@ -101,6 +101,12 @@ class DataPlane:
         served = self.served(name, version)
         if len(texts) > self.settings.max_texts_per_request:
             self.check_texts(texts)  # refused before any text is read
+        if not served.batcher.has_room(len(texts)):
+            # Refused before its texts become strings: callers retrying large requests against a full
+            # queue would otherwise keep the event loop busy reading texts it then drops.
+            raise ServingError(ErrorCode.RESOURCE_EXHAUSTED,
+                               f"queue of model {served.name!r} holds {served.batcher.queued_texts} texts; "
+                               f"{len(texts)} more would pass max_queue_size={served.batcher.max_queue_size}")
         texts = await _materialize(texts)
         self.check_texts(texts)
         try:
