@@ -8,12 +8,13 @@ bad, seconds, rows per second) is printed at the end and returned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,12 @@ class ScoreJob:
     """Column kept as `id` in the output."""
     top_k: int = 3
     """Labels per text in the output (0: all)."""
+    engine: str = "local"
+    """local: worker processes on this machine; ray: Ray Data actors on a Ray instance or cluster."""
+    address: str | None = None
+    """ray: the cluster to join (HOST:PORT or "auto"); None: a Ray instance of the job's own."""
     workers: int = 1
-    """Scoring processes on this machine."""
+    """Scoring processes on this machine (local), or Ray actors (ray)."""
     batch_size: int = 512
     """Texts per batch."""
     max_text_bytes: int = 16_384
@@ -77,8 +82,9 @@ def errors_path(job: ScoreJob) -> Path:
 
 def run(job: ScoreJob) -> dict[str, Any]:
     from tlserve.bundle import Bundle
-    from tlserve.scoring.engine import score_batches
 
+    if job.engine not in ("local", "ray"):
+        raise TlserveError(f"unknown engine {job.engine!r}; engines: local, ray")
     repository, folder = resolve_model(job.model)
     labels = Bundle.open(folder, verify=True).labels
     fmt = input_format(job.input, job.input_format)
@@ -92,39 +98,30 @@ def run(job: ScoreJob) -> dict[str, Any]:
     writer = ScoredWriter(job.output, job.id_column is not None)
     started = time.perf_counter()
     counts = {"rows": 0, "scored": 0, "bad": 0}
-    good: list[list[Record]] = []
 
-    def batches() -> Iterator[list[str]]:
+    def good_records() -> Iterator[Record]:
+        """The rows to score; the others go to the side file with their row numbers."""
         with bad_partial.open("w", encoding="utf-8") as bad:
-            batch: list[Record] = []
             for record in records:
                 counts["rows"] += 1
                 if record.error is not None:
                     counts["bad"] += 1
                     bad.write(json.dumps({"row": record.row, "id": record.id, "error": record.error}) + "\n")
                     continue
-                batch.append(record)
-                if len(batch) >= job.batch_size:
-                    good.append(batch)
-                    yield [r.text or "" for r in batch]
-                    batch = []
-            if batch:
-                good.append(batch)
-                yield [r.text or "" for r in batch]
+                yield record
+
+    def progress(scored: int) -> None:
+        counts["scored"] += scored
+        if job.progress:
+            seconds = time.perf_counter() - started
+            print(f"\rscored {counts['scored']:,} rows, {counts['bad']:,} bad, {counts['scored'] / seconds:,.0f} "
+                  "rows/s", end="", file=sys.stderr, flush=True)
 
     try:
-        for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
-            batch = good.pop(0)
-            names = [[labels[i] for i in row] for row in scored.indices.tolist()]
-            writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
-                          "label": [row[0] for row in names], "labels": names,
-                          "probabilities": scored.probabilities.tolist(),
-                          "token_count": scored.token_counts.tolist(), "oov_fraction": scored.oov_fractions.tolist()})
-            counts["scored"] += len(batch)
-            if job.progress:
-                seconds = time.perf_counter() - started
-                print(f"\rscored {counts['scored']:,} rows, {counts['bad']:,} bad, {counts['scored'] / seconds:,.0f} "
-                      "rows/s", end="", file=sys.stderr, flush=True)
+        if job.engine == "ray":
+            _run_ray(job, folder, repository, good_records(), writer, progress)
+        else:
+            _run_local(job, folder, repository, labels, good_records(), writer, progress)
         writer.commit()
         os.replace(bad_partial, bad_path)
     except BaseException:
@@ -135,7 +132,49 @@ def run(job: ScoreJob) -> dict[str, Any]:
         print(file=sys.stderr)
     seconds = time.perf_counter() - started
     summary = {"model": str(folder), "input": str(job.input), "output": str(job.output), "errors": str(bad_path),
-               **counts, "seconds": round(seconds, 2), "rows_per_second": round(counts["scored"] / max(seconds, 1e-9))}
+               "engine": job.engine, "workers": job.workers, **counts, "seconds": round(seconds, 2),
+               "rows_per_second": round(counts["scored"] / max(seconds, 1e-9))}
     _LOGGER.info("scored %d of %d rows (%d bad, listed in %s) in %.1f s", counts["scored"], counts["rows"],
                  counts["bad"], bad_path, seconds)
     return summary
+
+
+def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],
+               writer: ScoredWriter, progress: Callable[[int], None]) -> None:
+    from tlserve.scoring.engine import score_batches
+
+    good: list[list[Record]] = []
+
+    def batches() -> Iterator[list[str]]:
+        batch: list[Record] = []
+        for record in records:
+            batch.append(record)
+            if len(batch) >= job.batch_size:
+                good.append(batch)
+                yield [r.text or "" for r in batch]
+                batch = []
+        if batch:
+            good.append(batch)
+            yield [r.text or "" for r in batch]
+
+    for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
+        batch = good.pop(0)
+        names = [[labels[i] for i in row] for row in scored.indices.tolist()]
+        writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
+                      "label": [row[0] for row in names], "labels": names,
+                      "probabilities": scored.probabilities.tolist(),
+                      "token_count": scored.token_counts.tolist(), "oov_fraction": scored.oov_fractions.tolist()})
+        progress(len(batch))
+
+
+def _run_ray(job: ScoreJob, folder: Path, repository: Path, records: Iterator[Record], writer: ScoredWriter,
+             progress: Callable[[int], None]) -> None:
+    from tlserve.scoring import ray_engine
+
+    # Ray prints its cluster's messages (a lost worker, say) from a thread of its own: to stderr, so
+    # stdout holds only the summary.
+    with contextlib.redirect_stdout(sys.stderr):
+        for table in ray_engine.score_records(folder, repository, records, job.top_k, job.workers, job.batch_size,
+                                              job.address):
+            writer.write_table(table)
+            progress(table.num_rows)

@@ -164,6 +164,10 @@ class ScoredWriter:
             columns = {name: values for name, values in columns.items() if name != "id"}
         self._writer.write_table(pa.table(columns, schema=self.schema))
 
+    def write_table(self, table: Any) -> None:
+        """Rows already in the output's columns (a pyarrow table, with or without `id`)."""
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
+
     def commit(self) -> None:
         self._writer.close()
         os.replace(self.partial, self.path)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained
+from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, free_port
 
 
 def _sample_texts(count: int) -> list[str]:
@@ -92,3 +96,94 @@ def test_a_model_that_is_not_there_is_named(trained: Trained, tmp_path: Path, sp
     result = _score("--model", spec.format(repo=trained.repository), "--input", str(source),
                     "--output", str(tmp_path / "out.parquet"))
     assert result.returncode == 2 and message in result.stderr
+
+
+# Ray listens on the loopback address only: test traffic stays on this machine.
+RAY_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _backlog(path: Path, texts: list[str], rows: int) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(rows):
+            handle.write(json.dumps({"text": texts[i % len(texts)], "key": i}) + "\n")
+    return path
+
+
+def test_the_ray_engine_answers_row_for_row_as_the_local_engine(trained: Trained, tmp_path: Path) -> None:
+    """The local engine's answers are the server's (above); Ray's must be the same rows, bad rows included."""
+    source = _backlog(tmp_path / "backlog.jsonl", _sample_texts(300), 1500)
+    with source.open("ab") as handle:
+        handle.write(b'{"text": "", "key": "empty"}\n')  # line 1501
+        handle.write(b'{"text": "caf\xe9", "key": "latin-1"}\n')  # line 1502
+        handle.write(b'{"text": "a small domesticated feline", "key": "last"}\n')
+    summaries = {}
+    for engine in ("local", "ray"):
+        result = subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "score",
+                                 "--no-progress", "--engine", engine, "--workers", "2", "--batch-size", "64",
+                                 "--id-column", "key",
+                                 "--model", str(trained.repository / "wn-finetune"), "--input", str(source),
+                                 "--output", str(tmp_path / f"{engine}.parquet")],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT, env=RAY_ENV)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries[engine] = json.loads(result.stdout)
+    assert [(s["rows"], s["scored"], s["bad"]) for s in summaries.values()] == [(1503, 1501, 2)] * 2
+    local, ray = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
+    assert ray.column("row").to_pylist() == [*range(1, 1501), 1503]  # every good row, in file order
+    assert ray.equals(local)
+    assert (tmp_path / "ray.errors.jsonl").read_text() == (tmp_path / "local.errors.jsonl").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["backlog.jsonl", "local.parquet", "local.errors.jsonl", "ray.parquet", "ray.errors.jsonl"])
+
+
+def _actor_processes() -> list[int]:
+    """Process ids of the scoring actors (Ray names a worker's process after the actor it runs)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"MapBatches(ScorerActor)" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_ray_actor_killed_mid_run_is_replaced_and_every_row_is_scored(trained: Trained, tmp_path: Path) -> None:
+    """A Ray cluster started as its own processes, the job joining it by address; one actor is killed once
+    the first rows are written: Ray Data replaces it and runs its batches again, so the job completes."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    # The cluster and its clients share a token (Ray's token authentication), none written to a file.
+    env = {**RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    started = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", temp], capture_output=True, text=True, timeout=300, env=env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        rows = 60_000
+        source = _backlog(tmp_path / "backlog.jsonl", _sample_texts(1000), rows)
+        out = tmp_path / "scored.parquet"
+        process = subprocess.Popen([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "score",
+                                    "--engine", "ray", "--address", f"127.0.0.1:{port}", "--workers", "2",
+                                    "--batch-size", "32", "--model", str(trained.repository / "wn-finetune"),
+                                    "--input", str(source), "--output", str(out)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        assert process.stderr is not None
+        seen = ""
+        while "scored" not in seen:  # the first scored rows are written
+            chunk = process.stderr.read(64)
+            assert chunk or process.poll() is None, f"the job ended before an actor was killed: {seen[-2000:]}"
+            seen += chunk
+        actors = _actor_processes()
+        assert len(actors) == 2, actors
+        os.kill(actors[0], signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        summary = json.loads(stdout)  # Ray's own messages (the lost worker) went to stderr
+        assert (summary["rows"], summary["scored"]) == (rows, rows)
+        assert actors[0] not in _actor_processes()
+        assert pq.read_table(out).column("row").to_pylist() == list(range(1, rows + 1))  # once each, in order
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
