@@ -71,6 +71,10 @@ def grpc_options(settings: ServerSettings, reuse_port: bool, connections: int) -
         ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
         *([("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000))]
           if settings.connection_idle_seconds else []),
+        # Calls in flight when the age is reached get the drain's grace to finish.
+        *([("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+           ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000))]
+          if settings.max_connection_age_seconds else []),
         ("grpc.http2.bdp_probe", 1 if settings.window_autotune else 0),
     ]
 

@@ -57,6 +57,10 @@ class ServerSettings:
         "files)")
     connection_idle_seconds: float = _setting(
         300.0, "a connection with no call for this long is closed (clients reconnect when they need to; 0: never)")
+    max_connection_age_seconds: float = _setting(
+        0.0, "a connection older than this gets GOAWAY: no new calls on it, calls in flight have grace_seconds to "
+        "finish, and clients reconnect; with DNS round-robin across replicas, that is when a client resolves the "
+        "name again and finds replicas added since (0: never)")
     handshake_timeout_seconds: float = _setting(
         10.0, "a connection that has not completed its TLS/HTTP2 handshake within this time is closed")
     max_concurrent_streams: int = _setting(
@@ -126,7 +130,7 @@ class ServerSettings:
             raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
         if self.max_connections < 0:
             raise ValueError(f"max_connections must be >= 0, not {self.max_connections}")
-        for name in ("connection_idle_seconds", "handshake_timeout_seconds"):
+        for name in ("connection_idle_seconds", "max_connection_age_seconds", "handshake_timeout_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.max_concurrent_streams < 1:

@@ -439,3 +439,25 @@ def test_a_dead_worker_stops_the_whole_server_without_orphans(trained: Trained, 
     assert code != 0, "the server went on with a worker missing"
     assert "exited with -9; stopping the others" in proc.output()
     assert not Path(f"/proc/{forked[0]}").exists()
+
+
+def test_a_connection_past_its_max_age_is_closed_and_the_client_reconnects(trained: Trained, tmp_path: Path) -> None:
+    """--max-connection-age-seconds: the server sends GOAWAY, the channel leaves READY (with DNS round-robin, it
+    resolves the name again then), and the next call succeeds on a new connection."""
+    import queue
+
+    server = start_server(trained.repository, tmp_path / "server.log", "--max-connection-age-seconds", "1")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ClassifierStub(channel)
+            request = pb.ClassifyRequest(model="wn-frozen", texts=["a small dog"])
+            assert stub.Classify(request, timeout=30).results
+            states: queue.Queue[grpc.ChannelConnectivity] = queue.Queue()
+            channel.subscribe(states.put, try_to_connect=False)
+            seen = [states.get(timeout=60)]
+            while seen[-1] == grpc.ChannelConnectivity.READY:
+                seen.append(states.get(timeout=60))  # the server closes the connection: the channel goes IDLE
+            assert seen[-1] in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.TRANSIENT_FAILURE), seen
+            assert stub.Classify(request, timeout=30).results
+    finally:
+        assert server.stop() == 0
