@@ -109,3 +109,54 @@ def test_out_of_fold_answers_are_held_out_and_cover_every_training_text(glove_st
     in_sample_accuracy = float(np.mean(in_sample.argmax(1) == truth))
     held_out_accuracy = float(np.mean(held_out.argmax(1) == truth))
     assert 0.3 < held_out_accuracy < in_sample_accuracy  # learned, and not memorised
+
+
+def _distorted(n: int, seed: int, temperature: float, exponent: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from true probabilities; the model answers what the adaptive map would turn back into them."""
+    from tlserve.trainer.calibration import undo_temperature
+
+    rng = np.random.default_rng(seed)
+    truth_probabilities = rng.dirichlet(np.full(6, 0.4), n)
+    truth = np.array([rng.choice(6, p=row) for row in truth_probabilities])
+    return undo_temperature(truth_probabilities, temperature, exponent), truth
+
+
+def test_adaptive_temperature_round_trips_keeps_ranking_and_is_chosen_only_when_it_helps() -> None:
+    from tlserve.trainer.calibration import fit_adaptive_temperature, undo_temperature
+
+    rng = np.random.default_rng(3)
+    probabilities = rng.dirichlet(np.full(10, 0.3), 500)
+    calibrated = apply_temperature(probabilities, 0.66, 0.25)
+    assert np.array_equal(calibrated.argmax(1), probabilities.argmax(1))
+    assert np.abs(undo_temperature(calibrated, 0.66, 0.25) - probabilities).max() < 1e-9
+
+    # Miscalibration that depends on confidence: the adaptive form is kept and recovers it.
+    answers, truth = _distorted(6000, 1, 0.7, 0.3)
+    temperature, exponent = fit_adaptive_temperature(answers, truth)
+    assert abs(exponent - 0.3) < 0.12 and abs(temperature - 0.7) < 0.1, (temperature, exponent)
+    test, test_truth = _distorted(6000, 2, 0.7, 0.3)
+    adaptive = apply_temperature(test, temperature, exponent)
+    plain = apply_temperature(test, fit_temperature(answers, truth))
+    assert log_loss(adaptive, test_truth) < log_loss(plain, test_truth)
+    assert np.array_equal(adaptive.argmax(1), test.argmax(1))
+    # One temperature explains it: the plain form is kept (exponent 0).
+    answers, truth = _distorted(6000, 4, 0.7, 0.0)
+    assert fit_adaptive_temperature(answers, truth)[1] == 0.0
+
+
+def test_the_adaptive_temperature_layer_exports_to_onnx_with_parity(tmp_path: Path) -> None:
+    import keras
+
+    from tlserve.trainer.export import check_parity, to_onnx
+    from tlserve.trainer.models import build_mixture
+
+    inputs = keras.Input(shape=(4,), name="features")
+    member = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(keras.layers.Dense(8)(inputs)))
+    graph = build_mixture([member], [1.0], temperature=0.66, exponent=0.25)
+    features = np.random.default_rng(0).normal(0, 3, (64, 4)).astype(np.float32)
+    raw = np.asarray(member(features, training=False))
+    expected = apply_temperature(raw, 0.66, 0.25)
+    assert np.abs(np.asarray(graph({"features": features}, training=False)) - expected).max() < 1e-5
+    to_onnx(graph, {"features": features}, tmp_path / "model.onnx")
+    parity = check_parity(graph, tmp_path / "model.onnx", {"features": features})
+    assert parity.ok and parity.max_abs_diff < 1e-5

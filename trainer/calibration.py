@@ -9,6 +9,13 @@ steps, both fitted on the validation split only (the test split stays untouched)
 - `fit_temperature`: temperature scaling (Guo et al., 2017), p' = softmax(log p / T) with
   the T that minimises the validation log-loss. It rescales confidence and keeps every
   text's ranking of labels, so accuracy is unchanged.
+- `fit_adaptive_temperature` (`--calibration-method adaptive`): a temperature that depends on
+  the text's confidence, t = T * (max p)^b (a two-parameter form of parameterised temperature
+  scaling, Tomani et al., 2022). Still one positive temperature per text, so the ranking and
+  accuracy are unchanged; it can sharpen middling answers while softening near-certain ones,
+  which one temperature cannot (THUCNews, 10 % of the labels: under-confident between 0.3 and
+  0.6, over-confident at 0.98). Chosen over plain temperature scaling only when it predicts
+  held-out texts better in 5-fold cross-validation on the calibration texts.
 """
 
 from __future__ import annotations
@@ -56,11 +63,30 @@ def mixture_weights(probabilities: list[np.ndarray], truth: np.ndarray, step: fl
     return [float(w) for w in best[2]]
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T), as the exported graph computes it."""
-    logits = np.log(np.maximum(probabilities.astype(np.float64), 1e-30)) / temperature
+def apply_temperature(probabilities: np.ndarray, temperature: float, exponent: float = 0.0) -> np.ndarray:
+    """softmax(log p / t) with t = T * (max p)^exponent per text, as the exported graph computes it."""
+    log_p = np.log(np.maximum(probabilities.astype(np.float64), 1e-30))
+    logits = log_p / (temperature * np.exp(exponent * log_p.max(axis=1, keepdims=True)))
     logits -= logits.max(axis=1, keepdims=True)
     out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def undo_temperature(calibrated: np.ndarray, temperature: float, exponent: float = 0.0) -> np.ndarray:
+    """The probabilities `apply_temperature` was given, from what it returned (for ECE before calibration).
+
+    log p - log p_max = t (log q - log q_max), and t depends on p_max: a fixed point, reached in a
+    few steps for the exponents calibration fits (|exponent| < 1)."""
+    log_q = np.log(np.maximum(calibrated.astype(np.float64), 1e-300))
+    gaps = log_q - log_q.max(axis=1, keepdims=True)  # <= 0
+    t = np.full((len(calibrated), 1), float(temperature))
+    for _ in range(200):
+        log_p_max = -np.log(np.exp(t * gaps).sum(axis=1, keepdims=True))
+        updated = temperature * np.exp(exponent * log_p_max)
+        if np.allclose(updated, t, rtol=1e-12, atol=0.0):
+            break
+        t = updated
+    out = np.exp(t * gaps)
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -75,3 +101,37 @@ def fit_temperature(probabilities: np.ndarray, truth: np.ndarray) -> float:
     if log_loss(apply_temperature(probabilities, temperature), truth) > log_loss(probabilities, truth) - 1e-4:
         return 1.0
     return round(temperature, 4)
+
+
+def _fit_adaptive(probabilities: np.ndarray, truth: np.ndarray, start: float) -> tuple[float, float]:
+    from scipy.optimize import minimize
+
+    def loss(x: np.ndarray) -> float:
+        return log_loss(apply_temperature(probabilities, float(np.exp(x[0])), float(x[1])), truth)
+
+    result = minimize(loss, np.array([np.log(start), 0.0]), method="Nelder-Mead",
+                      options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400})
+    log_t = float(np.clip(result.x[0], *_LOG_T_RANGE))
+    return float(np.exp(log_t)), float(np.clip(result.x[1], -0.9, 0.9))
+
+
+def fit_adaptive_temperature(probabilities: np.ndarray, truth: np.ndarray, folds: int = 5, seed: int = 0
+                             ) -> tuple[float, float]:
+    """(T, exponent) of t = T * (max p)^exponent, or (T, 0) of plain temperature scaling when the adaptive form
+    does not predict held-out texts better in `folds`-fold cross-validation on these texts."""
+    plain = fit_temperature(probabilities, truth)
+    if len(truth) < 2 * folds:
+        return plain, 0.0
+    order = np.random.default_rng(seed).permutation(len(truth))
+    losses = {"plain": 0.0, "adaptive": 0.0}
+    for k in range(folds):
+        held = order[k::folds]
+        fit = np.setdiff1d(order, held)
+        t = fit_temperature(probabilities[fit], truth[fit])
+        losses["plain"] += log_loss(apply_temperature(probabilities[held], t), truth[held]) * len(held)
+        t0, b = _fit_adaptive(probabilities[fit], truth[fit], t)
+        losses["adaptive"] += log_loss(apply_temperature(probabilities[held], t0, b), truth[held]) * len(held)
+    if losses["adaptive"] >= losses["plain"] - 1e-4 * len(truth):
+        return plain, 0.0
+    temperature, exponent = _fit_adaptive(probabilities, truth, plain)
+    return round(temperature, 4), round(exponent, 4)

@@ -148,6 +148,10 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                        help="most n-grams in the lexical channel")
     train.add_argument("--no-calibration", dest="calibrate", action="store_false",
                        help="no temperature scaling of the probabilities")
+    train.add_argument("--calibration-method", choices=["temperature", "adaptive"],
+                       default=TrainConfig.calibration_method,
+                       help="temperature: one temperature; adaptive: t = T * (max p)^b, a temperature that depends on "
+                            "the text's confidence, kept only if it beats one temperature in cross-validation")
     train.add_argument("--calibration-folds", type=int, default=TrainConfig.calibration_folds,
                        help="with a small validation split: folds of the training split whose out-of-fold answers "
                             "join it to fit the mixture and the temperature (1: validation only)")
@@ -214,7 +218,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
         static=args.static, random_vectors=args.random_vectors, lexical=args.lexical,
-        lexicon_size=args.lexicon_size, calibrate=args.calibrate, calibration_folds=args.calibration_folds,
+        lexicon_size=args.lexicon_size, calibrate=args.calibrate, calibration_method=args.calibration_method,
+        calibration_folds=args.calibration_folds,
         calibration_min_examples=args.calibration_min_examples, head=head,
         compare=getattr(args, "compare", False), learning_curve=getattr(args, "learning_curve", False),
         progress=not getattr(args, "no_progress", True),

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.trainer.calibration import apply_temperature
+from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import is_chinese
 from tlserve.trainer.evaluation import evaluate, expected_calibration_error
@@ -71,11 +71,12 @@ def run_split(config: EvaluateConfig, seed: int, store: VectorStore) -> dict[str
         fitted = fit_model(replace(train_config, mode=mode), splits, store, labels)
         seconds = time.perf_counter() - started
         probabilities = predict(fitted, splits.test.texts)[0]
-        extra: dict[str, Any] = {"temperature": fitted.temperature, "mixture": fitted.mixture}
-        if fitted.temperature != 1.0:  # what calibration changed: the same model's ECE without it
+        extra: dict[str, Any] = {"temperature": fitted.temperature, "temperature_exponent": fitted.temperature_exponent,
+                                 "mixture": fitted.mixture}
+        if fitted.temperature != 1.0 or fitted.temperature_exponent != 0.0:  # the same model's ECE without it
             index = {label: i for i, label in enumerate(labels)}
             truth = np.array([index.get(label, -1) for label in splits.test.labels])
-            raw = apply_temperature(probabilities, 1.0 / fitted.temperature)
+            raw = undo_temperature(probabilities, fitted.temperature, fitted.temperature_exponent)
             extra["ece_uncalibrated"] = expected_calibration_error(raw, truth)
             extra["accuracy_uncalibrated"] = float(np.mean(raw.argmax(1) == truth))
         systems[f"tlserve_{mode}"] = _score(splits.test.labels, probabilities, labels, seconds, **extra)

@@ -47,6 +47,8 @@ class FittedModel:
     """(member, weight) of each mixed member (a pooling or "lexical"); None for a single model."""
     temperature: float = 1.0
     """Temperature of the calibration step in the graph (1: none)."""
+    temperature_exponent: float = 0.0
+    """b of the adaptive temperature t = T * (max p)^b (0: one temperature for every text)."""
     lexical: dict[str, Any] | None = None
     """What the lexical channel chose (C, lexicon size), if the graph has one."""
     transfer: dict[str, Any] | None = None
@@ -111,13 +113,17 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         transfer.update(lexical_log_loss=calibration.log_loss(lexical.validation, truth),
                         mixed_log_loss=calibration.log_loss(mixed, truth), vectors_weight=1.0 - weights[-1])
     mixed_held_out = sum(w * p for w, p in zip(weights, held_out, strict=True))
-    temperature = calibration.fit_temperature(mixed_held_out, held_out_truth) if config.calibrate else 1.0
+    temperature, exponent = 1.0, 0.0
+    if config.calibrate and config.calibration_method == "adaptive":
+        temperature, exponent = calibration.fit_adaptive_temperature(mixed_held_out, held_out_truth, seed=config.seed)
+    elif config.calibrate:
+        temperature = calibration.fit_temperature(mixed_held_out, held_out_truth)
     # The graph's inputs are fixed by its mode: the semantic member with the most weight stays,
     # even at weight 0, so that a mode's graph always reads the inputs the server feeds it.
     semantic = len(members)
     keep = [i for i in range(semantic) if weights[i] > 0] or [int(np.argmax(weights[:semantic]))]
     lexical_kept = lexical is not None and weights[semantic] > 0
-    if len(keep) == 1 and not lexical_kept and temperature == 1.0:
+    if len(keep) == 1 and not lexical_kept and temperature == 1.0 and exponent == 0.0:
         return replace(members[keep[0]], transfer=transfer)
     kept_members = [members[i] for i in keep]
     graph_members = [m.keras_model for m in kept_members]
@@ -134,12 +140,13 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
                                 featurizer.preprocessor, featurizer.index,
                                 featurizer.vocabulary_size, featurizer.matrix, featurizer.sif_weights,
                                 featurizer.store_index, lexical.lexicon)
-    _LOGGER.info("mixture %s, temperature %.3f", " + ".join(f"{w:.2f} x {n}" for n, w in mixture), temperature)
-    keras_model = models.build_mixture(graph_members, graph_weights, temperature)
+    _LOGGER.info("mixture %s, temperature %.3f x (max p)^%.3f", " + ".join(f"{w:.2f} x {n}" for n, w in mixture),
+                 temperature, exponent)
+    keras_model = models.build_mixture(graph_members, graph_weights, temperature, exponent)
     # The bundle's own store carries the vocabulary (identical for every member) and
     # the first member's adapted rows; the graph holds every member's embedding.
     return FittedModel(keras_model, featurizer, kept_members[0].history, kept_members[0].own_store, mixture,
-                       temperature, lexical.chosen if lexical_kept and lexical else None, transfer)
+                       temperature, exponent, lexical.chosen if lexical_kept and lexical else None, transfer)
 
 
 def out_of_fold(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str], candidates: list[str],

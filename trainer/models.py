@@ -180,7 +180,7 @@ def build_lexical(coefficients: np.ndarray, intercept: np.ndarray) -> Any:
     return keras.Model([ids, weights], keras.layers.Softmax(name="probabilities")(logits), name="lexical")
 
 
-def build_mixture(members: list[Any], weights: list[float], temperature: float = 1.0) -> Any:
+def build_mixture(members: list[Any], weights: list[float], temperature: float = 1.0, exponent: float = 0.0) -> Any:
     """One graph: the `weights`-weighted sum of trained `members`' probabilities, temperature-scaled.
 
     Members read graph inputs by name (token ids, pooled features, the lexical channel's two);
@@ -212,13 +212,19 @@ def build_mixture(members: list[Any], weights: list[float], temperature: float =
             return total
 
     class Temperature(keras.layers.Layer):
-        def __init__(self, value: float, **kwargs: Any) -> None:
+        def __init__(self, value: float, exponent: float = 0.0, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.value = float(value)
+            self.exponent = float(exponent)
 
         def call(self, probabilities: Any) -> Any:
             # 1e-30: a probability that underflowed to 0 stays the least likely, and finite.
-            return ops.softmax(ops.log(ops.maximum(probabilities, 1e-30)) / self.value, axis=-1)
+            log_p = ops.log(ops.maximum(probabilities, 1e-30))
+            if self.exponent == 0.0:
+                return ops.softmax(log_p / self.value, axis=-1)
+            # t = T * (max p)^b per text: one positive temperature per row keeps its ranking.
+            t = self.value * ops.exp(self.exponent * ops.max(log_p, axis=-1, keepdims=True))
+            return ops.softmax(log_p / t, axis=-1)
 
     graph_inputs: dict[str, Any] = {}
     widths: dict[str, int] = {}
@@ -242,8 +248,8 @@ def build_mixture(members: list[Any], weights: list[float], temperature: float =
             fed.append(x)
         outputs.append(member(fed[0] if len(fed) == 1 else fed))
     mixed = outputs[0] if len(outputs) == 1 else WeightedSum(weights, name="mixture")(outputs)
-    if temperature != 1.0:
-        mixed = Temperature(temperature, name="temperature")(mixed)
+    if temperature != 1.0 or exponent != 0.0:
+        mixed = Temperature(temperature, exponent, name="temperature")(mixed)
     return keras.Model(list(inputs.values()), mixed, name="mixture")
 
 

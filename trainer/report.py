@@ -259,7 +259,10 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
     ]
     if calibration is not None:
         lines += ["## Calibration", "",
-                  f"Temperature {calibration['temperature']:.3f}, fitted on the validation split. Expected "
+                  f"Temperature {calibration['temperature']:.3f}"
+                  + (f" x (max p)^{calibration['temperature_exponent']:.3f}"
+                     if calibration.get("temperature_exponent") else "")
+                  + ", fitted on the validation split. Expected "
                   f"calibration error (15 bins) on the {calibration['test_examples']} test texts: "
                   f"{calibration['ece_before']:.4f} before, **{calibration['ece_after']:.4f}** after.", "",
                   f"![reliability]({bundle.RELIABILITY_FIGURE})", ""]

@@ -25,7 +25,7 @@ from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecor
 from tlserve.features import OUTPUT
 from tlserve.memory import release_memory
 from tlserve.preprocessing import Preprocessor
-from tlserve.trainer.calibration import apply_temperature
+from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
 from tlserve.trainer.evaluation import evaluate, expected_calibration_error, reliability
@@ -94,13 +94,14 @@ def load_splits(config: TrainConfig) -> Splits:
     )
 
 
-def calibration_record(probabilities: np.ndarray, true_labels: list[str], labels: list[str], temperature: float
-                       ) -> dict[str, Any]:
+def calibration_record(probabilities: np.ndarray, true_labels: list[str], labels: list[str], temperature: float,
+                       exponent: float = 0.0) -> dict[str, Any]:
     """ECE and reliability bins on the test split, of the model as exported and without its temperature."""
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index.get(label, -1) for label in true_labels])
-    before = apply_temperature(probabilities, 1.0 / temperature) if temperature != 1.0 else probabilities
-    return {"temperature": temperature, "test_examples": len(truth),
+    calibrated = temperature != 1.0 or exponent != 0.0
+    before = undo_temperature(probabilities, temperature, exponent) if calibrated else probabilities
+    return {"temperature": temperature, "temperature_exponent": exponent, "test_examples": len(truth),
             "ece_before": expected_calibration_error(before, truth),
             "ece_after": expected_calibration_error(probabilities, truth),
             "bins_before": reliability(before, truth), "bins": reliability(probabilities, truth)}
@@ -183,11 +184,13 @@ def train(config: TrainConfig) -> TrainResult:
             hyperparameters={**asdict(config.head), "pooling": pooling_name(fitted), "sif": config.sif,
                              "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
                              "static": config.static, "random_vectors": config.random_vectors,
-                             "lexical": fitted.lexical, "temperature": fitted.temperature},
+                             "lexical": fitted.lexical, "temperature": fitted.temperature,
+                             "temperature_exponent": fitted.temperature_exponent},
             library_versions=library_versions(),
         )
         report.write(staging, manifest, evaluation, fitted.history, comparison, fitted.transfer,
-                     calibration_record(probabilities, splits.test.labels, labels, fitted.temperature))
+                     calibration_record(probabilities, splits.test.labels, labels, fitted.temperature,
+                                        fitted.temperature_exponent))
         target = bundle.publish_version(staging, model_dir, manifest)
     except BaseException:
         bundle.discard(staging)
