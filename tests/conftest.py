@@ -170,3 +170,23 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     proc = start_server(trained.repository, log, "--max-queue-delay-us", "2000")
     yield proc
     proc.stop()
+
+
+class BatchRecorder:
+    """Stands in for a Scorer in batcher tests: records each batch's texts and answers [len(text), 1] per text,
+    so a caller can tell its own rows (the batcher only calls predict)."""
+
+    name = "m"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def predict(self, texts: list[str]) -> object:
+        import numpy as np
+
+        from tlserve.scorer import Prediction
+
+        self.batches.append(list(texts))
+        n = len(texts)
+        probabilities = np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32).reshape(n, 2)
+        return Prediction(probabilities, np.ones(n, np.int32), np.zeros(n, np.float32), 0.0, 0.0)

@@ -6,26 +6,11 @@ import asyncio
 import socket
 import time
 
-import numpy as np
-
 from tlserve.scorer import Prediction
 from tlserve.server.core import loop_idle
 from tlserve.server.core.batching import BatchStats, DynamicBatcher
 
-
-class _CountingRuntime:
-    """Stands in for a Scorer: records each batch's texts (the batcher only calls predict)."""
-
-    name = "m"
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-
-    def predict(self, texts: list[str]) -> Prediction:
-        self.batches.append(list(texts))
-        n = len(texts)
-        probabilities = np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
-        return Prediction(probabilities, np.ones(n, np.int32), np.zeros(n, np.float32), 0.0, 0.0)
+from conftest import BatchRecorder
 
 
 def test_gathering_lasts_while_events_are_ready_and_ends_when_the_loop_runs_out() -> None:
@@ -79,14 +64,14 @@ def test_idle_waits_are_counted_only_when_the_loop_blocks() -> None:
 GATHER_LIMIT_US = 60_000_000
 
 
-def _batcher(runtime: _CountingRuntime, stats: list[BatchStats]) -> DynamicBatcher:
+def _batcher(runtime: BatchRecorder, stats: list[BatchStats]) -> DynamicBatcher:
     return DynamicBatcher(runtime, max_batch_size=64, max_queue_delay_us=0, max_queue_size=1024,  # type: ignore[arg-type]
                           on_batch=stats.append, inline_batch_texts=16,
                           adaptive_delay_us=GATHER_LIMIT_US)
 
 
 def test_a_lone_call_on_an_idle_loop_runs_at_once_and_a_crowd_shares_batches() -> None:
-    runtime, stats = _CountingRuntime(), []
+    runtime, stats = BatchRecorder(), []
 
     async def main() -> list[float]:
         batcher = _batcher(runtime, stats)
@@ -109,7 +94,7 @@ def test_a_lone_call_on_an_idle_loop_runs_at_once_and_a_crowd_shares_batches() -
 
 
 def test_without_a_metered_loop_gathering_ends_at_the_time_limit() -> None:
-    runtime, stats = _CountingRuntime(), []
+    runtime, stats = BatchRecorder(), []
 
     async def main() -> float:
         batcher = DynamicBatcher(runtime, 64, 0, 1024, stats.append, 16,  # type: ignore[arg-type]
@@ -130,7 +115,7 @@ def test_without_a_metered_loop_gathering_ends_at_the_time_limit() -> None:
 
 def test_calls_trickling_in_while_the_loop_is_busy_share_one_batch() -> None:
     """As gRPC hands calls over: one per loop turn. Without gathering each would be its own batch."""
-    runtime, stats = _CountingRuntime(), []
+    runtime, stats = BatchRecorder(), []
 
     async def main() -> int:
         loop = asyncio.get_running_loop()

@@ -27,7 +27,17 @@ import pytest
 from tlserve.client import Classifier
 from tlserve.errors import InputFileError
 
-from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, call_until, metric, start_server, wait_until
+from conftest import (
+    ROOT,
+    WORDNET_SAMPLE,
+    BatchRecorder,
+    ServerProcess,
+    Trained,
+    call_until,
+    metric,
+    start_server,
+    wait_until,
+)
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -292,27 +302,11 @@ def test_a_request_at_both_documented_limits_is_accepted(server: ServerProcess) 
     assert len(response.results) == 1024
 
 
-class _BatchRecorder:
-    """Stands in for a Scorer: records each batch's texts and answers 0.5 / 0.5."""
-
-    name = "m"
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-
-    def predict(self, texts: list[str]) -> Any:
-        from tlserve.scorer import Prediction
-
-        self.batches.append(list(texts))
-        n = len(texts)
-        return Prediction(np.full((n, 2), 0.5, np.float32), np.ones(n, np.int32), np.zeros(n, np.float32), 0, 0)
-
-
 def test_a_small_call_is_not_queued_behind_the_chunks_of_a_large_one() -> None:
     from tlserve.server.core import loop_idle
     from tlserve.server.core.batching import DynamicBatcher
 
-    recorder = _BatchRecorder()
+    recorder = BatchRecorder()
     batches = recorder.batches
 
     async def main() -> None:
@@ -337,7 +331,7 @@ def test_the_messages_of_a_stream_take_one_turn_beside_a_unary_call() -> None:
     from tlserve.server.core import loop_idle
     from tlserve.server.core.batching import DynamicBatcher
 
-    recorder = _BatchRecorder()
+    recorder = BatchRecorder()
     batches = recorder.batches
 
     async def main() -> None:
@@ -418,7 +412,7 @@ def test_a_request_refused_for_a_full_queue_is_refused_before_its_texts_are_read
             return ["text"] * len(range(200)[index]) if isinstance(index, slice) else "text"
 
     async def main() -> ServingError:
-        recorder = _BatchRecorder()
+        recorder = BatchRecorder()
         batcher = DynamicBatcher(recorder, 64, 0, 256, inline_batch_texts=4)  # type: ignore[arg-type]
         # Not started: what is submitted stays queued.
         queued = asyncio.ensure_future(batcher.submit(["queued"] * 200))
