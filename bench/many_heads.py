@@ -17,14 +17,13 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tlserve.bench.memory import rollup
-from tlserve.bench.systems import free_port, tlserve_serve_command
+from tlserve.bench.systems import start_tlserve
 from tlserve.bundle import STORES_DIR
 from tlserve.vector_store import MANIFEST
 
@@ -47,23 +46,6 @@ def make_repository(bundle: Path, heads: int, out: Path) -> None:
         shutil.copytree(bundle, target, copy_function=os.link)
         (target / MANIFEST).unlink()
         (target / MANIFEST).write_text(json.dumps({**manifest, "model": name}, indent=1), encoding="utf-8")
-
-
-def wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 1800) -> None:
-    from tlserve.client import Classifier
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            with Classifier(target, timeout=2, retries=0) as client:
-                if client.health() == "SERVING":
-                    return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("not SERVING in time")
 
 
 async def latency(target: str, models: list[str], seconds: float = 5.0, concurrency: int = 16) -> dict[str, float]:
@@ -99,26 +81,21 @@ async def latency(target: str, models: list[str], seconds: float = 5.0, concurre
 def measure(bundle: Path, heads: int, work: Path, spread: bool) -> dict[str, Any]:
     repository = work / f"repo-{heads}"
     make_repository(bundle, heads, repository)
-    port = free_port()
     started = time.perf_counter()
-    process = subprocess.Popen(tlserve_serve_command(repository, port), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    server = start_tlserve(f"heads-{heads}", repository, 1, work / "logs", timeout=1800)
     try:
-        wait_serving(f"127.0.0.1:{port}", process)
         serving = time.perf_counter() - started
-        memory = rollup(process.pid)
+        memory = rollup(server.process.pid)
         result: dict[str, Any] = {"heads": heads, "seconds_to_serving": round(serving, 2),
                                   "pss_mb": round(memory["pss_kb"] / 1024, 1),
                                   "rss_mb": round(memory["rss_kb"] / 1024, 1)}
         if spread:
             names = [f"head-{i:04d}" for i in range(heads)]
-            target = f"127.0.0.1:{port}"
-            result["one_head"] = asyncio.run(latency(target, names[:1]))
-            result["spread_over_100_heads"] = asyncio.run(latency(target, names[:100]))
+            result["one_head"] = asyncio.run(latency(server.target, names[:1]))
+            result["spread_over_100_heads"] = asyncio.run(latency(server.target, names[:100]))
         return result
     finally:
-        process.terminate()
-        process.wait(60)
+        server.stop()
         shutil.rmtree(repository, ignore_errors=True)
 
 

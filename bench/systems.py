@@ -95,7 +95,7 @@ def _classify_works(target: str, model: str) -> bool:
         return bool(client.classify(["a small dog"]))
 
 
-def start_tlserve(name: str, repository: Path, workers: int, logs: Path) -> Running:
+def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120) -> Running:
     port, metrics_port = free_port(), free_port()
     process, log = _spawn(name, tlserve_serve_command(repository, port, metrics_port, workers), logs)
     running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port)
@@ -106,7 +106,7 @@ def start_tlserve(name: str, repository: Path, workers: int, logs: Path) -> Runn
         with Classifier(running.target, timeout=2) as client:
             return client.health() == "SERVING"
 
-    return _wait(running, serving, 120)
+    return _wait(running, serving, timeout)
 
 
 def start_ceiling(name: str, workers: int, labels: int, logs: Path) -> Running:

@@ -42,6 +42,11 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(probabilities, order, axis=1)
 
 
+def label_names(labels: list[str], indices: np.ndarray) -> list[list[str]]:
+    """The names of each row's top-k label indices."""
+    return [[labels[i] for i in row] for row in indices.tolist()]
+
+
 def _score(job: tuple[list[str], int]) -> ScoredBatch:
     texts, k = job
     assert _SCORER is not None

@@ -141,7 +141,7 @@ def run(job: ScoreJob) -> dict[str, Any]:
 
 def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],
                writer: ScoredWriter, progress: Callable[[int], None]) -> None:
-    from tlserve.scoring.engine import score_batches
+    from tlserve.scoring.engine import label_names, score_batches
 
     good: list[list[Record]] = []
 
@@ -159,7 +159,7 @@ def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str],
 
     for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
         batch = good.pop(0)
-        names = [[labels[i] for i in row] for row in scored.indices.tolist()]
+        names = label_names(labels, scored.indices)
         writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
                       "label": [row[0] for row in names], "labels": names,
                       "probabilities": scored.probabilities.tolist(),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.scoring.engine import top_k
+from tlserve.scoring.engine import label_names, top_k
 from tlserve.scoring.tables import Record
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ScorerActor:
 
         prediction = self.scorer.predict(batch.column("text").to_pylist())
         indices, probabilities = top_k(prediction.probabilities, self.k)
-        names = [[self.labels[i] for i in row] for row in indices.tolist()]
+        names = label_names(self.labels, indices)
         return pa.table({
             "row": batch.column("row"),
             "id": batch.column("id"),
