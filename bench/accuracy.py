@@ -3,9 +3,12 @@
     python -m tlserve.bench.accuracy                 # every row missing from bench/results/accuracy/
     python -m tlserve.bench.accuracy --rows wordnet-1 spam-10
     python -m tlserve.bench.accuracy --table         # only rebuild the Markdown table from the results
+    python -m tlserve.bench.accuracy --rows ... --tlserve-only   # rerun tlserve, keep the peers' figures
 
 Each row is one `tlserve evaluate` run in its own process (its JSON and Markdown land in
-the results folder, so an interrupted sweep resumes where it stopped). Rows:
+the results folder, so an interrupted sweep resumes where it stopped). `--tlserve-only` reruns
+tlserve's modes on the same seeded splits and keeps the peers' recorded figures (the peers never
+see tlserve's settings; the splits are checked to be the same). Rows:
 
 - tasks x label budgets: WordNet 1/10/100 %, SpamAssassin 10/100 %, Rotten Tomatoes reviews
   10/100 %, THUCNews headlines (Chinese, jieba, vectors trained with gensim) 10/100 %;
@@ -60,6 +63,23 @@ def adapted_stores(data: Path) -> None:
                             "--vectors", str(glove), "--corpus", str(corpus), "--out", str(out)], check=True)
 
 
+def merge_peers(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """`new` (tlserve's modes only) with the peers' figures of `old`, a run on the same seeded splits."""
+    from tlserve.trainer.evaluate import summarize
+
+    if (new["store"], new["train_fraction"]) != (old["store"], old["train_fraction"]):
+        raise ValueError("the recorded run used other vectors or another label budget")
+    old_splits = {split["seed"]: split for split in old["splits"]}
+    for split in new["splits"]:
+        recorded = old_splits.get(split["seed"])
+        if recorded is None or recorded["examples"] != split["examples"]:
+            raise ValueError(f"split {split['seed']}: not the split the peers were scored on")
+        split["systems"].update({name: scores for name, scores in recorded["systems"].items()
+                                 if not name.startswith("tlserve_")})
+    new["summary"] = summarize(new["splits"], new["default"])
+    return new
+
+
 def table(results: Path) -> str:
     """Markdown: one line per row, mean +- sd accuracy of each system, ECE and seconds of the default."""
     systems = ["tlserve_finetune", "tlserve_frozen", "tfidf_logreg", "fasttext", "fasttext_vectors"]
@@ -101,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", help="rows to run (default: every row without a result)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
+    parser.add_argument("--tlserve-only", action="store_true",
+                        help="rerun tlserve's modes only and keep the peers' figures recorded for the row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.table:
@@ -114,8 +136,16 @@ def main(argv: list[str] | None = None) -> int:
             if out.is_file() and not args.rows:
                 continue
             _LOGGER.info("row %s", name)
+            target = out.with_name(f"{name}.tlserve.json") if args.tlserve_only else out
             subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "INFO", "evaluate",
-                            *all_rows[name], "--repeats", str(args.repeats), "--out", str(out)], check=True)
+                            *all_rows[name], "--repeats", str(args.repeats), "--out", str(target),
+                            *(["--peers"] if args.tlserve_only else [])], check=True)
+            if args.tlserve_only:
+                from tlserve.trainer.evaluate import write
+
+                write(merge_peers(json.loads(target.read_text()), json.loads(out.read_text())), out)
+                target.unlink()
+                target.with_suffix(".md").unlink()
     markdown = table(args.results)
     (args.results / "table.md").write_text(markdown, encoding="utf-8")
     print(markdown)

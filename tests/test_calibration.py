@@ -142,6 +142,9 @@ def test_adaptive_temperature_round_trips_keeps_ranking_and_is_chosen_only_when_
     # One temperature explains it: the plain form is kept (exponent 0).
     answers, truth = _distorted(6000, 4, 0.7, 0.0)
     assert fit_adaptive_temperature(answers, truth)[1] == 0.0
+    # Softer for middling answers than for certain ones (b < 0) is outside the form: one temperature.
+    answers, truth = _distorted(6000, 5, 0.7, -0.3)
+    assert fit_adaptive_temperature(answers, truth)[1] == 0.0
 
 
 def test_the_adaptive_temperature_layer_exports_to_onnx_with_parity(tmp_path: Path) -> None:

@@ -148,10 +148,11 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                        help="most n-grams in the lexical channel")
     train.add_argument("--no-calibration", dest="calibrate", action="store_false",
                        help="no temperature scaling of the probabilities")
-    train.add_argument("--calibration-method", choices=["temperature", "adaptive"],
+    train.add_argument("--calibration-method", choices=["adaptive", "temperature"],
                        default=TrainConfig.calibration_method,
-                       help="temperature: one temperature; adaptive: t = T * (max p)^b, a temperature that depends on "
-                            "the text's confidence, kept only if it beats one temperature in cross-validation")
+                       help="adaptive (default): t = T * (max p)^b, a temperature that depends on the text's "
+                            "confidence, kept only if it beats one temperature in cross-validation (else b = 0); "
+                            "temperature: one temperature")
     train.add_argument("--calibration-folds", type=int, default=TrainConfig.calibration_folds,
                        help="with a small validation split: folds of the training split whose out-of-fold answers "
                             "join it to fit the mixture and the temperature (1: validation only)")

@@ -116,10 +116,10 @@ class TrainConfig:
     """Most n-grams in the lexical channel (fewer for many labels: n-grams x labels stays under 5 M weights)."""
     calibrate: bool = True
     """Temperature scaling of the probabilities, fitted on the validation split (accuracy unchanged)."""
-    calibration_method: str = "temperature"
-    """"temperature": one temperature; "adaptive": a temperature that depends on the text's confidence,
-    t = T * (max p)^b, kept only when it predicts held-out calibration texts better in cross-validation
-    (`tlserve.trainer.calibration`)."""
+    calibration_method: str = "adaptive"
+    """"adaptive": a temperature that depends on the text's confidence, t = T * (max p)^b, kept only when it
+    predicts held-out calibration texts better than one temperature in cross-validation (else b = 0);
+    "temperature": one temperature (`tlserve.trainer.calibration`)."""
     calibration_folds: int = 4
     """With a validation split smaller than `calibration_min_examples`: the mixture weights and the temperature
     are fitted on it together with out-of-fold answers for every training text (each member retrained at its
