@@ -45,7 +45,10 @@ def test_the_most_frequent_ngrams_are_kept(tmp_path: Path) -> None:
     assert lexicon.grams == ["cat", "dog"]  # "cat", "dog" and "the" are in 2 texts each; ties alphabetical
     lexicon.save(tmp_path)
     loaded = Lexicon.load(tmp_path)
-    assert loaded.grams == lexicon.grams and np.array_equal(loaded.idf, lexicon.idf)
+    assert loaded.grams is None and np.array_equal(loaded.idf, lexicon.idf)  # lookups only: no strings held
+    for left, right in zip(loaded.encode(TEXTS), lexicon.encode(TEXTS), strict=True):
+        assert np.array_equal(left, right)
+    assert Lexicon.load(tmp_path, keep_grams=True).grams == lexicon.grams
     np.save(tmp_path / LEXICON_IDF_FILE, np.ones(5, dtype=np.float32))
     with pytest.raises(BundleError, match="2 n-grams but"):
         Lexicon.load(tmp_path)
@@ -62,3 +65,23 @@ def test_chinese_texts_use_character_pairs_with_punctuation() -> None:
     assert {"股市", "(图", "股", "图"} <= set(lexicon.grams) and " 大" in lexicon.grams
     ids, _ = lexicon.encode([list("股市")])
     assert sorted(lexicon.grams[i - 1] for i in ids[0]) == ["市", "股", "股市"]
+
+
+def test_the_hash_index_answers_what_a_dictionary_would_and_refuses_a_repeated_ngram(tmp_path: Path) -> None:
+    from collections import Counter
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(400)]
+    texts = [[str(w) for w in rng.choice(words, size=rng.integers(0, 30))] for _ in range(300)]
+    lexicon = Lexicon.fit(texts[:200], max_size=500)
+    assert lexicon.grams is not None
+    position = {gram: i + 1 for i, gram in enumerate(lexicon.grams)}
+    ids, weights = lexicon.encode(texts)
+    for row, tokens in enumerate(texts):
+        expected = list(Counter(position[g] for g in ngrams(tokens) if g in position))
+        assert ids[row, : len(expected)].tolist() == expected and not ids[row, len(expected):].any()
+    assert (weights[ids == 0] == 0).all()
+    (tmp_path / "lexicon.txt").write_text("cat\ndog\ncat\n", encoding="utf-8")
+    np.save(tmp_path / LEXICON_IDF_FILE, np.ones(3, dtype=np.float32))
+    with pytest.raises(BundleError, match=r"lexicon.txt: n-gram 'cat' is listed twice \(lines 1 and 3\)"):
+        Lexicon.load(tmp_path)
