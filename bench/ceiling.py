@@ -22,8 +22,7 @@ import grpc
 from tlserve.bench.peer_server import serve_until_signalled
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
-from tlserve.server.assembly import max_request_bytes
-from tlserve.server.settings import ServerSettings
+from tlserve.server.settings import ServerSettings, max_request_bytes
 
 _LOGGER = logging.getLogger(__name__)
 

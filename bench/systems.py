@@ -35,11 +35,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def tlserve_serve_command(repository: Path, port: int, metrics_port: int = 0, workers: int = 1) -> list[str]:
-    """`tlserve serve` on 127.0.0.1:`port`, logging warnings only."""
+def tlserve_serve_command(repository: Path, port: int, metrics_port: int = 0, workers: int = 1,
+                          http_port: int = 0) -> list[str]:
+    """`tlserve serve` on 127.0.0.1:`port` (and HTTP on `http_port`; 0: none), logging warnings only."""
     return [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve", "--repository", str(repository),
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
-            "--workers", str(workers)]
+            "--http-port", str(http_port), "--workers", str(workers)]
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Running:
     process: subprocess.Popen[bytes]
     log: Path
     metrics_port: int = 0
+    http_port: int = 0
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -96,9 +98,10 @@ def _classify_works(target: str, model: str) -> bool:
 
 
 def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120) -> Running:
-    port, metrics_port = free_port(), free_port()
-    process, log = _spawn(name, tlserve_serve_command(repository, port, metrics_port, workers), logs)
-    running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port)
+    # HTTP on, as users run it: the gRPC figures include its cost.
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
+    process, log = _spawn(name, tlserve_serve_command(repository, port, metrics_port, workers, http_port), logs)
+    running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port, http_port)
 
     def serving() -> bool:
         from tlserve.client import Classifier

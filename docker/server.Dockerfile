@@ -30,10 +30,11 @@ ENV PATH=/opt/tlserve/bin:$PATH \
     TLSERVE_REPOSITORY=/models \
     TLSERVE_HOST=0.0.0.0 \
     TLSERVE_PORT=50051 \
+    TLSERVE_HTTP_PORT=8080 \
     TLSERVE_METRICS_HOST=0.0.0.0 \
     TLSERVE_METRICS_PORT=9090
 USER tlserve
-EXPOSE 50051 9090
+EXPOSE 50051 8080 9090
 # The probe speaks grpc.health.v1 through tlserve's own client: healthy only when SERVING,
 # i.e. after every model is loaded and warmed.
 HEALTHCHECK --interval=5s --timeout=4s --start-period=30s --retries=3 \

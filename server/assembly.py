@@ -1,6 +1,6 @@
-"""Server assembly: one process's gRPC server around the serving core, from start-up to drain.
+"""Server assembly: one process's gRPC and HTTP servers around the serving core, from start-up to drain.
 
-Start-up order: bind the port with health NOT_SERVING, load and warm every model in a
+Start-up order: bind the ports with health NOT_SERVING, load and warm every model in a
 thread (health checks are answered meanwhile), then SERVING. On SIGTERM or SIGINT:
 health NOT_SERVING, refuse new calls, let calls in flight finish within the grace
 period, drain the batchers, exit 0. The repository is rescanned every `poll_seconds`
@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from tlserve.server.settings import ServerSettings
+from tlserve.server.settings import ServerSettings, max_request_bytes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ def connection_limit(settings: ServerSettings, open_files: int) -> int:
     """The most connections to hold: the setting, or what the open-file limit leaves."""
     derived = max(16, open_files - RESERVED_DESCRIPTORS)
     return min(settings.max_connections, derived) if settings.max_connections else derived
-
-
-def max_request_bytes(settings: ServerSettings) -> int:
-    """The largest request the limits allow, with room for its framing: per text a field tag and
-    a length (protobuf) or a 4-byte length (a V2 raw tensor), and 64 KiB for the rest."""
-    return max(4 << 20, settings.max_texts_per_request * (settings.max_text_bytes + 8) + (64 << 10))
 
 
 def grpc_options(settings: ServerSettings, reuse_port: bool, connections: int) -> list[tuple[str, int]]:
@@ -143,9 +137,23 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
         _LOGGER.error("cannot bind %s: %s", address, exc)
         return 1
     await server.start()
-    _LOGGER.info("listening on %s:%d (%s%s; at most %d connections; NOT_SERVING while loading %s)", settings.host,
-                 port, "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+    http_runner = None
+    if settings.http_port:
+        from tlserve.server.frontends.http_app import start_http, stop_http
+
+        try:
+            http_runner, http_port = await start_http(plane, settings, token, reuse_port)
+        except OSError as exc:
+            _LOGGER.error("cannot bind HTTP %s:%d: %s", settings.host, settings.http_port, exc)
+            await server.stop(0)
+            return 1
+    _LOGGER.info("listening on %s:%d (gRPC)%s (%s%s; at most %d connections; NOT_SERVING while loading %s)",
+                 settings.host, port, f" and {settings.host}:{http_port} (HTTP)" if http_runner else "",
+                 "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
                  ", bearer token required" if token else "", connections, settings.repository)
+
+    async def stop_servers(grace: float) -> None:
+        await asyncio.gather(server.stop(grace), *([stop_http(http_runner)] if http_runner else []))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -164,18 +172,18 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if not loader.done():
         _LOGGER.info("stopping during start-up")
-        await server.stop(0)
+        await stop_servers(0)
         return 0
     try:
         loader.result()
     except Exception as exc:
         _LOGGER.error("cannot load the repository: %s", exc)
-        await server.stop(0)
+        await stop_servers(0)
         return 1
     plane.ready = True
     if not table.models:
         _LOGGER.error("no model could be loaded from %s", settings.repository)
-        await server.stop(0)
+        await stop_servers(0)
         return 1
 
     async def update_health() -> None:
@@ -227,7 +235,7 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     await health_servicer.enter_graceful_shutdown()
     # The batchers drain at once, beside the server's stop: queued texts must not wait out a
     # batching delay while the grace period runs.
-    await asyncio.gather(server.stop(settings.grace_seconds), lifecycle.close())
+    await asyncio.gather(stop_servers(settings.grace_seconds), lifecycle.close())
     _LOGGER.info("stopped")
     return 0
 

@@ -26,8 +26,13 @@ class ServerSettings:
     """Everything `tlserve serve` can be told."""
 
     repository: Path = _setting(Path("models"), "model repository written by `tlserve train`")
-    host: str = _setting("127.0.0.1", "address the gRPC port binds to (0.0.0.0 in containers)")
+    host: str = _setting("127.0.0.1", "address the gRPC and HTTP ports bind to (0.0.0.0 in containers)")
     port: int = _setting(50051, "gRPC port")
+    http_port: int = _setting(
+        8080, "HTTP/JSON port beside gRPC: the Open Inference Protocol's REST binding (/v2/...), a JSON mirror of "
+        "tlserve.v1 (/v1/...) and /openapi.json, served by the same process, batchers and limits (0 disables)")
+    http_body_timeout_seconds: float = _setting(
+        30.0, "most seconds an HTTP client may take to send a request body; slower ones get 408 and are closed")
     workers: int = _setting(1, "server processes sharing the port via SO_REUSEPORT (forked before gRPC starts)")
     metrics_host: str = _setting("127.0.0.1", "address of the Prometheus metrics HTTP server")
     metrics_port: int = _setting(9090, "Prometheus metrics HTTP port (0 disables metrics)")
@@ -75,7 +80,8 @@ class ServerSettings:
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
     warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
     log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
-    tls_cert: str = _setting("", "PEM certificate chain of the server; with --tls-key, the gRPC port speaks TLS")
+    tls_cert: str = _setting(
+        "", "PEM certificate chain of the server; with --tls-key, the gRPC and HTTP ports speak TLS")
     tls_key: str = _setting("", "PEM private key of the server certificate")
     tls_client_ca: str = _setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
     auth_token_file: str = _setting(
@@ -130,6 +136,10 @@ class ServerSettings:
             raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
         if self.max_connections < 0:
             raise ValueError(f"max_connections must be >= 0, not {self.max_connections}")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be a port number (0 disables HTTP), not {self.http_port}")
+        if self.http_body_timeout_seconds <= 0:
+            raise ValueError(f"http_body_timeout_seconds must be > 0, not {self.http_body_timeout_seconds}")
         for name in ("connection_idle_seconds", "max_connection_age_seconds", "handshake_timeout_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
@@ -154,6 +164,12 @@ class ServerSettings:
                 raise ValueError(f"auth_token_file {self.auth_token_file!r} is empty")
             return token
         return self.auth_token or None
+
+
+def max_request_bytes(settings: ServerSettings) -> int:
+    """The largest request the limits allow, with room for its framing: per text a field tag and
+    a length (protobuf) or a 4-byte length (a V2 raw tensor), and 64 KiB for the rest."""
+    return max(4 << 20, settings.max_texts_per_request * (settings.max_text_bytes + 8) + (64 << 10))
 
 
 def _convert(name: str, default: Any, raw: Any, source: str) -> Any:

@@ -84,6 +84,7 @@ class ServerProcess:
     port: int
     metrics_port: int
     log: Path
+    http_port: int = 0
 
     @property
     def target(self) -> str:
@@ -102,14 +103,14 @@ def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, en
                  launcher: list[str] | None = None) -> ServerProcess:
     """`tlserve serve` as a real subprocess on free loopback ports (run through `launcher`, e.g.
     prlimit, if given); waits for SERVING."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     handle = open(log, "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
         [*(launcher or []), sys.executable, "-m", "tlserve.cli", "serve", "--repository", str(repository),
-         "--port", str(port), "--metrics-port", str(metrics_port), *extra],
+         "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port), *extra],
         stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(process, port, metrics_port, log)
+    server = ServerProcess(process, port, metrics_port, log, http_port)
     if wait:
         wait_serving(server)
     return server

@@ -134,6 +134,7 @@ def test_ports_and_probes_match_the_server() -> None:
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports["grpc"] == int(env["TLSERVE_PORT"]) == ServerSettings().port
     assert ports["metrics"] == int(env["TLSERVE_METRICS_PORT"]) == ServerSettings().metrics_port
+    assert ports["http"] == int(env["TLSERVE_HTTP_PORT"]) == ServerSettings().http_port
     assert env["TLSERVE_HOST"] == env["TLSERVE_METRICS_HOST"] == "0.0.0.0"  # reachable from outside the pod
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"]

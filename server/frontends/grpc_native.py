@@ -28,6 +28,7 @@ from tlserve.server.frontends.grpc_common import (
     grpc_errors,
     status_of,
 )
+from tlserve.server.frontends.native_messages import model_info
 from tlserve.server.frontends.wire import ResponseEncoder
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,30 +47,6 @@ def add_classifier_service(servicer: ClassifierServicer, server: grpc.aio.Server
             "GetModel": (servicer.GetModel, pb.GetModelRequest, pb.ModelInfo),
         },
         {"ClassifyStream": (servicer.ClassifyStream, pb.ClassifyRequest, pb.ClassifyResponse)},
-    )
-
-
-def model_info(plane: DataPlane, scorer: Scorer) -> pb.ModelInfo:
-    manifest = scorer.bundle.manifest
-    store = manifest.vector_store
-    settings = plane.settings
-    return pb.ModelInfo(
-        name=scorer.name,
-        version=scorer.version,
-        versions=plane.table.versions(scorer.name),
-        labels=scorer.labels,
-        mode=manifest.features.mode,
-        limits=pb.InputLimits(
-            max_texts_per_request=settings.max_texts_per_request,
-            max_text_bytes=settings.max_text_bytes,
-            max_tokens=manifest.preprocessing.max_tokens,
-        ),
-        vector_store=pb.VectorStoreInfo(
-            fingerprint=store.fingerprint, size=store.size, dimension=store.dimension,
-            source=store.source_name, shared=store.shared,
-        ),
-        metrics={k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float)},
-        created_at=manifest.created_at,
     )
 
 

@@ -19,11 +19,8 @@ Triton's classification extension is honoured: a requested output with the param
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 import time
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -31,54 +28,28 @@ import numpy as np
 from tlserve import __version__
 from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
 from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
-from tlserve.scorer import Scorer
 from tlserve.server.core import observe
 from tlserve.server.core.dataplane import Answer, DataPlane
 from tlserve.server.core.errors import ErrorCode, ServingError
 from tlserve.server.frontends.grpc_common import add_tolerant_service, deadline_of, grpc_errors
+from tlserve.server.frontends.oip_tensors import (
+    INPUT,
+    OUTPUTS,
+    PROBABILITIES,
+    RequestedOutput,
+    classification_strings,
+    join_bytes_tensor,
+    model_metadata,
+    parse_version,
+    split_bytes_tensor,
+    top_labels,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-INPUT = "text"
-PROBABILITIES = "probabilities"
-LABEL = "label"
-OUTPUTS = (PROBABILITIES, LABEL)
-PLATFORM = "tlserve_onnx"
 EXTENSIONS = ["classification"]
 _INVALID = ErrorCode.INVALID_ARGUMENT
-_LENGTH = struct.Struct("<I")
-
-
-def parse_version(text: str) -> int:
-    """"" is the latest version; otherwise the protocol's version string must be a tlserve version number."""
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) <= 0:
-        raise ServingError(_INVALID, f"model_version {text!r} is not a version number (1, 2, ...; empty = latest)")
-    return int(text)
-
-
-def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
-    """Elements of a BYTES tensor in the protocol's raw form: each one a uint32 LE length and its bytes."""
-    elements: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise ServingError(_INVALID, f"{where}: {len(raw) - offset} stray bytes at offset {offset}; each "
-                                         "BYTES element is a 4-byte little-endian length and that many bytes")
-        (size,) = _LENGTH.unpack_from(raw, offset)
-        offset += 4
-        if offset + size > len(raw):
-            raise ServingError(_INVALID, f"{where}: element {len(elements)} says {size} bytes at offset "
-                                         f"{offset - 4} but only {len(raw) - offset} remain")
-        elements.append(raw[offset : offset + size])
-        offset += size
-    return elements
-
-
-def join_bytes_tensor(elements: list[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
 
 
 def texts_of(request: v2.ModelInferRequest) -> list[str]:
@@ -113,13 +84,6 @@ def texts_of(request: v2.ModelInferRequest) -> list[str]:
     return texts
 
 
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    classification: int = 0
-    """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
-
-
 def requested_outputs(request: v2.ModelInferRequest) -> list[RequestedOutput]:
     if not request.outputs:
         return [RequestedOutput(name) for name in OUTPUTS]
@@ -147,12 +111,7 @@ def build_infer_response(answer: Answer, request: v2.ModelInferRequest,
     for output in outputs:
         tensor = response.outputs.add(name=output.name)
         if output.classification:
-            k = min(output.classification, n_labels)
-            order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-            values = np.take_along_axis(probabilities, order, axis=1)
-            elements = [f"{p:f}:{j}:{runtime.labels[j]}".encode()
-                        for row, probs in zip(order.tolist(), values.tolist(), strict=True)
-                        for j, p in zip(row, probs, strict=True)]
+            elements, k = classification_strings(probabilities, runtime.labels, output.classification)
             tensor.datatype, shape = "BYTES", [n, k]
         elif output.name == PROBABILITIES:
             tensor.datatype, shape = "FP32", [n, n_labels]
@@ -164,41 +123,13 @@ def build_infer_response(answer: Answer, request: v2.ModelInferRequest,
             continue
         else:
             tensor.datatype, shape = "BYTES", [n]
-            elements = [runtime.labels[j].encode() for j in probabilities.argmax(axis=1).tolist()]
+            elements = top_labels(probabilities, runtime.labels)
         tensor.shape.extend(shape)
         if raw:
             response.raw_output_contents.append(join_bytes_tensor(elements))
         else:
             tensor.contents.bytes_contents.extend(elements)
     return response
-
-
-def _string(value: str) -> v2.InferParameter:
-    return v2.InferParameter(string_param=value)
-
-
-def model_metadata(plane: DataPlane, runtime: Scorer) -> v2.ModelMetadataResponse:
-    tensor = v2.ModelMetadataResponse.TensorMetadata
-    n_labels = len(runtime.labels)
-    return v2.ModelMetadataResponse(
-        name=runtime.name,
-        versions=[str(v) for v in plane.table.versions(runtime.name)],
-        platform=PLATFORM,
-        # content_type "str" is how MLServer's codecs recognise UTF-8 text.
-        inputs=[tensor(name=INPUT, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")})],
-        outputs=[
-            tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels],
-                   parameters={"labels": _string(json.dumps(runtime.labels, ensure_ascii=False))}),
-            tensor(name=LABEL, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")}),
-        ],
-        parameters={
-            "labels": _string(json.dumps(runtime.labels, ensure_ascii=False)),
-            "version": _string(str(runtime.version)),
-            "mode": _string(runtime.bundle.features.mode),
-            "max_texts_per_request": v2.InferParameter(int64_param=plane.settings.max_texts_per_request),
-            "max_text_bytes": v2.InferParameter(int64_param=plane.settings.max_text_bytes),
-        },
-    )
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):

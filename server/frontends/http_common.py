@@ -1,0 +1,133 @@
+"""What the HTTP front ends share: the one error mapping, bodies read within limits, bearer tokens.
+
+Every handler may raise the serving core's `ServingError`; the `errors` middleware turns it
+into the HTTP status that matches its gRPC counterpart and a JSON body naming what was wrong,
+``{"error": "<message>", "code": "<gRPC status name>"}`` (the Open Inference Protocol's error
+object, plus the code). aiohttp's own refusals (unknown path, wrong method, a body over the
+limit) get the same JSON shape; nothing a client sends ends as a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from tlserve.server.core.errors import ErrorCode, ServingError
+
+_LOGGER = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.RESOURCE_EXHAUSTED: 429,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+"""The HTTP status of each serving error code (Google's mapping of gRPC codes to HTTP)."""
+
+# aiohttp's own refusals, by status: the gRPC code name the JSON body gives.
+_CODE_OF_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
+                   408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT"}
+
+# Probes must answer without a token, as on gRPC's health service.
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BODY_LIMIT = web.AppKey("body_limit", int)
+"""The application's request body limit in bytes (named in the 413 answer)."""
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json")
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError(ErrorCode.INVALID_ARGUMENT, message)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServingError as exc:
+        return error_response(HTTP_STATUS[exc.code], exc.code.value, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "RESOURCE_EXHAUSTED",
+                              f"the request body exceeds the limit of {request.app[BODY_LIMIT]} bytes (from "
+                              "max_texts_per_request and max_text_bytes); send fewer or shorter texts per request")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"no such path {request.path!r}; see /openapi.json"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}; see /openapi.json"
+        return error_response(exc.status, _CODE_OF_STATUS.get(exc.status, "UNKNOWN"), message)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        _LOGGER.exception("HTTP %s %s failed", request.method, request.path)
+        return error_response(500, "INTERNAL", "internal error; the server log has the details")
+
+
+def bearer_token(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Refuses requests without ``Authorization: Bearer <token>`` (health paths exempt) with 401."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            presented = request.headers.get("Authorization", "").encode()
+            # Constant time: the comparison leaks nothing about how much of the token matched.
+            if not hmac.compare_digest(presented, expected):
+                response = error_response(401, "UNAUTHENTICATED", "missing or wrong bearer token in 'Authorization'")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="tlserve"'
+                return response
+        return await handler(request)
+
+    return check
+
+
+async def read_body(request: web.Request, timeout: float) -> bytes:
+    """The whole body within `timeout` seconds (a slow sender gets 408) and the app's size limit (413)."""
+    if request.content_length is not None and request.content_length > request.app[BODY_LIMIT]:
+        raise web.HTTPRequestEntityTooLarge(max_size=request.app[BODY_LIMIT], actual_size=request.content_length)
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g} s "
+                                          "(http_body_timeout_seconds)") from None
+
+
+def parse_json(body: bytes, what: str) -> Any:
+    """`body` as JSON; a clear 400 naming the line and column where it is not."""
+    try:
+        return json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the body is not UTF-8 (byte {exc.start}); send {what} as UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise invalid(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                      f"send {what}") from None
+
+
+def version_of(request: web.Request) -> int:
+    """The version in the path (``/versions/{version}``), 0 (the newest) without one."""
+    text = request.match_info.get("version", "")
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) <= 0:
+        raise invalid(f"version {text!r} in the path is not a version number (1, 2, ...)")
+    return int(text)

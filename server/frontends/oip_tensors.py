@@ -1,0 +1,110 @@
+"""The Open Inference Protocol's tensors for tlserve's models, shared by its gRPC and REST bindings.
+
+Each model has one input and two outputs: ``text`` (BYTES, UTF-8), ``probabilities`` (FP32,
+[n, labels]) and ``label`` (BYTES, the most probable label). BYTES elements travel in the
+protocol's raw form (a 4-byte little-endian length before each element) in gRPC's
+``raw_input_contents`` and in the REST binding's binary data extension alike.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
+from tlserve.scorer import Scorer
+from tlserve.server.core.dataplane import DataPlane
+from tlserve.server.core.errors import ErrorCode, ServingError
+
+INPUT = "text"
+PROBABILITIES = "probabilities"
+LABEL = "label"
+OUTPUTS = (PROBABILITIES, LABEL)
+PLATFORM = "tlserve_onnx"
+_INVALID = ErrorCode.INVALID_ARGUMENT
+_LENGTH = struct.Struct("<I")
+
+
+def parse_version(text: str) -> int:
+    """"" is the latest version; otherwise the protocol's version string must be a tlserve version number."""
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) <= 0:
+        raise ServingError(_INVALID, f"model_version {text!r} is not a version number (1, 2, ...; empty = latest)")
+    return int(text)
+
+
+def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
+    """Elements of a BYTES tensor in the protocol's raw form: each one a uint32 LE length and its bytes."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ServingError(_INVALID, f"{where}: {len(raw) - offset} stray bytes at offset {offset}; each "
+                                         "BYTES element is a 4-byte little-endian length and that many bytes")
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ServingError(_INVALID, f"{where}: element {len(elements)} says {size} bytes at offset "
+                                         f"{offset - 4} but only {len(raw) - offset} remain")
+        elements.append(raw[offset : offset + size])
+        offset += size
+    return elements
+
+
+def join_bytes_tensor(elements: list[bytes]) -> bytes:
+    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    classification: int = 0
+    """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
+
+
+def classification_strings(probabilities: np.ndarray, labels: list[str], k: int) -> tuple[list[bytes], int]:
+    """Triton's classification extension: per text the k best "probability:index:label", best first."""
+    k = min(k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(probabilities, order, axis=1)
+    elements = [f"{p:f}:{j}:{labels[j]}".encode()
+                for row, probs in zip(order.tolist(), values.tolist(), strict=True)
+                for j, p in zip(row, probs, strict=True)]
+    return elements, k
+
+
+def top_labels(probabilities: np.ndarray, labels: list[str]) -> list[bytes]:
+    """The most probable label of each text, UTF-8."""
+    return [labels[j].encode() for j in probabilities.argmax(axis=1).tolist()]
+
+
+def _string(value: str) -> v2.InferParameter:
+    return v2.InferParameter(string_param=value)
+
+
+def model_metadata(plane: DataPlane, runtime: Scorer) -> v2.ModelMetadataResponse:
+    tensor = v2.ModelMetadataResponse.TensorMetadata
+    n_labels = len(runtime.labels)
+    return v2.ModelMetadataResponse(
+        name=runtime.name,
+        versions=[str(v) for v in plane.table.versions(runtime.name)],
+        platform=PLATFORM,
+        # content_type "str" is how MLServer's codecs recognise UTF-8 text.
+        inputs=[tensor(name=INPUT, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")})],
+        outputs=[
+            tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels],
+                   parameters={"labels": _string(json.dumps(runtime.labels, ensure_ascii=False))}),
+            tensor(name=LABEL, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")}),
+        ],
+        parameters={
+            "labels": _string(json.dumps(runtime.labels, ensure_ascii=False)),
+            "version": _string(str(runtime.version)),
+            "mode": _string(runtime.bundle.features.mode),
+            "max_texts_per_request": v2.InferParameter(int64_param=plane.settings.max_texts_per_request),
+            "max_text_bytes": v2.InferParameter(int64_param=plane.settings.max_text_bytes),
+        },
+    )
