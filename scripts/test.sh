@@ -2,13 +2,23 @@
 # The test command: lint (ruff), type-check (mypy) and the test suite (pytest).
 #   bash scripts/test.sh            default suite (about 10 minutes on 2 cores)
 #   bash scripts/test.sh --slow     only the slow suites (accuracy targets, long runs)
+#   bash scripts/test.sh --browser  only the status page in headless chromium (installs Debian's
+#                                   chromium and chromium-driver with apt-get if they are missing)
 # Extra arguments go to pytest. pytest's exit code 5 (no tests ran) counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-marker="not slow"
+marker="not slow and not browser"
 if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
+if [ "${1:-}" = "--browser" ]; then
+  marker="browser"; shift
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    echo "== apt-get install chromium chromium-driver"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  fi
+fi
 echo "== ruff" && ruff check .
 echo "== mypy" && mypy tlserve server trainer client scripts bench scoring
 # import-linter reads the package from the file system, so it checks a plain (non-editable)

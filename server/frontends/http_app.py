@@ -16,9 +16,10 @@ from aiohttp import web
 
 from tlserve.server.core.dataplane import DataPlane
 from tlserve.server.frontends import openapi
-from tlserve.server.frontends.http_common import BODY_LIMIT, bearer_token, errors, json_response
+from tlserve.server.frontends.http_common import BODY_LIMIT, OPEN_PATHS, bearer_token, errors, json_response
 from tlserve.server.frontends.http_native import NativeJsonApi
 from tlserve.server.frontends.http_oip import OpenInferenceRest
+from tlserve.server.frontends.http_page import STATIC_PATHS, StatusPage
 from tlserve.server.settings import ServerSettings, max_request_bytes
 
 _LOGGER = logging.getLogger(__name__)
@@ -30,12 +31,13 @@ def body_limit(settings: ServerSettings) -> int:
 
 
 def build_app(plane: DataPlane, settings: ServerSettings, token: str | None) -> web.Application:
-    middlewares = [errors, *([bearer_token(token)] if token else [])]
+    middlewares = [errors, *([bearer_token(token, OPEN_PATHS | STATIC_PATHS)] if token else [])]
     app = web.Application(client_max_size=body_limit(settings), middlewares=middlewares)
     app[BODY_LIMIT] = body_limit(settings)
     timeout = settings.http_body_timeout_seconds
     app.add_routes(OpenInferenceRest(plane, timeout).routes())
     app.add_routes(NativeJsonApi(plane, timeout).routes())
+    app.add_routes(StatusPage(plane).routes())
     spec = openapi.document()
 
     async def openapi_json(request: web.Request) -> web.Response:

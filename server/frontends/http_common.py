@@ -70,8 +70,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        if exc.status == 404:
+        default = not exc.text or exc.text.startswith(f"{exc.status}:")  # aiohttp's own words, not a handler's
+        message = exc.reason if default or exc.text is None else exc.text
+        if exc.status == 404 and default:
             message = f"no such path {request.path!r}; see /openapi.json"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; see /openapi.json"
@@ -83,13 +84,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "INTERNAL", "internal error; the server log has the details")
 
 
-def bearer_token(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Refuses requests without ``Authorization: Bearer <token>`` (health paths exempt) with 401."""
+def bearer_token(token: str, open_paths: frozenset[str] = OPEN_PATHS
+                 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Refuses requests without ``Authorization: Bearer <token>`` (`open_paths` exempt) with 401."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        if request.path not in open_paths:
             presented = request.headers.get("Authorization", "").encode()
             # Constant time: the comparison leaks nothing about how much of the token matched.
             if not hmac.compare_digest(presented, expected):

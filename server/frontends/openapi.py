@@ -55,6 +55,7 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any],
 
 
 def document() -> dict[str, Any]:
+    metadata_errors = {code: _ERRORS[code] for code in ("400", "401", "404", "503")}
     paths: dict[str, Any] = {
         "/v2": {"get": _operation("serverMetadata", "Server name, version and protocol extensions",
                                   {"200": _json(_ref("ServerMetadata"), "server metadata")})},
@@ -66,11 +67,30 @@ def document() -> dict[str, Any]:
         "/v1/models": {"get": _operation("listModels", "Every served model (tlserve.v1 ListModels)",
                                          {"200": _json(_ref("ListModelsResponse"), "the served models"),
                                           "401": _ERRORS["401"]})},
+        "/": {"get": _operation("page", "The status page (HTML; open: it holds no data, its reads take the token)",
+                                {"200": {"description": "the page", "content": {"text/html": {"schema": {
+                                    "type": "string"}}}}})},
+        "/ui/{name}": {"get": {**_operation("pageFile", "The page's script and style sheet", {
+            "200": {"description": "the file", "content": {"text/css": {"schema": {"type": "string"}},
+                                                           "text/javascript": {"schema": {"type": "string"}}}},
+            "404": _ERRORS["404"]}), "parameters": [{"name": "name", "in": "path", "required": True,
+                                                     "schema": {"type": "string"}}]}},
+        "/ui/api/stats": {"get": _operation("pageStats", "The server's own metrics per model, for the page", {
+            "200": _json(_ref("Stats"), "cumulative counts and histograms per model"), "401": _ERRORS["401"]})},
+        "/ui/api/models/{model}/versions/{version}/report": {"get": {**_operation(
+            "pageReport", "A version's training report (report.json) and the figures it has", {
+                "200": _json({"type": "object"}, "the report"), **metadata_errors}),
+            "parameters": [_MODEL, _VERSION]}},
+        "/ui/api/models/{model}/versions/{version}/figures/{name}": {"get": {**_operation(
+            "pageFigure", "One of a version's report figures", {
+                "200": {"description": "the figure", "content": {"image/png": {"schema": {
+                    "type": "string", "format": "binary"}}}}, **metadata_errors}),
+            "parameters": [_MODEL, _VERSION, {"name": "name", "in": "path", "required": True, "schema": {
+                "enum": ["confusion.png", "training_curves.png", "learning_curve.png", "reliability.png"]}}]}},
         "/openapi.json": {"get": _operation("openapi", "This document",
                                             {"200": _json({"type": "object"}, "the OpenAPI document"),
                                              "401": _ERRORS["401"]})},
     }
-    metadata_errors = {code: _ERRORS[code] for code in ("400", "401", "404", "503")}
     paths.update(_versioned("/v2/models/{model}", {"get": _operation(
         "modelMetadata", "A model's tensors and labels (Open Inference Protocol)",
         {"200": _json(_ref("ModelMetadata"), "model metadata"), **metadata_errors})}))
@@ -107,6 +127,14 @@ def _schemas() -> dict[str, Any]:
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}, "parameters": parameters}}
     return {
+        "Stats": {"type": "object", "required": ["models"], "properties": {"models": {
+            "type": "object", "additionalProperties": {"type": "object", "properties": {
+                "calls": {"type": "number"}, "failed": {"type": "number"},
+                "latency": {"type": "object", "properties": {
+                    "bounds": {"type": "array", "items": {"type": "number"}},
+                    "cumulative": {"type": "array", "items": {"type": "number"}}}},
+                "batch_sum": {"type": "number"}, "batches": {"type": "number"},
+                "tokens": {"type": "number"}, "oov_tokens": {"type": "number"}}}}}},
         "Error": {"type": "object", "required": ["error", "code"], "properties": {
             "error": {"type": "string", "description": "what was wrong, naming the field or limit"},
             "code": {"type": "string", "description": "the gRPC status of the same error"}}},

@@ -1,0 +1,85 @@
+"""The status page at ``/``: models, their training reports, a box to classify texts, live figures.
+
+Static files (HTML, CSS and JavaScript in ``page/``, no build step, nothing from a CDN) and
+three JSON reads the page makes besides the /v1 API:
+
+    GET /ui/api/models/{model}/versions/{version}/report        the version's report.json
+    GET /ui/api/models/{model}/versions/{version}/figures/{name}  one of its report figures (PNG)
+    GET /ui/api/stats                                           the server's metrics, per model
+
+The static shell holds no data and is open; everything it shows comes through these reads and
+the /v1 API, which take the bearer token like every other call (the page asks for it on a 401
+and keeps it for the browser tab). The page writes every label and text with ``textContent``,
+never as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+from tlserve import bundle
+from tlserve.server.core import stats
+from tlserve.server.core.dataplane import DataPlane
+from tlserve.server.frontends.http_common import json_response, version_of
+
+PAGE = Path(__file__).parent / "page"
+FIGURES = (bundle.CONFUSION_FIGURE, bundle.CURVES_FIGURE, bundle.LEARNING_CURVE_FIGURE, bundle.RELIABILITY_FIGURE)
+_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+_FILES = ("index.html", "page.css", "page.js")
+# The static shell: no data in it, so it is open like the health paths; its reads need the token.
+STATIC_PATHS = frozenset({"/", *(f"/ui/{name}" for name in _FILES)})
+
+
+class StatusPage:
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.files = {name: (PAGE / name).read_bytes() for name in _FILES}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.index),
+            web.get("/ui/{name}", self.static),
+            web.get("/ui/api/models/{model}/versions/{version}/report", self.report),
+            web.get("/ui/api/models/{model}/versions/{version}/figures/{name}", self.figure),
+            web.get("/ui/api/stats", self.stats),
+        ]
+
+    def _file(self, name: str) -> web.Response:
+        if name not in self.files:
+            raise web.HTTPNotFound()
+        return web.Response(body=self.files[name], content_type=_TYPES[Path(name).suffix], charset="utf-8",
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     # Scripts and styles from this server only; no inline script.
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:"})
+
+    async def index(self, request: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        return self._file(request.match_info["name"])
+
+    def _bundle_folder(self, request: web.Request) -> Path:
+        served = self.plane.served(request.match_info["model"], version_of(request))
+        return served.scorer.bundle.path
+
+    async def report(self, request: web.Request) -> web.Response:
+        path = self._bundle_folder(request) / bundle.REPORT_JSON
+        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        report.get("data", {}).pop("source", None)  # a path on the training machine, not for the page
+        report["figures"] = [name for name in FIGURES if (path.parent / name).is_file()]
+        return json_response(report)
+
+    async def figure(self, request: web.Request) -> web.FileResponse:
+        name = request.match_info["name"]
+        if name not in FIGURES:  # only the report's own figures, never a path
+            raise web.HTTPNotFound(text=f"no figure {name!r}; figures are {list(FIGURES)}")
+        path = self._bundle_folder(request) / name
+        if not path.is_file():
+            raise web.HTTPNotFound(text=f"this version has no {name}")
+        return web.FileResponse(path, headers={"Content-Type": "image/png"})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return json_response(stats.snapshot())
