@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tlserve.server.settings import ServerSettings, max_request_bytes
 
@@ -105,7 +107,18 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     started = time.perf_counter()
     table = RoutingTable()
     lifecycle = ModelLifecycle(settings, table)
-    plane = DataPlane(table, settings)
+    payload_log = None
+    if settings.payload_log:
+        from tlserve.server.core.payload_log import PayloadLog
+
+        path = Path(settings.payload_log)
+        if settings.workers > 1:  # one file per process: rotation is not shared between processes
+            path = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+        payload_log = PayloadLog(path, settings.payload_log_rate, settings.payload_log_hash,
+                                 settings.payload_log_max_bytes, settings.payload_log_backups)
+        _LOGGER.info("payload log: %s of calls to %s%s", f"{settings.payload_log_rate:g}", path,
+                     " (texts as SHA-256)" if settings.payload_log_hash else "")
+    plane = DataPlane(table, settings, payload_log)
     loop_idle.METER.on_idle.append(metrics.DEFERRED.flush)
     loop_idle.METER.on_idle.append(observe.QueueSampler(table))
     loop_idle.METER.on_idle.append(HeapTrimmer())
@@ -236,6 +249,8 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     # The batchers drain at once, beside the server's stop: queued texts must not wait out a
     # batching delay while the grace period runs.
     await asyncio.gather(stop_servers(settings.grace_seconds), lifecycle.close())
+    if payload_log is not None:
+        await asyncio.to_thread(payload_log.close)
     _LOGGER.info("stopped")
     return 0
 

@@ -80,6 +80,13 @@ class ServerSettings:
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
     warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
     log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
+    payload_log: str = _setting(
+        "", "file for sampled requests and answers as JSON lines, one per text, in the format `tlserve train` reads "
+        "(off when empty; with several workers, each writes PATH with its process id before the suffix)")
+    payload_log_rate: float = _setting(0.01, "share of calls written to the payload log (0 to 1)")
+    payload_log_hash: bool = _setting(False, "write each text's SHA-256 instead of the text to the payload log")
+    payload_log_max_bytes: int = _setting(100 << 20, "payload log size at which it is rotated (PATH.1, PATH.2, ...)")
+    payload_log_backups: int = _setting(5, "rotated payload log files kept")
     tls_cert: str = _setting(
         "", "PEM certificate chain of the server; with --tls-key, the gRPC and HTTP ports speak TLS")
     tls_key: str = _setting("", "PEM private key of the server certificate")
@@ -136,6 +143,10 @@ class ServerSettings:
             raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
         if self.max_connections < 0:
             raise ValueError(f"max_connections must be >= 0, not {self.max_connections}")
+        if not 0 < self.payload_log_rate <= 1:
+            raise ValueError(f"payload_log_rate must be in (0, 1], not {self.payload_log_rate}")
+        if self.payload_log_max_bytes < 1024 or self.payload_log_backups < 0:
+            raise ValueError("payload_log_max_bytes must be at least 1024 and payload_log_backups at least 0")
         if not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be a port number (0 disables HTTP), not {self.http_port}")
         if self.http_body_timeout_seconds <= 0:

@@ -110,6 +110,9 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--label-column", default="label")
     train.add_argument("--empty", choices=["skip", "error"], default="skip",
                        help="empty texts: skip and count, or fail")
+    train.add_argument("--unlabelled", choices=["error", "skip"], default="error",
+                       help="rows without a label (JSON null, empty cell): fail, or skip them (a payload log's "
+                            "lines nobody has labelled yet)")
     train.add_argument("--validation-data", type=Path, help="own validation file instead of a split")
     train.add_argument("--test-data", type=Path, help="own test file instead of a split")
     train.add_argument("--test-fraction", type=float, default=TrainConfig.test_fraction)
@@ -214,7 +217,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         data=args.data, vectors=args.vectors, repository=getattr(args, "repository", Path(".")),
         model=getattr(args, "model", "evaluate"), mode=getattr(args, "mode", "finetune"),
         data_format=args.data_format, text_column=args.text_column, label_column=args.label_column,
-        empty=args.empty, validation_data=args.validation_data, test_data=args.test_data,
+        empty=args.empty, unlabelled=args.unlabelled, validation_data=args.validation_data, test_data=args.test_data,
         test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,

@@ -61,6 +61,8 @@ class TrainConfig:
     """Column or field of the label."""
     empty: str = "skip"
     """Empty texts: "skip" (and count) or "error"."""
+    unlabelled: str = "error"
+    """Rows without a label (JSON null, empty cell): "error" or "skip" (a payload log's unlabelled lines)."""
     validation_data: Path | None = None
     """Own validation file instead of a split."""
     test_data: Path | None = None

@@ -108,11 +108,16 @@ def load_labelled(
     text_column: str = "text",
     label_column: str = "label",
     empty: str = "skip",
+    unlabelled: str = "error",
 ) -> LabelledData:
-    """Reads one labelled file. Empty texts are skipped and counted, or an error."""
+    """Reads one labelled file. Empty texts are skipped and counted, or an error; so are rows without a label
+    (a JSON null or an empty cell) with `unlabelled` "skip", e.g. the lines of a payload log nobody labelled."""
     path = Path(path)
     if empty not in ("skip", "error"):
         raise ValueError(f"empty-text policy must be 'skip' or 'error', not {empty!r}")
+    if unlabelled not in ("skip", "error"):
+        raise ValueError(f"unlabelled-row policy must be 'skip' or 'error', not {unlabelled!r}")
+    skipped_unlabelled = 0
     kind = detect_format(path, fmt)
     text = _decode(path)
     rows: list[tuple[int, str, str]] = []
@@ -165,6 +170,9 @@ def load_labelled(
             if not isinstance(record[text_column], str):
                 raise InputFileError(path, f"field {text_column!r} must be a string", line)
             label = record[label_column]
+            if label is None and unlabelled == "skip":
+                skipped_unlabelled += 1
+                continue
             if not isinstance(label, str):
                 shown = json.dumps(label)[:40]
                 raise InputFileError(path, f"field {label_column!r} is {_json_kind(label)} {shown}; labels are "
@@ -188,7 +196,10 @@ def load_labelled(
     for line, text_value, label_value in rows:
         label_value = label_value.strip()
         if not label_value:
-            raise InputFileError(path, "empty label", line)
+            if unlabelled == "skip":
+                skipped_unlabelled += 1
+                continue
+            raise InputFileError(path, "empty label (use --unlabelled skip to skip rows without a label)", line)
         if not text_value.strip():
             if empty == "error":
                 raise InputFileError(path, "empty text (use --empty skip to skip such rows)", line)
@@ -197,6 +208,8 @@ def load_labelled(
         data.texts.append(text_value)
         data.labels.append(label_value)
         data.lines.append(line)
+    if skipped_unlabelled:
+        _LOGGER.info("%s: %d row(s) without a label skipped", path, skipped_unlabelled)
     if not data.texts:
         raise InputFileError(path, "every text is empty")
     if len(set(data.labels)) < 2:

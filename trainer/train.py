@@ -84,7 +84,7 @@ def library_versions() -> dict[str, str]:
 def load_splits(config: TrainConfig) -> Splits:
     def load(path: Path) -> LabelledData:
         return load_labelled(path, config.data_format, config.text_column, config.label_column,
-                             config.empty)
+                             config.empty, config.unlabelled)
 
     data = load(config.data)
     return make_splits(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from tlserve.scorer import Prediction, Scorer
 from tlserve.server.core.batching import DeadlineExceeded, QueueFull, ShuttingDown
 from tlserve.server.core.errors import ErrorCode, ServingError
+from tlserve.server.core.payload_log import PayloadLog
 from tlserve.server.core.routing import ModelNotFound, RoutingTable, ServedVersion
 from tlserve.server.settings import ServerSettings
 
@@ -53,9 +54,11 @@ async def _materialize(texts: Sequence[str]) -> list[str]:
 class DataPlane:
     """Classifies texts with the served versions through one batcher per version."""
 
-    def __init__(self, table: RoutingTable, settings: ServerSettings) -> None:
+    def __init__(self, table: RoutingTable, settings: ServerSettings, payload_log: PayloadLog | None = None) -> None:
         self.table = table
         self.settings = settings
+        self.payload_log = payload_log
+        """Sampled calls written as JSON lines (`tlserve.server.core.payload_log`), or None."""
         self.ready = False
         """Set once the first repository scan is done."""
         self.draining = False
@@ -122,6 +125,9 @@ class DataPlane:
         except Exception as exc:  # a model that fails at inference: this call fails, serving goes on
             raise ServingError(ErrorCode.INTERNAL, f"model {served.name!r} version {served.version} failed: "
                                                    f"{type(exc).__name__}: {exc}") from exc
+        if self.payload_log is not None:
+            self.payload_log.offer(served.name, served.version, served.scorer.labels, texts, prediction.probabilities,
+                                   prediction.token_counts, prediction.oov_fractions)
         return Answer(served.scorer, prediction)
 
     def model_label(self, name: str) -> str:

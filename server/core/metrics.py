@@ -101,6 +101,11 @@ def observe(aggregate: Aggregate, child: Any, value: float) -> None:
     aggregate.observe(child, value)
 
 
+def count(aggregate: Aggregate, child: Any, amount: float) -> None:
+    """An update for `DeferredUpdates.add`: a counter increment."""
+    aggregate.inc(child, amount)
+
+
 DEFERRED = DeferredUpdates()
 
 
@@ -142,6 +147,11 @@ TOKENS = Counter("tlserve_tokens", "Tokens seen, and how many were out of vocabu
 QUEUED_TEXTS = Gauge(
     "tlserve_queued_texts", "Texts waiting in each model's queue (sampled when the event loop idles)", ["model"],
     multiprocess_mode="livesum",
+)
+PAYLOAD_LINES = Counter("tlserve_payload_log_lines", "Lines written to the payload log (one per sampled text)")
+PAYLOAD_DROPPED = Counter(
+    "tlserve_payload_log_dropped", "Payload log lines dropped: its queue was full, or the file could not be written",
+    ["reason"],
 )
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
