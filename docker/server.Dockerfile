@@ -1,4 +1,5 @@
-# The tlserve server image: the server extra only (onnxruntime, grpcio, numpy), no TensorFlow,
+# The tlserve server image: the server and tracing extras (onnxruntime, grpcio, aiohttp, numpy,
+# OpenTelemetry), no TensorFlow,
 # no compilers, running as a non-root user.
 #   docker build -f docker/server.Dockerfile --build-arg BASE_IMAGE=python:3.11-slim -t tlserve-server .
 ARG BASE_IMAGE=python:3.11-slim
@@ -8,7 +9,7 @@ WORKDIR /src
 RUN python -m venv /opt/tlserve
 # Dependencies first, in their own layer: a code change does not reinstall them.
 COPY constraints.txt pyproject.toml docker/requirements.py ./
-RUN python requirements.py pyproject.toml server > requirements.txt \
+RUN python requirements.py pyproject.toml server tracing > requirements.txt \
  && /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q -c constraints.txt -r requirements.txt
 COPY README.md ./
 COPY tlserve ./tlserve
@@ -17,7 +18,7 @@ COPY trainer ./trainer
 COPY client ./client
 COPY bench ./bench
 COPY scoring ./scoring
-RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server]' \
+RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server,tracing]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*
 

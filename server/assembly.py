@@ -107,6 +107,15 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     started = time.perf_counter()
     table = RoutingTable()
     lifecycle = ModelLifecycle(settings, table)
+    if settings.otlp_endpoint:
+        from tlserve.server.core import tracing
+
+        try:
+            tracing.start_otlp(settings.otlp_endpoint)
+        except RuntimeError as exc:
+            _LOGGER.error("%s", exc)
+            return 1
+        _LOGGER.info("tracing every call to %s (OTLP/gRPC)", settings.otlp_endpoint)
     payload_log = None
     if settings.payload_log:
         from tlserve.server.core.payload_log import PayloadLog
@@ -251,6 +260,10 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
     await asyncio.gather(stop_servers(settings.grace_seconds), lifecycle.close())
     if payload_log is not None:
         await asyncio.to_thread(payload_log.close)
+    if settings.otlp_endpoint:
+        from tlserve.server.core import tracing
+
+        await asyncio.to_thread(tracing.shutdown)  # exports what is buffered
     _LOGGER.info("stopped")
     return 0
 

@@ -80,6 +80,9 @@ class ServerSettings:
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
     warmup_text: str = _setting("warm up the model", "text of the warm-up inference run before SERVING")
     log_format: str = _setting("text", "log format: text or json", choices=["text", "json"])
+    otlp_endpoint: str = _setting(
+        "", "OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317) to export a trace of every call to; "
+        "callers' W3C traceparent is continued (off when empty; needs tlserve[tracing])")
     payload_log: str = _setting(
         "", "file for sampled requests and answers as JSON lines, one per text, in the format `tlserve train` reads "
         "(off when empty; with several workers, each writes PATH with its process id before the suffix)")

@@ -53,7 +53,7 @@ def test_every_path_named_by_compose_and_dockerfiles_exists() -> None:
     assert "HEALTHCHECK" in server and "tlserve\", \"health\"" in server
     installs = [line for line in server.splitlines() if "pip install" in line or "requirements.py" in line]
     assert installs and not any("trainer" in line for line in installs)
-    assert "requirements.py pyproject.toml server" in server and "'.[server]'" in server
+    assert "requirements.py pyproject.toml server tracing" in server and "'.[server,tracing]'" in server
 
 
 def test_dockerignore_keeps_data_and_venvs_out() -> None:

@@ -55,6 +55,10 @@ class Prediction:
     """Time spent on preprocessing and features."""
     inference_seconds: float
     """Time spent in onnxruntime."""
+    started: float = 0.0
+    """time.perf_counter() when encoding started."""
+    batch_spans: tuple[Any, ...] = ()
+    """Trace contexts of the server batches that computed these rows (when the server traces)."""
 
 
 def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1,
@@ -187,7 +191,7 @@ class Scorer:
         probabilities = self.session.run([OUTPUT], encoded.inputs)[0]
         done = time.perf_counter()
         return Prediction(probabilities, encoded.token_counts, encoded.oov_fractions, encoded_at - start,
-                          done - encoded_at)
+                          done - encoded_at, start)
 
     def warm_up(self, text: str = "warm up the model") -> None:
         """Real answers for a text, an empty one and both together; raises BundleError if any is wrong.

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -60,7 +61,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tlserve.scorer import Prediction, Scorer
-from tlserve.server.core import loop_idle
+from tlserve.server.core import loop_idle, tracing
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ class DynamicBatcher:
             np.concatenate([p.oov_fractions for p in parts]),
             sum(p.encode_seconds for p in parts),
             sum(p.inference_seconds for p in parts),
+            parts[0].started,
+            tuple(span for p in parts for span in p.batch_spans),
         )
 
     def _split(self, texts: list[str], deadline: float | None, loop: asyncio.AbstractEventLoop) -> list[_Chunk]:
@@ -354,6 +357,10 @@ class DynamicBatcher:
             finally:
                 self._running = False
                 self._waits_seen = self._meter.waits
+            if tracing.TRACER is not None:
+                context = tracing.batch_span(self.scorer.name, self.scorer.version, len(texts), len(batch), started,
+                                             time.perf_counter())
+                prediction = dataclasses.replace(prediction, batch_spans=(context,))
             self._deliver(batch, prediction)
             self._report(len(texts), [started - chunk.enqueued for chunk in batch], prediction)
             # Let the callers answer and the calls that arrived meanwhile queue up (and
@@ -391,5 +398,7 @@ class DynamicBatcher:
                     prediction.oov_fractions[row : row + n],
                     prediction.encode_seconds,
                     prediction.inference_seconds,
+                    prediction.started,
+                    prediction.batch_spans,
                 ))
             row += n

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tlserve.scorer import Prediction, Scorer
+from tlserve.server.core import tracing
 from tlserve.server.core.batching import DeadlineExceeded, QueueFull, ShuttingDown
 from tlserve.server.core.errors import ErrorCode, ServingError
 from tlserve.server.core.payload_log import PayloadLog
@@ -127,7 +128,7 @@ class DataPlane:
                                                    f"{type(exc).__name__}: {exc}") from exc
         if self.payload_log is not None:
             self.payload_log.offer(served.name, served.version, served.scorer.labels, texts, prediction.probabilities,
-                                   prediction.token_counts, prediction.oov_fractions)
+                                   prediction.token_counts, prediction.oov_fractions, tracing.current_trace_id())
         return Answer(served.scorer, prediction)
 
     def model_label(self, name: str) -> str:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from tlserve.server.core import metrics
+from tlserve.scorer import Prediction
+from tlserve.server.core import metrics, tracing
 from tlserve.server.core.batching import BatchStats
 from tlserve.server.core.errors import ServingError
 from tlserve.server.core.routing import RoutingTable
@@ -27,18 +30,31 @@ class CallObserver:
     __enter__/__exit__ costs a fraction of a generator-based one.
     """
 
-    __slots__ = ("method", "model", "started", "version")
+    __slots__ = ("carrier", "method", "model", "span", "started", "version")
 
-    def __init__(self, model: str, version: int, method: str) -> None:
+    def __init__(self, model: str, version: int, method: str,
+                 carrier: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.model = model
         self.version = version
         """Set by the call once it knows which version answered."""
         self.method = method
+        self.carrier = carrier
+        """The call's metadata or headers (read only when tracing is on: `traceparent`)."""
+        self.span: Any = None
         self.started = 0.0
 
     def __enter__(self) -> CallObserver:
         self.started = time.perf_counter()
+        if tracing.TRACER is not None:
+            self.span = tracing.start_call(self.method, self.model, self.carrier, self.started)
         return self
+
+    def responded(self, model: str, prediction: Prediction, texts: int, respond_started: float) -> None:
+        """The answer is built: times the response (and lays out the call's trace)."""
+        ended = time.perf_counter()
+        metrics.DEFERRED.add(metrics.observe, metrics.for_model(model).respond, ended - respond_started)
+        if self.span is not None:
+            tracing.call_stages(self.span, self.started, prediction, respond_started, ended, self.version, texts)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
         if kind is None:
@@ -49,24 +65,23 @@ class CallObserver:
             code = CANCELLED
         else:
             code = UNKNOWN
-        metrics.DEFERRED.add(_count_call, self.model, self.version, self.method, code,
-                             time.perf_counter() - self.started)
+        ended = time.perf_counter()
+        metrics.DEFERRED.add(_count_call, self.model, self.version, self.method, code, ended - self.started)
+        if self.span is not None:
+            tracing.end_call(self.span, code, ended)
 
 
-def observe_call(model_label: str, version: int, method: str) -> CallObserver:
-    """The observer of one call; `model_label` comes from `DataPlane.model_label` (served names only)."""
-    return CallObserver(model_label, version, method)
+def observe_call(model_label: str, version: int, method: str,
+                 carrier: Callable[[], Mapping[str, str]] | None = None) -> CallObserver:
+    """The observer of one call; `model_label` comes from `DataPlane.model_label` (served names only);
+    `carrier` gives the call's metadata or headers, for a caller's trace context."""
+    return CallObserver(model_label, version, method, carrier)
 
 
 def _count_call(aggregate: metrics.Aggregate, model: str, version: int, method: str, code: str,
                 seconds: float) -> None:
     aggregate.inc(metrics.request_counter(model, str(version or "latest"), method, code))
     aggregate.observe(metrics.request_latency(model, method), seconds)
-
-
-def record_respond(model: str, seconds: float) -> None:
-    """Time a front end spent turning an answer into its response."""
-    metrics.DEFERRED.add(metrics.observe, metrics.for_model(model).respond, seconds)
 
 
 def record_batch(model: str, version: int, stats: BatchStats) -> None:

@@ -88,6 +88,11 @@ def add_tolerant_service(server: grpc.aio.Server, service: str,
     server.add_registered_method_handlers(service, handlers)
 
 
+def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's metadata as a dict (text values), e.g. for a caller's ``traceparent``."""
+    return {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline as the event loop's time, or None."""
     remaining = context.time_remaining()

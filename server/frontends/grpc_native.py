@@ -26,6 +26,7 @@ from tlserve.server.frontends.grpc_common import (
     add_tolerant_service,
     deadline_of,
     grpc_errors,
+    metadata_of,
     status_of,
 )
 from tlserve.server.frontends.native_messages import model_info
@@ -71,13 +72,14 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
 
     async def _classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext, method: str,
                         flow: object | None = None) -> bytes:
-        with observe.observe_call(self.plane.model_label(request.model), request.version, method) as call:
+        with observe.observe_call(self.plane.model_label(request.model), request.version, method,
+                                  lambda: metadata_of(context)) as call:
             answer = await self.plane.predict(request.model, request.version, request.texts, deadline_of(context),
                                               flow)
             call.version = answer.scorer.version
             started = time.perf_counter()
             response = self._response(answer, request)
-            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            call.responded(answer.scorer.name, answer.prediction, len(request.texts), started)
             return response
 
     @grpc_errors

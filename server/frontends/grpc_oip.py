@@ -31,7 +31,7 @@ from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from tlserve.server.core import observe
 from tlserve.server.core.dataplane import Answer, DataPlane
 from tlserve.server.core.errors import ErrorCode, ServingError
-from tlserve.server.frontends.grpc_common import add_tolerant_service, deadline_of, grpc_errors
+from tlserve.server.frontends.grpc_common import add_tolerant_service, deadline_of, grpc_errors, metadata_of
 from tlserve.server.frontends.oip_tensors import (
     INPUT,
     OUTPUTS,
@@ -168,7 +168,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> v2.ModelInferResponse:
-        with observe.observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer") as call:
+        with observe.observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer",
+                                  lambda: metadata_of(context)) as call:
             version = parse_version(request.model_version)
             call.version = version
             texts = texts_of(request)
@@ -177,7 +178,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             call.version = answer.scorer.version
             started = time.perf_counter()
             response = build_infer_response(answer, request, outputs)
-            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            call.responded(answer.scorer.name, answer.prediction, len(texts), started)
             return response
 
     async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,

@@ -80,7 +80,7 @@ class NativeJsonApi:
 
     async def classify(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        with observe.observe_call(self.plane.model_label(model), 0, "http:Classify") as call:
+        with observe.observe_call(self.plane.model_label(model), 0, "http:Classify", lambda: request.headers) as call:
             version = version_of(request)
             call.version = version
             message = self._request(await read_body(request, self.body_timeout), model, version)
@@ -89,7 +89,7 @@ class NativeJsonApi:
             call.version = answer.scorer.version
             started = time.perf_counter()
             response = json_response(classify_json(answer, message.top_k, message.request_id))
-            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            call.responded(answer.scorer.name, answer.prediction, len(message.texts), started)
             return response
 
     @staticmethod

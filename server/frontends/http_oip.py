@@ -252,7 +252,7 @@ class OpenInferenceRest:
 
     async def infer(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        with observe.observe_call(self.plane.model_label(name), 0, "http:ModelInfer") as call:
+        with observe.observe_call(self.plane.model_label(name), 0, "http:ModelInfer", lambda: request.headers) as call:
             version = version_of(request)
             call.version = version
             body = await read_body(request, self.body_timeout)
@@ -261,5 +261,5 @@ class OpenInferenceRest:
             call.version = answer.scorer.version
             started = time.perf_counter()
             response = infer_response(answer, parsed)
-            observe.record_respond(answer.scorer.name, time.perf_counter() - started)
+            call.responded(answer.scorer.name, answer.prediction, len(parsed.texts), started)
             return response
