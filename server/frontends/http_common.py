@@ -76,7 +76,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = f"no such path {request.path!r}; see /openapi.json"
         elif exc.status == 405:
             message = f"{request.method} is not allowed on {request.path}; see /openapi.json"
-        return error_response(exc.status, _CODE_OF_STATUS.get(exc.status, "UNKNOWN"), message)
+        response = error_response(exc.status, _CODE_OF_STATUS.get(exc.status, "UNKNOWN"), message)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -64,10 +64,11 @@ class NativeJsonApi:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/models", self.list_models),
-            web.get("/v1/models/{model}", self.get_model),
-            web.get("/v1/models/{model}/versions/{version}", self.get_model),
-            web.post("/v1/models/{model}" + CLASSIFY_SUFFIX, self.classify),
-            web.post("/v1/models/{model}/versions/{version}" + CLASSIFY_SUFFIX, self.classify),
+            # Model names hold no ':' (tlserve.bundle.check_model_name), so "{model}:classify" is never a name.
+            web.get("/v1/models/{model:[^/:]+}", self.get_model),
+            web.get("/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}", self.get_model),
+            web.post("/v1/models/{model:[^/:]+}" + CLASSIFY_SUFFIX, self.classify),
+            web.post("/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}" + CLASSIFY_SUFFIX, self.classify),
         ]
 
     async def list_models(self, request: web.Request) -> web.Response:

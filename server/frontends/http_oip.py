@@ -231,9 +231,10 @@ class OpenInferenceRest:
     async def live(self, request: web.Request) -> web.Response:
         return json_response({"live": True})
 
+    # The protocol answers readiness with the status: 200 for true, a 4xx for false.
     async def ready(self, request: web.Request) -> web.Response:
         ready = self.plane.ready and not self.plane.draining
-        return json_response({"ready": ready}, status=200 if ready else 503)
+        return json_response({"ready": ready}, status=200 if ready else 400)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         served = self.plane.served(request.match_info["model"], version_of(request))
@@ -245,10 +246,10 @@ class OpenInferenceRest:
         try:
             served = self.plane.served(name, version)
         except ServingError:  # ...an unknown or not yet loaded model is simply not ready
-            return json_response({"name": name, "ready": False}, status=503)
+            return json_response({"name": name, "ready": False}, status=404)
         ready = not self.plane.draining
         return json_response({"name": name, "version": str(served.version), "ready": ready},
-                             status=200 if ready else 503)
+                             status=200 if ready else 400)
 
     async def infer(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]

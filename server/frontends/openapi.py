@@ -63,7 +63,7 @@ def document() -> dict[str, Any]:
                                               {"200": _json(_ref("Live"), "the process answers")})},
         "/v2/health/ready": {"get": _operation("serverReady", "Readiness (open without a token)", {
             "200": _json(_ref("Ready"), "models loaded, taking traffic"),
-            "503": _json(_ref("Ready"), "still loading, or shutting down")})},
+            "400": _json(_ref("Ready"), "still loading, or shutting down")})},
         "/v1/models": {"get": _operation("listModels", "Every served model (tlserve.v1 ListModels)",
                                          {"200": _json(_ref("ListModelsResponse"), "the served models"),
                                           "401": _ERRORS["401"]})},
@@ -96,8 +96,9 @@ def document() -> dict[str, Any]:
         {"200": _json(_ref("ModelMetadata"), "model metadata"), **metadata_errors})}))
     paths.update(_versioned("/v2/models/{model}/ready", {"get": _operation(
         "modelReady", "Whether a model (version) takes traffic", {
-            "200": _json(_ref("ModelReady"), "ready"), "503": _json(_ref("ModelReady"), "not served or draining"),
-            "400": _ERRORS["400"], "401": _ERRORS["401"]})}))
+            "200": _json(_ref("ModelReady"), "ready"),
+            "400": _json({"oneOf": [_ref("ModelReady"), _ref("Error")]}, "draining, or a malformed version"),
+            "404": _json(_ref("ModelReady"), "not served"), "401": _ERRORS["401"]})}))
     paths.update(_versioned("/v2/models/{model}/infer", {"post": _operation(
         "modelInfer", "Classify texts (Open Inference Protocol; Triton's binary data extension also accepted)",
         {"200": _json(_ref("InferResponse"), "probabilities and labels"), **_ERRORS}, _ref("InferRequest"))}))
