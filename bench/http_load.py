@@ -1,0 +1,192 @@
+"""HTTP/JSON throughput and latency: tlserve's HTTP port against MLServer's REST endpoint and a no-op server.
+
+    python -m tlserve.bench.http_load --bundle R/M/V [--seconds 8] [--repeats 3] [--out FILE]
+
+Same load generator, same model, one run, rounds interleaved (tlserve, MLServer, no-op, ...) so
+drifts of a shared machine fall on every system alike; medians over the rounds. Each point is
+a closed loop of `c` callers (1 and 16) in 2 client processes (aiohttp, kept-alive connections),
+one text per call, the Open Inference Protocol's JSON body
+``{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [...]}]}`` for all three:
+
+- ``tlserve``: `tlserve serve` (gRPC and HTTP in one process, as users run it), POST /v2/models/M/infer;
+- ``tlserve-v1``: the same server, POST /v1/models/M:classify (the JSON mirror);
+- ``mlserver``: MLServer 1.7's REST endpoint (FastAPI/uvicorn) with a runtime that runs tlserve's own
+  scorer (`bench/mlserver_runtime.py`), its adaptive batching on;
+- ``noop``: an aiohttp server on the same stack that reads and parses the body and answers a fixed
+  JSON: the ceiling of the HTTP stack itself on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlserve.bench.systems import Running, _spawn, _wait, free_port, start_mlserver, start_tlserve
+
+CONTEXT = multiprocessing.get_context("spawn")
+TEXTS = ["a small domesticated feline", "a hand tool for driving nails", "a person who writes poems",
+         "the act of running fast", "a large body of salt water", "a building where people live"]
+
+
+def _body(model: str, text: str) -> bytes:
+    return json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}).encode()
+
+
+async def _client(url: str, kind: str, model: str, callers: int, seconds: float, warmup: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=callers, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        if kind == "v1":
+            path = f"{url}/v1/models/{model}:classify"
+            bodies = [json.dumps({"texts": [t]}).encode() for t in TEXTS]
+        else:
+            path = f"{url}/v2/models/{model}/infer"
+            bodies = [_body(model, t) for t in TEXTS]
+        headers = {"Content-Type": "application/json"}
+        begin = time.perf_counter() + warmup
+        end = begin + seconds
+
+        async def caller(i: int) -> None:
+            nonlocal errors
+            n = i
+            while (now := time.perf_counter()) < end:
+                n += 1
+                async with session.post(path, data=bodies[n % len(bodies)], headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+                done = time.perf_counter()
+                if now >= begin:
+                    if ok:
+                        latencies.append((done - now) * 1000)
+                    else:
+                        errors += 1
+
+        cpu = time.process_time()
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        cpu = time.process_time() - cpu
+    return {"latencies": latencies, "errors": errors, "cpu": cpu}
+
+
+def _client_process(args: tuple[Any, ...], out: Any) -> None:
+    out.put(asyncio.run(_client(*args)))
+
+
+def measure(url: str, kind: str, model: str, concurrency: int, seconds: float, processes: int = 2) -> dict[str, Any]:
+    out = CONTEXT.Queue()
+    processes = min(processes, concurrency)
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    workers = [CONTEXT.Process(target=_client_process, args=((url, kind, model, share, seconds, 1.0), out),
+                               daemon=True) for share in shares]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    latencies = np.array([x for r in results for x in r["latencies"]] or [0.0])
+    calls = sum(len(r["latencies"]) for r in results)
+    return {"calls_per_s": round(calls / seconds, 1), "p50_ms": round(float(np.percentile(latencies, 50)), 3),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 3), "errors": sum(r["errors"] for r in results),
+            "client_cpu_cores": round(sum(r["cpu"] for r in results) / (seconds + 1.0), 2)}
+
+
+NOOP_SERVER = '''
+import json, sys
+from aiohttp import web
+
+ANSWER = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
+    {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["noun.animal"]}]}).encode()
+
+async def infer(request):
+    json.loads(await request.read())
+    return web.Response(body=ANSWER, content_type="application/json")
+
+app = web.Application()
+app.router.add_post("/v2/models/{model}/infer", infer)
+app.router.add_post("/v1/models/{model}:classify", infer)
+app.router.add_get("/v2/health/ready", lambda request: web.json_response({"ready": True}))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+'''
+
+
+def start_noop(logs: Path) -> tuple[Running, str]:
+    port = free_port()
+    process, log = _spawn("noop-http", [sys.executable, "-c", NOOP_SERVER, str(port)], logs)
+    running = Running("noop-http", f"127.0.0.1:{port}", process, log, http_port=port)
+
+    def ready() -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+
+    return _wait(running, ready, 60), f"http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, required=True, help="a version folder R/M/V")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--systems", nargs="+", default=["tlserve", "tlserve-v1", "mlserver", "noop"])
+    parser.add_argument("--logs", type=Path, default=Path("data/bench/logs"))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    args.logs.mkdir(parents=True, exist_ok=True)
+    model = args.bundle.parent.name
+    servers: dict[str, tuple[Running, str]] = {}
+    try:
+        if {"tlserve", "tlserve-v1"} & set(args.systems):
+            running = start_tlserve("tlserve-http", args.bundle.parent.parent, 1, args.logs)
+            servers["tlserve"] = servers["tlserve-v1"] = (running, f"http://127.0.0.1:{running.http_port}")
+        if "mlserver" in args.systems:
+            running = start_mlserver(args.bundle, model, args.logs / "mlserver-work", args.logs)
+            servers["mlserver"] = (running, f"http://127.0.0.1:{running.http_port}")
+        if "noop" in args.systems:
+            servers["noop"] = start_noop(args.logs)
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for repeat in range(args.repeats):
+            for concurrency in args.concurrency:
+                for system in args.systems:
+                    url = servers[system][1]
+                    kind = "v1" if system == "tlserve-v1" else "v2"
+                    result = measure(url, kind, model, concurrency, args.seconds)
+                    rounds.setdefault(f"{system} c={concurrency}", []).append(result)
+                    print(f"round {repeat + 1} {system} c={concurrency}: {result}", flush=True)
+    finally:
+        stopped = {id(running): running for running, _ in servers.values()}
+        for running in stopped.values():
+            running.stop()
+    medians = {key: {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
+               for key, results in rounds.items()}
+    ratios = {}
+    for concurrency in args.concurrency:
+        tl = medians.get(f"tlserve c={concurrency}")
+        for peer in ("mlserver", "noop"):
+            other = medians.get(f"{peer} c={concurrency}")
+            if tl and other and other["calls_per_s"]:
+                ratios[f"tlserve / {peer} c={concurrency}"] = round(tl["calls_per_s"] / other["calls_per_s"], 2)
+    report = {"bundle": str(args.bundle), "seconds": args.seconds, "repeats": args.repeats, "medians": medians,
+              "ratios": ratios, "rounds": rounds,
+              "machine": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() + " cores"}
+    print(json.dumps({"medians": medians, "ratios": ratios}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
