@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -117,15 +118,39 @@ async def read_body(request: web.Request, timeout: float) -> bytes:
                                           "(http_body_timeout_seconds)") from None
 
 
+# A \uD800-\uDFFF escape: JSON can spell a lone UTF-16 surrogate, which no UTF-8 text holds.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise invalid(f"{where} holds a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x} at character "
+                          f"{exc.start}); send valid Unicode") from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"a key of {where}")
+            _check_unicode(item, f"{where}.{key}")
+
+
 def parse_json(body: bytes, what: str) -> Any:
-    """`body` as JSON; a clear 400 naming the line and column where it is not."""
+    """`body` as JSON; a clear 400 naming the line and column where it is not (or the string that is not
+    Unicode a UTF-8 answer could carry)."""
     try:
-        return json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
+        document = json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
     except UnicodeDecodeError as exc:
         raise invalid(f"the body is not UTF-8 (byte {exc.start}); send {what} as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                       f"send {what}") from None
+    if _SURROGATE_ESCAPE.search(body):
+        _check_unicode(document, "body")
+    return document
 
 
 def version_of(request: web.Request) -> int:
