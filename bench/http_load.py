@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, default=Path("data/bench/logs"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    args.logs = args.logs.resolve()  # MLServer runs in a folder of its own
+    args.bundle = args.bundle.resolve()
     args.logs.mkdir(parents=True, exist_ok=True)
     model = args.bundle.parent.name
     servers: dict[str, tuple[Running, str]] = {}

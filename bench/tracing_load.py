@@ -2,9 +2,10 @@
 
     python -m tlserve.bench.tracing_load --repository R --model M [--seconds 8] [--repeats 3] [--out FILE]
 
-Two `tlserve serve` processes over the same repository: one as users run it by default (no
-`--otlp-endpoint`), one exporting a trace of every call over OTLP/gRPC to a collector process
-that receives and discards them (the export's cost, not a collector's, is on the server).
+`tlserve serve` processes over the same repository: one as users run it by default (no
+`--otlp-endpoint`), and one per `--sample-rates` value exporting traces over OTLP/gRPC to a
+collector process that receives and discards them (the export's cost, not a collector's, is on
+the server): every call traced (1) and one call in a hundred (0.01).
 Rounds alternate between them; medians over the rounds. One text per call, closed loop,
 the benchmark's own load generator.
 """
@@ -63,16 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sample-rates", type=float, nargs="+", default=[1.0, 0.01])
     parser.add_argument("--logs", type=Path, default=Path("data/bench/logs"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     sink, sink_port = start_sink(args.logs)
-    servers = {
-        "off": start_tlserve("tlserve-untraced", args.repository, 1, args.logs),
-        "on": start_tlserve("tlserve-traced", args.repository, 1, args.logs,
-                            extra=("--otlp-endpoint", f"http://127.0.0.1:{sink_port}")),
-    }
-    rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    servers = {"off": start_tlserve("tlserve-untraced", args.repository, 1, args.logs)}
+    for rate in args.sample_rates:
+        servers[f"on, rate {rate:g}"] = start_tlserve(
+            f"tlserve-traced-{rate:g}", args.repository, 1, args.logs,
+            extra=("--otlp-endpoint", f"http://127.0.0.1:{sink_port}", "--trace-sample-rate", str(rate)))
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     try:
         for repeat in range(args.repeats):
             for name, running in servers.items():
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
                for name, results in rounds.items()}
     report = {"concurrency": args.concurrency, "seconds": args.seconds, "repeats": args.repeats, "medians": medians,
-              "on_over_off": round(medians["on"]["calls_per_s"] / medians["off"]["calls_per_s"], 3),
+              "over_off": {name: round(m["calls_per_s"] / medians["off"]["calls_per_s"], 3)
+                           for name, m in medians.items() if name != "off"},
               "rounds": rounds}
     print(json.dumps({k: v for k, v in report.items() if k != "rounds"}, indent=1))
     if args.out:

@@ -111,11 +111,11 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
         from tlserve.server.core import tracing
 
         try:
-            tracing.start_otlp(settings.otlp_endpoint)
+            tracing.start_otlp(settings.otlp_endpoint, settings.trace_sample_rate)
         except RuntimeError as exc:
             _LOGGER.error("%s", exc)
             return 1
-        _LOGGER.info("tracing every call to %s (OTLP/gRPC)", settings.otlp_endpoint)
+        _LOGGER.info("tracing %s of calls to %s (OTLP/gRPC)", f"{settings.trace_sample_rate:g}", settings.otlp_endpoint)
     payload_log = None
     if settings.payload_log:
         from tlserve.server.core.payload_log import PayloadLog

@@ -83,6 +83,9 @@ class ServerSettings:
     otlp_endpoint: str = _setting(
         "", "OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317) to export a trace of every call to; "
         "callers' W3C traceparent is continued (off when empty; needs tlserve[tracing])")
+    trace_sample_rate: float = _setting(
+        1.0, "with --otlp-endpoint: share of the calls without a caller's trace context that are traced (a caller's "
+        "traceparent decides for its own calls)")
     payload_log: str = _setting(
         "", "file for sampled requests and answers as JSON lines, one per text, in the format `tlserve train` reads "
         "(off when empty; with several workers, each writes PATH with its process id before the suffix)")
@@ -146,6 +149,8 @@ class ServerSettings:
             raise ValueError(f"version_policy {self.version_policy!r}: use all, latest, latest:N or specific:V1,V2")
         if self.max_connections < 0:
             raise ValueError(f"max_connections must be >= 0, not {self.max_connections}")
+        if not 0 <= self.trace_sample_rate <= 1:
+            raise ValueError(f"trace_sample_rate must be in [0, 1], not {self.trace_sample_rate}")
         if not 0 < self.payload_log_rate <= 1:
             raise ValueError(f"payload_log_rate must be in (0, 1], not {self.payload_log_rate}")
         if self.payload_log_max_bytes < 1024 or self.payload_log_backups < 0:

@@ -156,6 +156,41 @@ def test_otlp_export_from_the_real_command(trained: Trained, tmp_path: Path) -> 
     assert {("tlserve Classify", GRPC_TRACE), ("queue", GRPC_TRACE), ("inference", GRPC_TRACE)} <= names
 
 
+def test_calls_without_a_trace_context_are_sampled_and_a_callers_flag_is_followed() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tlserve.server.core import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for rate, carrier, traced in ((0.0, {}, False), (0.0, {"traceparent": _traceparent(GRPC_TRACE)}, True),
+                                  (1.0, {"traceparent": f"00-{GRPC_TRACE}-{PARENT}-00"}, False), (1.0, {}, True)):
+        tracing.use(provider, sample_rate=rate)
+        try:
+            span = tracing.start_call("Classify", "m", lambda c=carrier: c, 0.0)  # type: ignore[misc]
+            assert (span is not None) == traced, (rate, carrier)
+            assert bool(tracing.current_trace_id()) == traced
+            if span is not None:
+                tracing.end_call(span, "OK", 0.0)
+            assert tracing.current_trace_id() == ""
+        finally:
+            tracing.shutdown()
+    rates = []
+    tracing.use(provider, sample_rate=0.25)
+    try:
+        for _ in range(4000):
+            span = tracing.start_call("Classify", "m", None, 0.0)
+            rates.append(span is not None)
+            if span is not None:
+                tracing.end_call(span, "OK", 0.0)
+    finally:
+        tracing.shutdown()
+    assert 900 <= sum(rates) <= 1100  # 1,000 expected; 3.4 sd = 93
+
+
 def test_without_an_endpoint_nothing_is_traced() -> None:
     code = ("from tlserve.server.core import observe, tracing\n"
             "with observe.observe_call('m', 0, 'Classify', lambda: 1 / 0) as call: pass\n"

@@ -104,6 +104,7 @@ class _Chunk:
     future: asyncio.Future[Prediction]
     deadline: float | None  # loop.time() after which the work is worthless
     enqueued: float = field(default_factory=time.perf_counter)
+    traced: bool = False  # its call is traced (the batch then gets a span)
 
 
 class _Call:
@@ -199,6 +200,9 @@ class DynamicBatcher:
         if small and self.max_delay == 0 and idle:
             return self._run_now(texts)
         chunks = self._split(texts, deadline, asyncio.get_running_loop())
+        if tracing.TRACER is not None and tracing.current_trace_id():
+            for chunk in chunks:
+                chunk.traced = True
         queued = self._flows.get(flow) if flow is not None else None
         if queued is not None:
             queued.chunks.extend(chunks)  # behind the flow's earlier requests, in its turn
@@ -357,7 +361,7 @@ class DynamicBatcher:
             finally:
                 self._running = False
                 self._waits_seen = self._meter.waits
-            if tracing.TRACER is not None:
+            if tracing.TRACER is not None and any(chunk.traced for chunk in batch):
                 context = tracing.batch_span(self.scorer.name, self.scorer.version, len(texts), len(batch), started,
                                              time.perf_counter())
                 prediction = dataclasses.replace(prediction, batch_spans=(context,))

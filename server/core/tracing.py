@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,9 @@ TRACER: Any = None
 """The tracer when tracing is on, else None."""
 _PROVIDER: Any = None
 _TRACE_ID: contextvars.ContextVar[str] = contextvars.ContextVar("tlserve_trace_id", default="")
+"""The trace id of the call the current task serves, when that call is traced."""
+_SAMPLE_RATE = 1.0
+_RANDOM = random.Random()
 # perf_counter (what the server times with) to the epoch nanoseconds spans take.
 _OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
@@ -34,33 +38,43 @@ def _ns(perf_seconds: float) -> int:
     return int(perf_seconds * 1e9) + _OFFSET_NS
 
 
-def use(provider: Any) -> None:
+def use(provider: Any, sample_rate: float = 1.0) -> None:
     """Traces with `provider` (an SDK TracerProvider with its processors and exporters)."""
-    global TRACER, _PROVIDER
+    global TRACER, _PROVIDER, _SAMPLE_RATE
     _PROVIDER = provider
+    _SAMPLE_RATE = sample_rate
     TRACER = provider.get_tracer("tlserve")
 
 
-def start_otlp(endpoint: str) -> None:
-    """Exports traces to an OTLP/gRPC collector at `endpoint` (http:// for plaintext, https:// for TLS)."""
+def start_otlp(endpoint: str, sample_rate: float = 1.0) -> None:
+    """Exports traces to an OTLP/gRPC collector at `endpoint` (http:// for plaintext, https:// for TLS).
+
+    `sample_rate` of the calls that bring no trace context start a recorded trace; a caller's
+    traceparent decides for its own calls (its sampled flag), as OpenTelemetry's parent-based
+    sampler does."""
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
     except ImportError:
         raise RuntimeError("--otlp-endpoint needs OpenTelemetry: pip install 'tlserve[tracing]'") from None
     from tlserve import __version__
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "tlserve", "service.version": __version__}))
+    # Calls without a trace context are drawn in `start_call`, before OpenTelemetry sees them (an
+    # unsampled call then costs one random number); the SDK follows a caller's sampled flag.
+    provider = TracerProvider(resource=Resource.create({"service.name": "tlserve", "service.version": __version__}),
+                              sampler=ParentBased(ALWAYS_ON))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
                                                                     insecure=endpoint.startswith("http://"))))
-    use(provider)
+    use(provider, sample_rate)
 
 
 def shutdown() -> None:
     """Exports what is buffered and stops tracing."""
-    global TRACER, _PROVIDER
+    global TRACER, _PROVIDER, _SAMPLE_RATE
+    _SAMPLE_RATE = 1.0
     if _PROVIDER is not None:
         _PROVIDER.shutdown()
     TRACER = _PROVIDER = None
@@ -72,12 +86,18 @@ def current_trace_id() -> str:
 
 
 def start_call(method: str, model: str, carrier: Callable[[], Mapping[str, str]] | None, started: float) -> Any:
+    """The call's span, or None when the call is not sampled."""
     from opentelemetry.trace import SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract(carrier()) if carrier is not None else None
+    headers = carrier() if carrier is not None else {}
+    if "traceparent" not in headers and _SAMPLE_RATE < 1.0 and _RANDOM.random() >= _SAMPLE_RATE:
+        return None
+    parent = TraceContextTextMapPropagator().extract(headers) if headers else None
     span = TRACER.start_span(f"tlserve {method}", context=parent, kind=SpanKind.SERVER, start_time=_ns(started),
                              attributes={"rpc.method": method, "tlserve.model": model})
+    if not span.is_recording():  # the caller's trace is not sampled
+        return None
     _TRACE_ID.set(format(span.get_span_context().trace_id, "032x"))
     return span
 
@@ -102,6 +122,7 @@ def call_stages(span: Any, call_started: float, prediction: Any, respond_started
 
 
 def end_call(span: Any, code: str, ended: float) -> None:
+    _TRACE_ID.set("")  # a connection's next call may run in this task
     if code != "OK":
         from opentelemetry.trace import Status, StatusCode
 
