@@ -1,6 +1,6 @@
 """The status page at ``/``: models, their training reports, a box to classify texts, live figures.
 
-Static files (HTML, CSS and JavaScript in ``page/``, no build step, nothing from a CDN) and
+Static files (HTML, CSS and JavaScript in ``status-page/``, no build step, nothing from a CDN) and
 three JSON reads the page makes besides the /v1 API:
 
     GET /ui/api/models/{model}/versions/{version}/report        the version's report.json
@@ -25,7 +25,7 @@ from tlserve.server.core import stats
 from tlserve.server.core.dataplane import DataPlane
 from tlserve.server.frontends.http_common import json_response, version_of
 
-PAGE = Path(__file__).parent / "page"
+PAGE = Path(__file__).parent / "status-page"
 FIGURES = (bundle.CONFUSION_FIGURE, bundle.CURVES_FIGURE, bundle.LEARNING_CURVE_FIGURE, bundle.RELIABILITY_FIGURE)
 _TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
 _FILES = ("index.html", "page.css", "page.js")
