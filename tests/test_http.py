@@ -176,6 +176,16 @@ def test_bad_requests_get_the_matching_status_and_a_json_body_naming_the_problem
     assert http_json(server, "POST", "/v1/models/wn-frozen:classify", {"texts": ["a dog"]})[0] == 200
 
 
+def _read_until(connection: socket.socket, marker: bytes) -> bytes:
+    """What the server sends on a raw connection, up to `marker` (the server closing first fails)."""
+    reply = b""
+    while marker not in reply:
+        chunk = connection.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
 def test_a_full_queue_is_429_and_a_huge_body_is_413(trained: Trained, tmp_path: Path) -> None:
     proc = start_server(trained.repository, tmp_path / "s.log", "--max-queue-size", "2")
     try:
@@ -185,11 +195,7 @@ def test_a_full_queue_is_429_and_a_huge_body_is_413(trained: Trained, tmp_path: 
         with socket.create_connection(("127.0.0.1", proc.http_port), timeout=30) as client:
             client.sendall(b"POST /v1/models/wn-frozen:classify HTTP/1.1\r\nHost: x\r\n"
                            b"Content-Length: 41943040\r\n\r\n")
-            reply = b""
-            while b"}" not in reply:
-                chunk = client.recv(4096)
-                assert chunk, reply
-                reply += chunk
+            reply = _read_until(client, b"}")
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b"exceeds the limit of" in reply
         assert http_json(proc, "POST", "/v1/models/wn-frozen:classify", {"texts": ["a"]})[0] == 200
@@ -203,11 +209,7 @@ def test_a_client_that_stops_sending_its_body_gets_408_and_others_are_served(ser
                      b"Content-Length: 1000\r\n\r\n{\"texts\": [")
         # Meanwhile other callers are answered.
         assert http_json(server, "POST", "/v1/models/wn-frozen:classify", {"texts": ["a dog"]})[0] == 200
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            chunk = slow.recv(4096)
-            assert chunk, reply
-            reply += chunk
+        reply = _read_until(slow, b"\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
