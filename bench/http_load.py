@@ -12,8 +12,8 @@ one text per call, the Open Inference Protocol's JSON body
 - ``tlserve-v1``: the same server, POST /v1/models/M:classify (the JSON mirror);
 - ``mlserver``: MLServer 1.7's REST endpoint (FastAPI/uvicorn) with a runtime that runs tlserve's own
   scorer (`bench/mlserver_runtime.py`), its adaptive batching on;
-- ``noop``: an aiohttp server on the same stack that reads and parses the body and answers a fixed
-  JSON: the ceiling of the HTTP stack itself on this machine.
+- ``noop``: an aiohttp server on the same stack (aiohttp, orjson) that reads and parses the body and
+  answers a fixed JSON: the ceiling of the HTTP stack itself on this machine.
 """
 
 from __future__ import annotations
@@ -103,14 +103,15 @@ def measure(url: str, kind: str, model: str, concurrency: int, seconds: float, p
 
 
 NOOP_SERVER = '''
-import json, sys
+import sys
+import orjson
 from aiohttp import web
 
-ANSWER = json.dumps({"model_name": "m", "model_version": "1", "outputs": [
-    {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["noun.animal"]}]}).encode()
+ANSWER = orjson.dumps({"model_name": "m", "model_version": "1", "outputs": [
+    {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["noun.animal"]}]})
 
 async def infer(request):
-    json.loads(await request.read())
+    orjson.loads(await request.read())
     return web.Response(body=ANSWER, content_type="application/json")
 
 app = web.Application()

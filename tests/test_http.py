@@ -161,6 +161,7 @@ def test_health_metadata_and_readiness(server: ServerProcess) -> None:
     ("POST", "/v2/models/wn-frozen/infer", b'{"id": "\\ud800", "inputs": []}', 400,
      "body.id holds a lone UTF-16 surrogate (\\ud800 at character 0)"),
     ("POST", "/v1/models/wn-frozen:classify", b'{"texts": ["a \\udfff cat"]}', 400, "body.texts[0] holds a lone"),
+    ("POST", "/v1/models/wn-frozen:classify", b"[" * 100_000 + b"]" * 100_000, 400, "nests JSON arrays or objects too"),
     ("GET", "/v3/anything", None, 404, "no such path '/v3/anything'"),
     ("DELETE", "/v1/models", None, 405, "DELETE is not allowed"),
 ])

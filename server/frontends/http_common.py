@@ -17,6 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tlserve.server.core.errors import ErrorCode, ServingError
@@ -49,9 +50,14 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": message, "code": code}, status=status)
 
 
+def dump_json(document: Any) -> bytes:
+    """`document` as compact UTF-8 JSON. orjson: ~20x faster than the standard library on an answer of
+    a few tensors, the largest per-call cost of an HTTP answer after the model itself."""
+    return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
+
+
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json")
+    return web.Response(body=dump_json(body), status=status, content_type="application/json")
 
 
 def invalid(message: str) -> ServingError:
@@ -111,8 +117,11 @@ async def read_body(request: web.Request, timeout: float) -> bytes:
     """The whole body within `timeout` seconds (a slow sender gets 408) and the app's size limit (413)."""
     if request.content_length is not None and request.content_length > request.app[BODY_LIMIT]:
         raise web.HTTPRequestEntityTooLarge(max_size=request.app[BODY_LIMIT], actual_size=request.content_length)
+    if request.content.is_eof():
+        return await request.read()
     try:
-        return await asyncio.wait_for(request.read(), timeout)
+        async with asyncio.timeout(timeout):  # a timer, where wait_for would also start a task
+            return await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout:g} s "
                                           "(http_body_timeout_seconds)") from None
@@ -142,12 +151,22 @@ def parse_json(body: bytes, what: str) -> Any:
     """`body` as JSON; a clear 400 naming the line and column where it is not (or the string that is not
     Unicode a UTF-8 answer could carry)."""
     try:
+        # orjson takes strict UTF-8 JSON only (no lone surrogates, NaN or byte order mark) at a
+        # fraction of the standard library's cost; what it refuses is read again below, for the
+        # standard library's exact diagnosis or, for JSON orjson cannot hold (integers beyond
+        # 64 bits), the document.
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
         document = json.loads(body.decode("utf-8"))  # RFC 8259: JSON between systems is UTF-8
     except UnicodeDecodeError as exc:
         raise invalid(f"the body is not UTF-8 (byte {exc.start}); send {what} as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                       f"send {what}") from None
+    except RecursionError:
+        raise invalid(f"the body nests JSON arrays or objects too deeply; send {what}") from None
     if _SURROGATE_ESCAPE.search(body):
         _check_unicode(document, "body")
     return document

@@ -62,13 +62,14 @@ class NativeJsonApi:
         self.body_timeout = body_timeout
 
     def routes(self) -> list[web.RouteDef]:
+        # Model names hold no ':' (tlserve.bundle.check_model_name), so "{model}:classify" is never a name.
+        # Classification first: aiohttp tries the resources under one prefix in order.
         return [
-            web.get("/v1/models", self.list_models),
-            # Model names hold no ':' (tlserve.bundle.check_model_name), so "{model}:classify" is never a name.
-            web.get("/v1/models/{model:[^/:]+}", self.get_model),
-            web.get("/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}", self.get_model),
             web.post("/v1/models/{model:[^/:]+}" + CLASSIFY_SUFFIX, self.classify),
             web.post("/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}" + CLASSIFY_SUFFIX, self.classify),
+            web.get("/v1/models", self.list_models),
+            web.get("/v1/models/{model:[^/:]+}", self.get_model),
+            web.get("/v1/models/{model:[^/:]+}/versions/{version:[^/:]+}", self.get_model),
         ]
 
     async def list_models(self, request: web.Request) -> web.Response:

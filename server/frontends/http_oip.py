@@ -16,7 +16,6 @@ the same way.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from tlserve.server.core import observe
 from tlserve.server.core.dataplane import Answer, DataPlane
 from tlserve.server.core.errors import ServingError
 from tlserve.server.frontends.http_common import (
+    dump_json,
     invalid,
     json_response,
     parse_json,
@@ -200,7 +200,7 @@ def infer_response(answer: Answer, request: InferRequest) -> web.Response:
         document["id"] = request.id
     if not blobs:
         return json_response(document)
-    header = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    header = dump_json(document)
     return web.Response(body=b"".join([header, *blobs]), content_type="application/octet-stream",
                         headers={HEADER_LENGTH: str(len(header))})
 
@@ -213,7 +213,10 @@ class OpenInferenceRest:
         self.body_timeout = body_timeout
 
     def routes(self) -> list[web.RouteDef]:
+        # Inference first: aiohttp tries the resources under one prefix in order.
         return [
+            web.post(_MODEL + "/infer", self.infer),
+            web.post(_VERSIONED + "/infer", self.infer),
             web.get("/v2", self.server_metadata),
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
@@ -221,8 +224,6 @@ class OpenInferenceRest:
             web.get(_VERSIONED, self.model_metadata),
             web.get(_MODEL + "/ready", self.model_ready),
             web.get(_VERSIONED + "/ready", self.model_ready),
-            web.post(_MODEL + "/infer", self.infer),
-            web.post(_VERSIONED + "/infer", self.infer),
         ]
 
     async def server_metadata(self, request: web.Request) -> web.Response:
