@@ -85,3 +85,12 @@ def test_the_hash_index_answers_what_a_dictionary_would_and_refuses_a_repeated_n
     np.save(tmp_path / LEXICON_IDF_FILE, np.ones(3, dtype=np.float32))
     with pytest.raises(BundleError, match=r"lexicon.txt: n-gram 'cat' is listed twice \(lines 1 and 3\)"):
         Lexicon.load(tmp_path)
+
+
+def test_ngrams_of_different_string_widths_never_share_an_id() -> None:
+    # CPython hashes a str's internal bytes: ' c' (two 1-byte characters) and '挠' (U+6320, one
+    # 2-byte character) have one str hash, as do 'ab' and U+6261; Chinese text mixed with ASCII
+    # has such pairs, so the index must not rest on the str hash.
+    assert hash(" c") == hash("挠") and hash("ab") == hash("\u6261")
+    lexicon = Lexicon([" c", "挠", "\u6261", "x"], np.ones(4, dtype=np.float32), units="chars")
+    assert lexicon.ids_of([" c", "挠", "\u6261", "ab", "x", "\ud800"]).tolist() == [1, 2, 3, 0, 4, 0]

@@ -11,12 +11,15 @@ with word 1-2-grams). The trainer fits the classifier; the
 graph gathers its rows by n-gram id and sums them with these weights, so a text costs a few
 dictionary lookups, never a dense vector of the whole lexicon.
 
-In memory, the n-grams are an index, not a dictionary: their string hashes sorted in one
-NumPy array beside their ids, looked up with one `searchsorted` per batch. A dictionary of
-37,000 n-grams holds 4.8 MB of Python objects in every loaded model; the index holds 12 bytes
-per n-gram, which matters when one server holds a thousand models. Python's string hash is
-64 bits (the chance that some text's n-gram takes the hash of a lexicon n-gram is about one
-in 10^14 per n-gram); two lexicon n-grams with one hash are detected and refused.
+In memory, the n-grams are an index, not a dictionary: the hashes of their UTF-8 bytes sorted
+in one NumPy array beside their ids, looked up with one `searchsorted` per batch. A dictionary
+of 37,000 n-grams holds 4.8 MB of Python objects in every loaded model; the index holds 12 bytes
+per n-gram, which matters when one server holds a thousand models. The hash is Python's 64-bit
+SipHash of the UTF-8 bytes (the chance that some text's n-gram takes the hash of a lexicon n-gram
+is about one in 10^14 per n-gram); two lexicon n-grams with one hash are detected and refused.
+Not the hash of the str itself: CPython hashes a string's internal bytes, so strings of
+different widths collide by construction (' c', two 1-byte characters, and '挠', U+6320, one
+2-byte character, have one hash), which Chinese text mixed with ASCII hits every day.
 
 Files in the bundle: ``lexicon.txt`` (one n-gram per line, UTF-8; a bigram is its two tokens
 joined by a space, which no token contains; a character bigram is its two characters) and
@@ -63,6 +66,13 @@ def units_of(units: Units, preprocessor: Preprocessor, texts: Sequence[str],
     return tokens if tokens is not None else preprocessor.batch_tokens(texts)
 
 
+def _hashes(grams: Sequence[str]) -> np.ndarray:
+    """int64 hash of each n-gram's UTF-8 bytes (see the module docstring for why not of the str)."""
+    # surrogatepass: a lone surrogate (JSON can spell one) still has bytes of its own.
+    return np.fromiter((hash(gram.encode("utf-8", "surrogatepass")) for gram in grams), dtype=np.int64,
+                       count=len(grams))
+
+
 class Lexicon:
     """N-grams, their ids (1 + position; 0 is padding) and IDF weights.
 
@@ -77,7 +87,7 @@ class Lexicon:
         self.joiner = "" if units == "chars" else " "
         self.grams: list[str] | None = grams if keep_grams else None
         self.idf = np.asarray(idf, dtype=np.float32)
-        hashes = np.fromiter((hash(gram) for gram in grams), dtype=np.int64, count=len(grams))
+        hashes = _hashes(grams)
         order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[order]
         self._ids = (order + 1).astype(np.int32)
@@ -95,7 +105,7 @@ class Lexicon:
         """int64 ids of `grams`, 0 for those not in the lexicon."""
         if not len(self._hashes):
             return np.zeros(len(grams), dtype=np.int64)
-        hashes = np.fromiter((hash(gram) for gram in grams), dtype=np.int64, count=len(grams))
+        hashes = _hashes(grams)
         positions = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
         return np.where(self._hashes[positions] == hashes, self._ids[positions], 0).astype(np.int64)
 
