@@ -12,6 +12,8 @@ one text per call, the Open Inference Protocol's JSON body
 - ``tlserve-v1``: the same server, POST /v1/models/M:classify (the JSON mirror);
 - ``mlserver``: MLServer 1.7's REST endpoint (FastAPI/uvicorn) with a runtime that runs tlserve's own
   scorer (`bench/mlserver_runtime.py`), its adaptive batching on;
+- ``tlserve-cached`` (not run unless named): the same server with each `Scorer.predict` answered
+  from a cache (`bench/cached_model_server.py`): what serving costs without the model's own work;
 - ``noop``: an aiohttp server on the same stack (aiohttp, orjson) that reads and parses the body and
   answers a fixed JSON: the ceiling of the HTTP stack itself on this machine.
 """
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         if {"tlserve", "tlserve-v1"} & set(args.systems):
             running = start_tlserve("tlserve-http", args.bundle.parent.parent, 1, args.logs)
             servers["tlserve"] = servers["tlserve-v1"] = (running, f"http://127.0.0.1:{running.http_port}")
+        if "tlserve-cached" in args.systems:
+            running = start_tlserve("tlserve-cached", args.bundle.parent.parent, 1, args.logs,
+                                    entry="tlserve.bench.cached_model_server")
+            servers["tlserve-cached"] = (running, f"http://127.0.0.1:{running.http_port}")
         if "mlserver" in args.systems:
             running = start_mlserver(args.bundle, model, args.logs / "mlserver-work", args.logs)
             servers["mlserver"] = (running, f"http://127.0.0.1:{running.http_port}")
@@ -177,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                for key, results in rounds.items()}
     ratios = {}
     for concurrency in args.concurrency:
-        tl = medians.get(f"tlserve c={concurrency}")
-        for peer in ("mlserver", "noop"):
+        for system, peer in (("tlserve", "mlserver"), ("tlserve", "noop"), ("tlserve-cached", "noop")):
+            tl = medians.get(f"{system} c={concurrency}")
             other = medians.get(f"{peer} c={concurrency}")
             if tl and other and other["calls_per_s"]:
-                ratios[f"tlserve / {peer} c={concurrency}"] = round(tl["calls_per_s"] / other["calls_per_s"], 2)
+                ratios[f"{system} / {peer} c={concurrency}"] = round(tl["calls_per_s"] / other["calls_per_s"], 2)
     report = {"bundle": str(args.bundle), "seconds": args.seconds, "repeats": args.repeats, "medians": medians,
               "ratios": ratios, "rounds": rounds,
               "machine": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() + " cores"}

@@ -36,9 +36,10 @@ def free_port() -> int:
 
 
 def tlserve_serve_command(repository: Path, port: int, metrics_port: int = 0, workers: int = 1,
-                          http_port: int = 0) -> list[str]:
-    """`tlserve serve` on 127.0.0.1:`port` (and HTTP on `http_port`; 0: none), logging warnings only."""
-    return [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "serve", "--repository", str(repository),
+                          http_port: int = 0, entry: str = "tlserve.cli") -> list[str]:
+    """`tlserve serve` on 127.0.0.1:`port` (and HTTP on `http_port`; 0: none), logging warnings only;
+    `entry` is the module run (`tlserve.bench.cached_model_server`: the same server without model work)."""
+    return [sys.executable, "-m", entry, "--log-level", "WARNING", "serve", "--repository", str(repository),
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
             "--http-port", str(http_port), "--workers", str(workers)]
 
@@ -98,11 +99,11 @@ def _classify_works(target: str, model: str) -> bool:
 
 
 def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120,
-                  extra: tuple[str, ...] = ()) -> Running:
+                  extra: tuple[str, ...] = (), entry: str = "tlserve.cli") -> Running:
     # HTTP on, as users run it: the gRPC figures include its cost.
     port, metrics_port, http_port = free_port(), free_port(), free_port()
-    process, log = _spawn(name, [*tlserve_serve_command(repository, port, metrics_port, workers, http_port), *extra],
-                          logs)
+    command = tlserve_serve_command(repository, port, metrics_port, workers, http_port, entry)
+    process, log = _spawn(name, [*command, *extra], logs)
     running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port, http_port)
 
     def serving() -> bool:
