@@ -9,6 +9,7 @@ the input's row order.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,13 @@ def _open(version_folder: str, repository: str) -> None:
     from tlserve.scorer import Scorer
 
     _SCORER = Scorer.open(Path(version_folder), Path(repository))
+
+
+def _open_worker(version_folder: str, repository: str) -> None:
+    # Ctrl-C reaches the whole process group: the job's process stops between batches and then
+    # ends the pool; a worker interrupted mid-batch would leave that batch unanswered.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _open(version_folder, repository)
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +72,7 @@ def score_batches(version_folder: Path, repository: Path, batches: Iterable[list
             yield _score((texts, k))
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_open, initargs=(str(version_folder), str(repository))) as pool:
+    with context.Pool(workers, initializer=_open_worker, initargs=(str(version_folder), str(repository))) as pool:
         # At most a few batches per worker in flight: imap would read the whole input ahead.
         yield from _bounded_imap(pool, ((texts, k) for texts in batches), 2 * workers)
 

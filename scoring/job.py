@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -139,8 +141,41 @@ def run(job: ScoreJob) -> dict[str, Any]:
     return summary
 
 
+@contextlib.contextmanager
+def stop_between_batches() -> Iterator[Callable[[], None]]:
+    """Ctrl-C (SIGINT) as a request to stop at the next batch: yields a check that raises
+    KeyboardInterrupt once it came. An interrupt raised wherever the main thread happens to be
+    can land inside pyarrow's writer or onnxruntime's call, whose clean-up then cannot be relied
+    on; between batches nothing is half done. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None  # signal handlers belong to the main thread
+        return
+    requested = threading.Event()
+
+    def request(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            signal.default_int_handler(signum, frame)
+        requested.set()
+
+    def check() -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],
                writer: ScoredWriter, progress: Callable[[int], None]) -> None:
+    with stop_between_batches() as check:
+        _score_local(job, folder, repository, labels, records, writer, progress, check)
+
+
+def _score_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],
+                 writer: ScoredWriter, progress: Callable[[int], None], check: Callable[[], None]) -> None:
     from tlserve.scoring.engine import label_names, score_batches
 
     good: list[list[Record]] = []
@@ -158,6 +193,7 @@ def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str],
             yield [r.text or "" for r in batch]
 
     for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
+        check()
         batch = good.pop(0)
         names = label_names(labels, scored.indices)
         writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],

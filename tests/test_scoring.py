@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -68,21 +69,26 @@ def test_scores_equal_the_servers_and_bad_rows_are_listed_by_row(trained: Traine
             assert abs(ours - theirs.probability) <= 1e-6
 
 
-def test_an_interrupted_job_leaves_no_output(trained: Trained, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupted_job_leaves_no_output(trained: Trained, tmp_path: Path, workers: int) -> None:
     source = tmp_path / "big.jsonl"
     texts = _sample_texts(1000)
     with source.open("w", encoding="utf-8") as handle:
         for i in range(200_000):
             handle.write(json.dumps({"text": texts[i % len(texts)]}) + "\n")
     out = tmp_path / "scored.parquet"
+    # Its own process group, as a terminal's: Ctrl-C reaches the job and its worker processes.
     process = subprocess.Popen([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "score",
                                 "--model", str(trained.repository / "wn-frozen"), "--input", str(source),
-                                "--output", str(out), "--workers", "1", "--batch-size", "16"],
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                                "--output", str(out), "--workers", str(workers), "--batch-size", "16"],
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     assert process.stderr is not None
     while "scored" not in process.stderr.read(64):  # the first batches are written
         assert process.poll() is None, "the job ended before it was interrupted"
-    process.send_signal(signal.SIGINT)
+    # Keep reading what it writes, so that no full pipe can hold it up.
+    drain = threading.Thread(target=process.stderr.read, daemon=True)
+    drain.start()
+    os.killpg(process.pid, signal.SIGINT)
     assert process.wait(60) == 130
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no partial files either
