@@ -63,7 +63,7 @@ def _train(store: Path, repository: Path, model: str, mode: str, **overrides: ob
 
     head = HeadConfig(hidden=32, epochs=8, batch_size=64, patience=2)
     config = TrainConfig(data=WORDNET_SAMPLE, vectors=store, repository=repository, model=model, mode=mode,
-                         buckets=5000, top_words=5000, head=head, progress=False)
+                         buckets=5000, head=head, progress=False)
     for key, value in overrides.items():
         setattr(config, key, value)
     return train(config)

@@ -24,7 +24,7 @@ def _featurizer(pooling: str, sif: bool) -> Featurizer:
     weights = rng.uniform(0.1, 1.0, size=len(VOCABULARY)).astype(np.float32) if sif else None
     config = FeatureConfig(mode="frozen", pooling=pooling, sif=sif)  # type: ignore[arg-type]
     index = VocabularyIndex.build(VOCABULARY)
-    return Featurizer(config, Preprocessor(PreprocessingConfig()), index, len(VOCABULARY), matrix, weights)
+    return Featurizer(config, Preprocessor(PreprocessingConfig()), index, matrix, weights)
 
 
 def _batch_path(featurizer: Featurizer, texts: list[str]) -> features.EncodedBatch:

@@ -22,7 +22,7 @@ from tlserve.bundle import Bundle
 from tlserve.client import AsyncClassifier, Classifier, ClassifierError
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
-from tlserve.features import OUTPUT, Featurizer
+from tlserve.features import OUTPUT, Featurizer, TrainedRows
 from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
@@ -44,12 +44,12 @@ def in_process(repository: Path, model: str, texts: list[str]) -> tuple[np.ndarr
     version = max(int(p.name) for p in (repository / model).iterdir() if p.name.isdigit())
     bundle = Bundle.open(repository / model / str(version))
     store = VectorStore(bundle.store_path(repository))
-    shared_path = bundle.shared_store_path(repository)
-    shared = VectorStore(shared_path) if shared_path is not None else None
     sif = np.load(bundle.path / "sif_weights.npy") if bundle.features.sif else None
     lexicon = Lexicon.load(bundle.path, bundle.features.lexical_units) if bundle.features.lexical else None
-    featurizer = Featurizer(bundle.features, Preprocessor(bundle.preprocessing), store.index, len(store),
-                            shared.matrix if shared else None, sif, shared.index if shared else None, lexicon)
+    trained = TrainedRows.load(bundle.path, len(store), bundle.features.buckets) \
+        if bundle.features.mode == "finetune" else None
+    featurizer = Featurizer(bundle.features, Preprocessor(bundle.preprocessing), store.index, store.matrix, sif,
+                            lexicon, trained)
     session = ort.InferenceSession(str(bundle.model_file), providers=["CPUExecutionProvider"])
     return session.run([OUTPUT], featurizer.encode(texts).inputs)[0], bundle.labels
 
@@ -98,7 +98,8 @@ def test_top_k_version_and_model_info(server: ServerProcess, trained: Trained) -
         assert set(models) == {"wn-frozen", "wn-finetune"}
         frozen = models["wn-frozen"]
         assert frozen.mode == "frozen" and frozen.vector_store.shared and frozen.vector_store.size == 40_000
-        assert not models["wn-finetune"].vector_store.shared
+        # A finetune model reads the same shared store (its bundle holds only the rows it trained).
+        assert models["wn-finetune"].vector_store.shared and models["wn-finetune"].vector_store.size == 40_000
         assert list(frozen.labels) == Bundle.open(trained.frozen.path).labels and len(frozen.labels) == 10
         assert frozen.metrics["test_accuracy"] > 0.3
         assert frozen.limits.max_texts_per_request == 1024

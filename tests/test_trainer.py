@@ -37,9 +37,10 @@ def test_server_features_are_bit_identical_to_the_trainers(trained: Trained, mod
     served = runtime.featurizer.encode(texts)
     trained_features = result.fitted.featurizer.encode(texts)
     assert served.inputs.keys() == trained_features.inputs.keys()
-    semantic = {"features"} if mode == "frozen" else {"token_ids", "features"}
+    semantic = {"features"} if mode == "frozen" else {"token_ids", "base_sum", "features"}
     assert runtime.bundle.features.lexical  # the mix kept the lexical channel on this sample
-    assert set(served.inputs) == semantic | {"lexicon_ids", "lexicon_weights"}
+    assert set(served.inputs) == set(runtime.bundle.features.input_names)
+    assert semantic | {"lexicon_ids", "lexicon_weights"} <= set(served.inputs)
     for name, array in served.inputs.items():
         assert array.dtype == trained_features.inputs[name].dtype
         assert np.array_equal(array, trained_features.inputs[name])
@@ -74,7 +75,10 @@ def test_bundle_layout_manifest_and_parity(trained: Trained) -> None:
         assert any(note.startswith("Transfer helps") for note in report["findings"])
         assert not any("mismatch" in note.lower() for note in report["findings"])
     assert "sif_weights.npy" in Bundle.open(trained.frozen.path).manifest.files
-    assert "store/vectors.npy" in Bundle.open(trained.finetune.path).manifest.files
+    finetune = Bundle.open(trained.finetune.path).manifest
+    assert {"trained_rows.npy", "trained_buckets.npy"} <= set(finetune.files)
+    assert not any(name.startswith("store/") for name in finetune.files)
+    assert finetune.vector_store.shared and finetune.format == 2
 
 
 def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None:
@@ -82,7 +86,8 @@ def test_onnx_graph_has_named_inputs_and_dynamic_batch(trained: Trained) -> None
 
     lexical = ["lexicon_ids", "lexicon_weights"]
     for result, names in ((trained.frozen, sorted(["features", *lexical])),
-                          (trained.finetune, sorted(["features", "token_ids", *lexical]))):
+                          (trained.finetune, sorted(Bundle.open(trained.finetune.path).features.input_names))):
+        assert {"lexicon_ids", "lexicon_weights"} <= set(names)
         session = ort.InferenceSession(str(result.path / "model.onnx"), providers=["CPUExecutionProvider"])
         inputs = {graph_input.name: graph_input for graph_input in session.get_inputs()}
         (out,) = session.get_outputs()
@@ -186,7 +191,7 @@ def test_scorers_opened_with_one_cache_share_one_store(trained: Trained) -> None
     cache = StoreCache()
     frozen = Scorer.open(trained.frozen.path, stores=cache)
     finetune = Scorer.open(trained.finetune.path, stores=cache)
-    assert len(cache) == 2  # the shared store once, and the finetune model's own
+    assert len(cache) == 1  # the shared store once: a finetune model reads it too
     assert frozen.featurizer.matrix is finetune.featurizer.matrix  # one memory map for both
 
 

@@ -6,12 +6,13 @@ and Triton)::
     <repository>/
       _stores/<fingerprint>/          shared vector stores (see tlserve.vector_store)
       <model>/<version>/
-        model.onnx                    the graph: features -> probabilities, or token ids -> probabilities
+        model.onnx                    the graph: features (or token ids) -> probabilities
         labels.json                   output order of the labels
         preprocessing.json            tlserve.preprocessing.PreprocessingConfig
         sif_weights.npy               (frozen + SIF) one weight per store row
         lexicon.txt, lexicon_idf.npy  (lexical channel) its n-grams and their IDF (tlserve.lexicon)
-        store/                        (finetune) the model's own vocabulary and adapted table
+        trained_rows.npy,             (finetune) the shared-store rows and hashed rows the graph's
+          trained_buckets.npy         table holds (tlserve.features.TrainedRows)
         report.json, report.md, *.png the training report
         manifest.json                 sha256 of every file above, the store fingerprint,
                                       feature config, ONNX parity, metrics, versions
@@ -41,13 +42,15 @@ from tlserve.features import FeatureConfig
 from tlserve.preprocessing import PreprocessingConfig
 from tlserve.vector_store import MANIFEST, sha256_file
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+# Format 1 differs only for finetune models, which carried a copy of their vocabulary and table;
+# its frozen models read as they did.
+_FROZEN_ONLY_FORMATS = (1,)
 STORES_DIR = "_stores"
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
 SIF_FILE = "sif_weights.npy"
-OWN_STORE_DIR = "store"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CONFUSION_FIGURE = "confusion.png"
@@ -113,7 +116,7 @@ class StoreRef:
     """The vector store a version was trained on, as its manifest records it."""
 
     fingerprint: str
-    """Fingerprint of the store the token ids refer to: the shared store (frozen) or the bundle's own."""
+    """Fingerprint of the shared store (under ``_stores/``) the version reads."""
     size: int
     """Words in that store."""
     dimension: int
@@ -129,9 +132,9 @@ class StoreRef:
     format: int
     """Store format version."""
     shared: bool
-    """True when the ids refer to the shared store under ``_stores/``, False for the bundle's own store."""
+    """True: the store is shared under ``_stores/`` (format 1 finetune models had their own)."""
     base_fingerprint: str | None = None
-    """finetune: the shared store the own store was adapted from (and, with a static channel, pools from)."""
+    """Format 1 finetune models only: the shared store their own store was adapted from."""
 
 
 @dataclass(frozen=True)
@@ -232,9 +235,14 @@ class BundleManifest:
     @classmethod
     def from_dict(cls, data: Any, where: Path) -> BundleManifest:
         """Parses a manifest; BundleError names the file and the field that is missing or wrong."""
-        if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if found != BUNDLE_FORMAT and found not in _FROZEN_ONLY_FORMATS:
             raise BundleError(f"{where}: bundle format {found!r} is not {BUNDLE_FORMAT}")
+        if found in _FROZEN_ONLY_FORMATS and isinstance(data.get("features"), dict) \
+                and data["features"].get("mode") != "frozen":
+            raise BundleError(f"{where}: a finetune model of bundle format {found}, which carried its own copy of "
+                              f"the vectors; this tlserve reads finetune models of format {BUNDLE_FORMAT} (only the "
+                              "rows training changed): train the model again with `tlserve train`")
         try:
             missing = [name for name in cls.__dataclass_fields__ if name not in data]
             if missing:
@@ -302,24 +310,9 @@ class Bundle:
     def sif_file(self) -> Path:
         return self.path / SIF_FILE
 
-    @property
-    def shared_store_fingerprint(self) -> str | None:
-        """Fingerprint of the shared store this version pools from (frozen, or finetune + static)."""
-        if self.features.mode == "frozen":
-            return self.store_fingerprint
-        if self.features.static:
-            return self.manifest.vector_store.base_fingerprint
-        return None
-
     def store_path(self, repository: Path) -> Path:
-        """Folder of the vocabulary this version's token ids refer to: its own, or the shared store."""
-        if self.features.mode == "finetune":
-            return self.path / OWN_STORE_DIR
+        """Folder of the shared store this version reads."""
         return repository / STORES_DIR / self.store_fingerprint
-
-    def shared_store_path(self, repository: Path) -> Path | None:
-        fingerprint = self.shared_store_fingerprint
-        return None if fingerprint is None else repository / STORES_DIR / fingerprint
 
     @classmethod
     def open(cls, path: Path, verify: bool = True) -> Bundle:

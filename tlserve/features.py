@@ -5,12 +5,13 @@ Two feature kinds, one per transfer mode:
 - ``frozen``: the (optionally SIF-weighted) mean of the in-vocabulary word vectors of the
   shared store, optionally concatenated with their element-wise max. The model is only
   a head over these features, so every frozen model reads the same memory-mapped table.
-- ``finetune``: token ids for a graph that holds its own, adapted embedding table. Words
-  of the bundle's vocabulary get ``1 + row``; out-of-vocabulary words and word bigrams
-  are hashed (crc32) into ``buckets`` extra rows, the hashing trick of fastText, so the
-  model learns the task's own words and phrases too. Id 0 is padding. With ``static``,
-  the graph also takes the frozen features of the shared store: the adapted table
-  learns the task, the shared store keeps every pretrained word the labels never showed.
+- ``finetune``: token ids for a graph that holds only the rows training changed: the store
+  words of the training texts and the hashed rows (crc32 into ``buckets``, the hashing trick
+  of fastText) that out-of-vocabulary words and word bigrams of the training texts reached
+  (`TrainedRows`). Every other store word keeps its pretrained vector, read from the shared
+  store and pooled here (``base_sum``, ``base_max``), so a finetuned model costs its trained
+  rows, never a copy of the table. A hashed row no training text reached is zero. With
+  ``static``, the graph also takes the frozen features of the shared store.
 
 Either kind can add a lexical channel (``lexical``): the ids and TF-IDF weights of the
 text's word uni- and bigrams in the bundle's lexicon (`tlserve.lexicon`), read by a linear
@@ -26,13 +27,16 @@ would dominate; the numbers are computed by the same reductions, so they are bit
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from tlserve.errors import BundleError
 from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VocabularyIndex
@@ -42,9 +46,22 @@ Pooling = Literal["mean", "mean_max"]
 
 FROZEN_INPUT = "features"
 FINETUNE_INPUT = "token_ids"
+BASE_SUM_INPUT = "base_sum"
+BASE_MAX_INPUT = "base_max"
 LEXICON_IDS_INPUT = "lexicon_ids"
 LEXICON_WEIGHTS_INPUT = "lexicon_weights"
 OUTPUT = "probabilities"
+
+# finetune token ids: 0 pads; a store word without a trained row reads the shared store (its vector
+# is in base_sum / base_max); a hashed row no training text reached is zero; trained rows follow.
+PADDING_ID = 0
+BASE_ID = 1
+ZERO_ID = 2
+FIRST_TRAINED_ID = 3
+# base_max of a text without shared-store words: below any vector, so it never wins the max.
+NO_BASE = np.float32(-1e9)
+TRAINED_ROWS_FILE = "trained_rows.npy"
+TRAINED_BUCKETS_FILE = "trained_buckets.npy"
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,7 @@ class FeatureConfig:
     """How tokens become model inputs; stored in the bundle manifest."""
 
     mode: Mode = "frozen"
-    """"frozen": pooled store vectors feed the head; "finetune": token ids feed a graph with its own table."""
+    """"frozen": pooled store vectors feed the head; "finetune": token ids feed a graph with the rows it trained."""
     pooling: Pooling = "mean"
     """"mean", or "mean_max" (mean and element-wise max, concatenated)."""
     sif: bool = False
@@ -81,12 +98,64 @@ class FeatureConfig:
         if self.mode == "frozen":
             names = [FROZEN_INPUT]
         else:
-            names = [FINETUNE_INPUT, FROZEN_INPUT] if self.static else [FINETUNE_INPUT]
+            names = [FINETUNE_INPUT, BASE_SUM_INPUT]
+            if self.pooling == "mean_max":
+                names.append(BASE_MAX_INPUT)
+            if self.static:
+                names.append(FROZEN_INPUT)
         return [*names, LEXICON_IDS_INPUT, LEXICON_WEIGHTS_INPUT] if self.lexical else names
 
-    @property
-    def uses_shared_store(self) -> bool:
-        return self.mode == "frozen" or self.static
+
+@dataclass(frozen=True)
+class TrainedRows:
+    """The rows a finetuned model trained: store rows and hashed rows, each sorted; their token ids follow
+    each other from `FIRST_TRAINED_ID` (store rows first), in the graph's table."""
+
+    store_rows: np.ndarray
+    """int32, sorted: shared-store rows of the words of the training texts."""
+    buckets: np.ndarray
+    """int32, sorted: hashed rows the training texts' unknown words and bigrams reached."""
+
+    def __len__(self) -> int:
+        return len(self.store_rows) + len(self.buckets)
+
+    def ids_of_store_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Token id of each store row (-1: not trained; negative rows are not in the store)."""
+        return _positions(self.store_rows, rows, FIRST_TRAINED_ID)
+
+    def ids_of_buckets(self, buckets: np.ndarray, missing: int = ZERO_ID) -> np.ndarray:
+        """Token id of each hashed row (`missing` where not trained)."""
+        ids = _positions(self.buckets, buckets, FIRST_TRAINED_ID + len(self.store_rows))
+        return np.where(ids < 0, missing, ids)
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / TRAINED_ROWS_FILE, self.store_rows.astype(np.int32), allow_pickle=False)
+        np.save(folder / TRAINED_BUCKETS_FILE, self.buckets.astype(np.int32), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path, store_size: int, buckets: int) -> TrainedRows:
+        """Reads and checks the two files (sorted, unique, within the store and the buckets)."""
+        arrays = []
+        for name, limit in ((TRAINED_ROWS_FILE, store_size), (TRAINED_BUCKETS_FILE, buckets)):
+            path = folder / name
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise BundleError(f"{path}: unreadable: {error}") from None
+            if array.ndim != 1 or array.dtype != np.int32:
+                raise BundleError(f"{path}: {array.dtype} of shape {list(array.shape)}; expected int32 [rows]")
+            if len(array) and (array[0] < 0 or array[-1] >= limit or np.any(np.diff(array) <= 0)):
+                raise BundleError(f"{path}: rows must be sorted, unique and in [0, {limit})")
+            arrays.append(array)
+        return cls(arrays[0], arrays[1])
+
+
+def _positions(sorted_values: np.ndarray, values: np.ndarray, first_id: int) -> np.ndarray:
+    """first_id + position of each of `values` in `sorted_values`, -1 where absent."""
+    if not len(sorted_values):
+        return np.full(len(values), -1, dtype=np.int64)
+    positions = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return np.where(sorted_values[positions] == values, positions + first_id, -1).astype(np.int64)
 
 
 @dataclass
@@ -94,8 +163,9 @@ class EncodedBatch:
     """Model input for a batch of texts, with per-text token statistics."""
 
     inputs: dict[str, np.ndarray]
-    """Graph inputs by name: ``features`` float32 [n, F] and/or ``token_ids`` int64 [n, length]; with the
-    lexical channel, ``lexicon_ids`` int64 and ``lexicon_weights`` float32 [n, n-grams]."""
+    """Graph inputs by name: ``features`` float32 [n, F]; finetune: ``token_ids`` int64 [n, length] and
+    ``base_sum`` (and ``base_max``) float32 [n, dim]; with the lexical channel, ``lexicon_ids`` int64 and
+    ``lexicon_weights`` float32 [n, n-grams]."""
     token_counts: np.ndarray
     """int32 [n]: tokens per text after preprocessing."""
     oov_counts: np.ndarray
@@ -129,9 +199,8 @@ def _bucket(key: str, buckets: int) -> int:
 class Featurizer:
     """Encodes texts into model inputs.
 
-    `index` and `vocabulary_size` describe the vocabulary of token ids and OOV counts: the
-    shared store's (frozen) or the bundle's own (finetune). `matrix` and `store_index` are
-    the shared store's table and index, for pooled features (frozen, or finetune + static).
+    `index` and `matrix` are the shared store's vocabulary index and table. A finetuned model
+    also needs its `trained` rows; the lexical channel, its `lexicon`.
     """
 
     def __init__(
@@ -139,28 +208,23 @@ class Featurizer:
         config: FeatureConfig,
         preprocessor: Preprocessor,
         index: VocabularyIndex,
-        vocabulary_size: int,
-        matrix: np.ndarray | None = None,
+        matrix: np.ndarray,
         sif_weights: np.ndarray | None = None,
-        store_index: VocabularyIndex | None = None,
         lexicon: Lexicon | None = None,
+        trained: TrainedRows | None = None,
     ) -> None:
-        if config.uses_shared_store and matrix is None:
-            raise ValueError("pooled features need the shared store's matrix")
         if config.lexical and lexicon is None:
             raise ValueError("the lexical channel needs the bundle's lexicon")
         self.config = config
         self.preprocessor = preprocessor
         self.index = index
-        self.vocabulary_size = vocabulary_size
         self.matrix = matrix
         self.sif_weights = sif_weights
-        self.store_index = store_index if store_index is not None else index
         self.lexicon = lexicon
+        self.trained = trained
 
     @property
     def feature_size(self) -> int:
-        assert self.matrix is not None
         width = int(self.matrix.shape[1])
         return 2 * width if self.config.pooling == "mean_max" else width
 
@@ -185,10 +249,9 @@ class Featurizer:
         if self.config.mode == "frozen":
             inputs[FROZEN_INPUT] = self._pool(rows, counts, known)
         else:
-            inputs[FINETUNE_INPUT] = self._token_ids(tokens, rows)
+            inputs.update(self._finetune_inputs(tokens, rows))
             if self.config.static:
-                store_rows = self.store_index.lookup(flat)
-                inputs[FROZEN_INPUT] = self._pool(store_rows, counts, store_rows >= 0)
+                inputs[FROZEN_INPUT] = self._pool(rows, counts, known)
         return self._add_lexical(texts, tokens, EncodedBatch(inputs, counts.astype(np.int32), oov))
 
     def _add_lexical(self, texts: Sequence[str], tokens: list[list[str]], encoded: EncodedBatch) -> EncodedBatch:
@@ -221,7 +284,6 @@ class Featurizer:
 
     def _pool_known(self, known_rows: np.ndarray, known_counts: np.ndarray) -> np.ndarray:
         """Pooled vectors of each text from its in-vocabulary rows (all texts' rows, in order)."""
-        assert self.matrix is not None
         n, dim = len(known_counts), int(self.matrix.shape[1])
         vectors = np.asarray(self.matrix[known_rows], dtype=np.float32)
         if self.sif_weights is not None:
@@ -245,27 +307,88 @@ class Featurizer:
             maximum[nonempty] = np.maximum.reduceat(vectors, starts, axis=0)
         return np.concatenate([mean, maximum], axis=1)
 
-    def _token_ids(self, tokens: list[list[str]], rows: np.ndarray) -> np.ndarray:
-        buckets, offset = self.config.buckets, 1 + self.vocabulary_size
-        ids_per_text: list[list[int]] = []
+    def rows_reached(self, texts: Sequence[str], min_bigram_texts: int = 1) -> TrainedRows:
+        """The rows `texts` reach: their words' store rows and the hashed rows of their unknown words and of
+        the bigrams `min_bigram_texts` of them or more have. Of the training texts, these are the rows
+        training changes; a bigram whose hashed row is not among them is left out of a text."""
+        tokens, rows, _ = self.lookup(texts)
+        buckets: set[int] = set()
+        if self.config.buckets:
+            bigram_texts: Counter[str] = Counter()
+            for unknown, bigrams in self._hashed_keys(tokens, rows):
+                buckets.update(_bucket(key, self.config.buckets) for key in unknown)
+                bigram_texts.update(set(bigrams))
+            buckets.update(_bucket(key, self.config.buckets) for key, count in bigram_texts.items()
+                           if count >= min_bigram_texts)
+        return TrainedRows(np.unique(rows[rows >= 0]).astype(np.int32), np.array(sorted(buckets), dtype=np.int32))
+
+    def _hashed_keys(self, tokens: list[list[str]], rows: np.ndarray) -> list[tuple[list[str], list[str]]]:
+        """Per text, what gets a hashed row: its words not in the store, and (with bigrams) its word pairs."""
+        unknown = rows < 0
+        out = []
         position = 0
         for text_tokens in tokens:
-            ids: list[int] = []
-            for token in text_tokens:
-                row = int(rows[position])
-                position += 1
-                if row >= 0:
-                    ids.append(1 + row)
-                elif buckets:
-                    ids.append(offset + _bucket(token, buckets))
-            if buckets and self.config.bigrams:
-                ids.extend(
-                    offset + _bucket(f"{a}\x1f{b}", buckets)
-                    for a, b in pairwise(text_tokens)
-                )
-            ids_per_text.append(ids)
-        length = max(1, max((len(ids) for ids in ids_per_text), default=1))
-        out = np.zeros((len(tokens), length), dtype=np.int64)
-        for i, ids in enumerate(ids_per_text):
-            out[i, : len(ids)] = ids
+            words = [token for token, missing in zip(text_tokens, unknown[position : position + len(text_tokens)],
+                                                     strict=True) if missing]
+            position += len(text_tokens)
+            out.append((words, [f"{a}\x1f{b}" for a, b in pairwise(text_tokens)] if self.config.bigrams else []))
         return out
+
+    def _finetune_inputs(self, tokens: list[list[str]], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Token ids (a text's store words, its unknown words, then its bigrams), and the sum (and max) of the
+        shared vectors of its store words that have no trained row."""
+        if self.trained is None:
+            raise ValueError("finetune features need the model's trained rows")
+        buckets = self.config.buckets
+        trained_ids = self.trained.ids_of_store_rows(rows).tolist()
+        row_list = rows.tolist()
+        # Until one lookup maps them all: an unknown word as -(bucket + 1), a bigram as -(buckets + bucket + 1).
+        codes: list[int] = []
+        texts: list[int] = []
+        base_rows: list[int] = []
+        base_counts: list[int] = []
+        position = 0
+        for text, (text_tokens, (unknown, bigrams)) in enumerate(zip(
+                tokens, self._hashed_keys(tokens, rows) if buckets else [([], [])] * len(tokens), strict=True)):
+            before, base_before = len(codes), len(base_rows)
+            for row, trained_id in zip(row_list[position : position + len(text_tokens)],
+                                       trained_ids[position : position + len(text_tokens)], strict=True):
+                if trained_id >= 0:
+                    codes.append(trained_id)
+                elif row >= 0:
+                    codes.append(BASE_ID)
+                    base_rows.append(row)
+            position += len(text_tokens)
+            codes.extend(-1 - _bucket(key, buckets) for key in unknown)
+            codes.extend(-1 - buckets - _bucket(key, buckets) for key in bigrams)
+            texts.extend([text] * (len(codes) - before))
+            base_counts.append(len(base_rows) - base_before)
+        flat, segment = np.array(codes, dtype=np.int64), np.array(texts, dtype=np.int64)
+        if buckets:
+            bigram = flat < -buckets
+            word = (flat < 0) & ~bigram
+            flat[word] = self.trained.ids_of_buckets(-1 - flat[word])
+            flat[bigram] = self.trained.ids_of_buckets(-1 - buckets - flat[bigram], missing=-1)
+            kept = flat >= 0
+            flat, segment = flat[kept], segment[kept]
+        count = np.bincount(segment, minlength=len(tokens))
+        ids = np.zeros((len(tokens), max(1, int(count.max(initial=0)))), dtype=np.int64)
+        ids[segment, np.arange(len(flat)) - np.repeat(np.cumsum(count) - count, count)] = flat
+        inputs = {FINETUNE_INPUT: ids}
+        inputs.update(self._base_pool(np.array(base_rows, dtype=np.int64), np.array(base_counts, dtype=np.int64)))
+        return inputs
+
+    def _base_pool(self, base_rows: np.ndarray, base_counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Sum (and max, `NO_BASE` where a text has none) of the shared vectors of each text's untrained words."""
+        n, dim = len(base_counts), int(self.matrix.shape[1])
+        total = np.zeros((n, dim), dtype=np.float32)
+        maximum = np.full((n, dim), NO_BASE, dtype=np.float32)
+        if len(base_rows):
+            vectors = np.asarray(self.matrix[base_rows], dtype=np.float32)
+            nonempty = base_counts > 0
+            starts = (np.cumsum(base_counts) - base_counts)[nonempty]
+            total[nonempty] = np.add.reduceat(vectors, starts, axis=0)
+            maximum[nonempty] = np.maximum.reduceat(vectors, starts, axis=0)
+        if self.config.pooling == "mean_max":
+            return {BASE_SUM_INPUT: total, BASE_MAX_INPUT: maximum}
+        return {BASE_SUM_INPUT: total}

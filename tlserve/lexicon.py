@@ -110,14 +110,19 @@ class Lexicon:
         return np.where(self._hashes[positions] == hashes, self._ids[positions], 0).astype(np.int64)
 
     @classmethod
-    def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int, units: Units = "words") -> Lexicon:
-        """The `max_size` n-grams found in most texts, with scikit-learn's smoothed IDF."""
+    def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int, units: Units = "words",
+            min_bigram_texts: int = 1) -> Lexicon:
+        """The `max_size` n-grams found in most texts, with scikit-learn's smoothed IDF; a bigram only if
+        `min_bigram_texts` texts or more have it."""
         joiner = "" if units == "chars" else " "
-        document_frequency: Counter[str] = Counter()
+        unigrams: Counter[str] = Counter()
+        bigrams: Counter[str] = Counter()
         for tokens in token_lists:
-            document_frequency.update(set(ngrams(tokens, joiner)))
+            unigrams.update(set(tokens))
+            bigrams.update({f"{a}{joiner}{b}" for a, b in pairwise(tokens)})
+        counts = [*unigrams.items(), *((gram, n) for gram, n in bigrams.items() if n >= min_bigram_texts)]
         # Most frequent first; ties in a fixed (alphabetical) order so training is reproducible.
-        kept = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))[:max_size]
+        kept = sorted(counts, key=lambda item: (-item[1], item[0]))[:max_size]
         n = len(token_lists)
         idf = np.array([math.log((1 + n) / (1 + df)) + 1.0 for _, df in kept], dtype=np.float32)
         return cls([gram for gram, _ in kept], idf, units)

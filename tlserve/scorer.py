@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from tlserve.bundle import Bundle, versions_of
 from tlserve.errors import BundleError
-from tlserve.features import FINETUNE_INPUT, LEXICON_IDS_INPUT, OUTPUT, Featurizer
+from tlserve.features import FINETUNE_INPUT, LEXICON_IDS_INPUT, OUTPUT, Featurizer, TrainedRows
 from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
 from tlserve.vector_store import VectorStore
@@ -82,30 +82,22 @@ def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1,
 
 @dataclass
 class StoreCache:
-    """Vector stores opened once each, by key (a fingerprint, or a bundle's own store folder)."""
+    """Vector stores opened once each, by fingerprint."""
 
     stores: dict[str, VectorStore] = field(default_factory=dict)
 
-    def open(self, key: str, path: Path, fingerprint: str) -> VectorStore:
-        if key not in self.stores:
+    def open(self, path: Path, fingerprint: str) -> VectorStore:
+        if fingerprint not in self.stores:
             store = VectorStore(path)
             if store.fingerprint != fingerprint:
                 raise BundleError(f"{path}: store fingerprint {store.fingerprint[:12]} is not the bundle's "
                                   f"{fingerprint[:12]}")
-            self.stores[key] = store
-        return self.stores[key]
+            self.stores[fingerprint] = store
+        return self.stores[fingerprint]
 
-    def for_bundle(self, bundle: Bundle, repository: Path) -> tuple[VectorStore, VectorStore | None]:
-        """The store of the version's token vocabulary, and the shared store it pools from (if any)."""
-        shared = None
-        fingerprint, path = bundle.shared_store_fingerprint, bundle.shared_store_path(repository)
-        if fingerprint is not None and path is not None:
-            shared = self.open(fingerprint, path, fingerprint)
-        if bundle.features.mode == "finetune":
-            own = self.open(str(bundle.path), bundle.store_path(repository), bundle.store_fingerprint)
-            return own, shared
-        assert shared is not None
-        return shared, shared
+    def for_bundle(self, bundle: Bundle, repository: Path) -> VectorStore:
+        """The shared store the version reads."""
+        return self.open(bundle.store_path(repository), bundle.store_fingerprint)
 
     def __len__(self) -> int:
         return len(self.stores)
@@ -114,8 +106,7 @@ class StoreCache:
 class Scorer:
     """One model version ready to score texts: its bundle, featurizer and onnxruntime session."""
 
-    def __init__(self, bundle: Bundle, store: VectorStore, shared: VectorStore | None,
-                 options: ort.SessionOptions | None = None) -> None:
+    def __init__(self, bundle: Bundle, store: VectorStore, options: ort.SessionOptions | None = None) -> None:
         self.bundle = bundle
         self.name = bundle.name
         self.version = bundle.version
@@ -129,11 +120,11 @@ class Scorer:
             features,
             Preprocessor(bundle.preprocessing),
             store.index,
-            len(store),
-            matrix=shared.matrix if shared is not None else None,
+            store.matrix,
             sif_weights=sif,
-            store_index=shared.index if shared is not None else None,
             lexicon=Lexicon.load(bundle.path, features.lexical_units) if features.lexical else None,
+            trained=TrainedRows.load(bundle.path, len(store), features.buckets) if features.mode == "finetune"
+            else None,
         )
         self.session = ort.InferenceSession(str(bundle.model_file), sess_options=options or session_options(),
                                             providers=["CPUExecutionProvider"])
@@ -148,8 +139,7 @@ class Scorer:
         if path.name != str(bundle.version) or path.parent.name != bundle.name:
             raise BundleError(f"{path}: manifest says {bundle.name}/{bundle.version}")
         cache = stores if stores is not None else StoreCache()  # an empty cache is falsy: test for None
-        store, shared = cache.for_bundle(bundle, repository or path.parent.parent)
-        return cls(bundle, store, shared, options)
+        return cls(bundle, cache.for_bundle(bundle, repository or path.parent.parent), options)
 
     @classmethod
     def from_repository(cls, repository: Path | str, model: str, version: int = 0, **kwargs: Any) -> Scorer:

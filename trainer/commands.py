@@ -126,12 +126,10 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                        help="auto: mean_max for frozen; for finetune, a mean and a mean_max model mixed with "
                        "weights chosen on validation log-loss")
     train.add_argument("--sif", action="store_true", help="frozen: SIF-weighted mean")
-    train.add_argument("--top-words", type=int, default=TrainConfig.top_words,
-                       help="finetune: frequent store words kept")
     train.add_argument("--buckets", type=int, default=TrainConfig.buckets, help="finetune: hashed rows (0 = none)")
     train.add_argument("--no-bigrams", dest="bigrams", action="store_false", help="finetune: no word bigrams")
     train.add_argument("--no-static", dest="static", action="store_false",
-                       help="finetune: no frozen channel of pooled shared-store vectors beside the adapted table")
+                       help="finetune: no frozen channel of pooled shared-store vectors beside the trained rows")
     train.add_argument("--random-vectors", action="store_true", help="replace the vectors by random ones (ablation)")
     train.add_argument("--hidden", type=int, default=HeadConfig.hidden)
     train.add_argument("--dropout", type=float, default=HeadConfig.dropout)
@@ -220,7 +218,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         empty=args.empty, unlabelled=args.unlabelled, validation_data=args.validation_data, test_data=args.test_data,
         test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
-        pooling=args.pooling, sif=args.sif, top_words=args.top_words, buckets=args.buckets, bigrams=args.bigrams,
+        pooling=args.pooling, sif=args.sif, buckets=args.buckets, bigrams=args.bigrams,
         static=args.static, random_vectors=args.random_vectors, lexical=args.lexical,
         lexicon_size=args.lexicon_size, calibrate=args.calibrate, calibration_method=args.calibration_method,
         calibration_folds=args.calibration_folds,

@@ -100,14 +100,12 @@ class TrainConfig:
         return [self.resolved_pooling]
     sif: bool = False
     """frozen: SIF-weighted mean, a/(a+p(w)) with p(w) from the training texts."""
-    top_words: int = 50_000
-    """finetune: the store's most frequent words kept besides the training words."""
     buckets: int = 100_000
     """finetune: hashed rows for unknown words and bigrams (0 = none)."""
     bigrams: bool = True
     """finetune: hashed word bigrams as extra tokens."""
     static: bool = True
-    """finetune: a frozen channel of pooled shared-store vectors beside the adapted table."""
+    """finetune: a frozen channel of pooled shared-store vectors beside the trained rows."""
     random_vectors: bool = False
     """Replace the vectors by random ones of the same shape (the no-transfer ablation)."""
     lexical: bool = True

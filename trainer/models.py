@@ -2,9 +2,10 @@
 
 - frozen: standardised pooled store vectors -> MLP head. Only the head is trained and
   exported; the store stays shared.
-- finetune: an embedding layer initialised from the store (plus hashed rows for unknown
-  words and bigrams) -> word dropout -> masked mean (or mean+max) pooling -> MLP. The
-  whole graph is trained, so the pretrained vectors are adapted to the task.
+- finetune: the embedding rows of the training texts' words, initialised from the store, and
+  hashed rows for their unknown words and bigrams -> word dropout -> masked mean (or
+  mean+max) pooling, together with the pooled shared vectors of the words training never
+  saw -> MLP. The whole graph is trained, so the pretrained vectors are adapted to the task.
 """
 
 from __future__ import annotations
@@ -41,6 +42,30 @@ def _head(x: Any, n_classes: int, config: HeadConfig) -> Any:
     return keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer, name="probabilities")(x)
 
 
+def _int8_rows_layer() -> Any:
+    """A Keras layer gathering rows of an int8 table and scaling them back to float32 (`trainer.quantization`):
+    per row (`scale` [rows]) or per column (`scale` [columns])."""
+    import keras
+    from keras import ops
+
+    class Int8Rows(keras.layers.Layer):
+        def __init__(self, q: np.ndarray, scale: np.ndarray, per_row: bool, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.per_row = per_row
+            self.q = self.add_weight(shape=q.shape, dtype="int8", trainable=False,
+                                     initializer=keras.initializers.Constant(q), name="int8_rows")
+            self.scale = self.add_weight(shape=scale.shape, trainable=False,
+                                         initializer=keras.initializers.Constant(scale), name="scale")
+
+        def call(self, ids: Any) -> Any:
+            rows = ops.cast(ops.take(self.q, ids, axis=0), "float32")
+            if self.per_row:
+                return rows * ops.expand_dims(ops.take(self.scale, ids, axis=0), -1)
+            return rows * self.scale
+
+    return Int8Rows
+
+
 def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> Any:
     import keras
 
@@ -53,55 +78,18 @@ def build_frozen(features: np.ndarray, n_classes: int, config: HeadConfig) -> An
 
 def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: HeadConfig,
                    static_features: np.ndarray | None = None, name: str = "finetune",
-                   trained_rows: np.ndarray | None = None) -> Any:
-    """Token ids (and, with `static_features`, the shared store's pooled vectors) -> probabilities.
+                   int8_table: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
+    """Token ids, the pooled shared vectors of untrained words (and, with `static_features`, the shared
+    store's pooled vectors) -> probabilities.
 
-    `trained_rows` (bool per table row) marks the rows the training texts reach; only they can get
-    a gradient, so only they are trainable variables. The others (store words the labels never
-    showed, hash buckets no training token hit) sit in a constant table: Adam updates every row
-    of a variable at every step, and most rows of a large vocabulary would be updated with nothing.
+    `table` holds the rows of `tlserve.features`' token ids: zeros for padding, for a word read
+    from the shared store and for an untrained hashed row, then the trained rows. Only trained
+    ids occur in training texts, so the three zero rows never get a gradient and stay zero.
     """
     import keras
     from keras import ops
 
-    class SplitEmbedding(keras.layers.Layer):
-        """An embedding whose rows are split between a trainable and a constant table (row 0 of each: zeros)."""
-
-        def __init__(self, full: np.ndarray, trainable_rows: np.ndarray, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.rows, self.dim = full.shape
-            trainable_rows = trainable_rows.copy()
-            trainable_rows[0] = False
-            self.trainable_index = np.flatnonzero(trainable_rows)
-            self.constant_index = np.flatnonzero(~trainable_rows)[1:]  # without the padding row
-            to_trainable = np.zeros(self.rows, np.int64)
-            to_trainable[self.trainable_index] = np.arange(1, len(self.trainable_index) + 1)
-            to_constant = np.zeros(self.rows, np.int64)
-            to_constant[self.constant_index] = np.arange(1, len(self.constant_index) + 1)
-            zero = np.zeros((1, self.dim), np.float32)
-            self.to_trainable = self.add_weight(shape=(self.rows,), dtype="int64", trainable=False,
-                                                initializer=keras.initializers.Constant(to_trainable),
-                                                name="to_trainable")
-            self.to_constant = self.add_weight(shape=(self.rows,), dtype="int64", trainable=False,
-                                               initializer=keras.initializers.Constant(to_constant),
-                                               name="to_constant")
-            trained = np.concatenate([zero, full[self.trainable_index]])
-            constant = np.concatenate([zero, full[self.constant_index]])
-            self.trained = self.add_weight(shape=trained.shape, initializer=keras.initializers.Constant(trained),
-                                           name="trained")
-            self.constant = self.add_weight(shape=constant.shape, trainable=False,
-                                            initializer=keras.initializers.Constant(constant), name="constant")
-
-        def call(self, ids: Any) -> Any:
-            return (ops.take(self.trained, ops.take(self.to_trainable, ids, axis=0), axis=0)
-                    + ops.take(self.constant, ops.take(self.to_constant, ids, axis=0), axis=0))
-
-        def full_table(self) -> np.ndarray:
-            """The whole table as one array again (the trained rows as trained)."""
-            out = np.zeros((self.rows, self.dim), np.float32)
-            out[self.trainable_index] = np.asarray(self.trained.numpy())[1:]
-            out[self.constant_index] = np.asarray(self.constant.numpy())[1:]
-            return out
+    from tlserve.features import BASE_ID, BASE_MAX_INPUT, BASE_SUM_INPUT, FINETUNE_INPUT
 
     class WordDropout(keras.layers.Layer):
         """Zeroes (pads out) each token id with probability `rate`, in training only."""
@@ -118,31 +106,42 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
             return ops.where(keep, ids, ops.zeros_like(ids))
 
     class MaskedPooling(keras.layers.Layer):
-        """Mean (or mean and max) of the embeddings of non-padding ids."""
+        """Mean (or mean and max) over a text's tokens: the trained rows and the shared vectors' sum (and max)."""
 
         def __init__(self, pooling: str, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.pooling = pooling
 
-        def call(self, embedded: Any, ids: Any) -> Any:
-            mask = ops.cast(ops.expand_dims(ops.greater(ids, 0), -1), embedded.dtype)
-            count = ops.maximum(ops.sum(mask, axis=1), 1.0)
-            mean = ops.sum(embedded * mask, axis=1) / count
+        def call(self, embedded: Any, ids: Any, base_sum: Any, base_max: Any = None) -> Any:
+            counted = ops.cast(ops.expand_dims(ops.greater(ids, 0), -1), embedded.dtype)
+            tokens = ops.sum(counted, axis=1)
+            mean = (ops.sum(embedded * counted, axis=1) + base_sum) / ops.maximum(tokens, 1.0)
             if self.pooling != "mean_max":
                 return mean
-            # Padding gets a large negative value so it never wins the max; an all-padding
-            # text then gets 0, as the frozen features do.
-            masked = embedded * mask + (mask - 1.0) * 1e9
-            maximum = ops.max(masked, axis=1) * ops.cast(ops.sum(mask, axis=1) > 0, embedded.dtype)
+            # The table's own rows (trained, or hashed and zero) take part in the max; a shared-store
+            # word's zero row does not: its vector is in base_max. Padding gets a large negative value
+            # so it never wins; an all-padding text then gets 0, as the frozen features do.
+            own = ops.cast(ops.expand_dims(ops.greater(ids, BASE_ID), -1), embedded.dtype)
+            masked = embedded * own + (own - 1.0) * 1e9
+            maximum = ops.maximum(ops.max(masked, axis=1), base_max) * ops.cast(tokens > 0, embedded.dtype)
             return ops.concatenate([mean, maximum], axis=-1)
 
-    ids = keras.Input(shape=(None,), dtype="int64", name="token_ids")
+    dim = table.shape[1]
+    ids = keras.Input(shape=(None,), dtype="int64", name=FINETUNE_INPUT)
+    base_sum = keras.Input(shape=(dim,), dtype="float32", name=BASE_SUM_INPUT)
+    inputs = [ids, base_sum]
     dropped = WordDropout(config.word_dropout, name="word_dropout")(ids)
-    if trained_rows is None:
-        trained_rows = np.ones(table.shape[0], dtype=bool)
-    embedded = SplitEmbedding(table, trained_rows, name="embedding")(dropped)
-    pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped)
-    inputs = [ids]
+    if int8_table is None:
+        embedded = keras.layers.Embedding(table.shape[0], dim, embeddings_initializer=keras.initializers.Constant(
+            table), name="embedding")(dropped)
+    else:
+        embedded = _int8_rows_layer()(*int8_table, per_row=True, name="embedding")(dropped)
+    if pooling == "mean_max":
+        base_max = keras.Input(shape=(dim,), dtype="float32", name=BASE_MAX_INPUT)
+        inputs.append(base_max)
+        pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped, base_sum, base_max)
+    else:
+        pooled = MaskedPooling(pooling, name="pooling")(embedded, dropped, base_sum)
     if static_features is not None:
         # The frozen channel: pooled vectors of the shared store, standardised.
         features = keras.Input(shape=(static_features.shape[1],), dtype="float32", name="features")
@@ -154,14 +153,31 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     return keras.Model(inputs, outputs, name=name)
 
 
+def quantized_finetune(model: Any, n_classes: int, pooling: str, config: HeadConfig,
+                       static_features: np.ndarray | None = None) -> Any:
+    """The trained finetune `model` with its embedding table in int8 (every other weight copied)."""
+    from tlserve.trainer.quantization import quantize_rows
+
+    table = np.asarray(model.get_layer("embedding").embeddings.numpy())
+    quantized = build_finetune(table, n_classes, pooling, config, static_features, name=model.name,
+                               int8_table=quantize_rows(table))
+    for layer in model.layers:
+        if layer.weights and layer.name != "embedding":
+            quantized.get_layer(layer.name).set_weights(layer.get_weights())
+    return quantized
+
+
 def build_lexical(coefficients: np.ndarray, intercept: np.ndarray) -> Any:
     """The lexical channel: a trained linear classifier over TF-IDF n-gram weights as a graph.
 
-    `coefficients` [n-grams, classes] become an embedding (row 0: padding) gathered by n-gram
-    id and summed with the TF-IDF weights: the sparse product x . W without a dense x.
+    `coefficients` [n-grams, classes] become an int8 table (row 0: padding, one scale per class)
+    gathered by n-gram id and summed with the TF-IDF weights: the sparse product x . W without a
+    dense x. `fit_lexical` reports the quantized classifier, so this graph is what it measured.
     """
     import keras
     from keras import ops
+
+    from tlserve.trainer.quantization import quantize_columns
 
     class WeightedRows(keras.layers.Layer):
         def __init__(self, bias: np.ndarray, **kwargs: Any) -> None:
@@ -174,8 +190,7 @@ def build_lexical(coefficients: np.ndarray, intercept: np.ndarray) -> Any:
     table = np.concatenate([np.zeros((1, coefficients.shape[1]), np.float32), coefficients.astype(np.float32)])
     ids = keras.Input(shape=(None,), dtype="int64", name="lexicon_ids")
     weights = keras.Input(shape=(None,), dtype="float32", name="lexicon_weights")
-    rows = keras.layers.Embedding(table.shape[0], table.shape[1], embeddings_initializer=keras.initializers.Constant(
-        table), trainable=False, name="lexicon_classifier")(ids)
+    rows = _int8_rows_layer()(*quantize_columns(table), per_row=False, name="lexicon_classifier")(ids)
     logits = WeightedRows(intercept, name="lexicon_logits")(rows, weights)
     return keras.Model([ids, weights], keras.layers.Softmax(name="probabilities")(logits), name="lexical")
 

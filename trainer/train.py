@@ -30,7 +30,7 @@ from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
 from tlserve.trainer.evaluation import evaluate, expected_calibration_error, reliability
 from tlserve.trainer.fitting import FittedModel, fit_model, pooling_name, predict, random_like
-from tlserve.vector_store import VectorStore, copy_store, write_store
+from tlserve.vector_store import VectorStore, copy_store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def train(config: TrainConfig) -> TrainResult:
                 truncated_texts=truncated,
             ),
             hyperparameters={**asdict(config.head), "pooling": pooling_name(fitted), "sif": config.sif,
-                             "top_words": config.top_words, "buckets": config.buckets, "bigrams": config.bigrams,
+                             "buckets": config.buckets, "bigrams": config.bigrams,
                              "static": config.static, "random_vectors": config.random_vectors,
                              "lexical": fitted.lexical, "temperature": fitted.temperature,
                              "temperature_exponent": fitted.temperature_exponent},
@@ -200,15 +200,9 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _place_stores(config: TrainConfig, fitted: FittedModel, store: VectorStore, staging: Path) -> StoreRef:
-    """Writes the finetune model's own store into the bundle and links the shared store into the
-    repository's ``_stores/``; returns the manifest's record of the store the ids refer to."""
-    shared_dir = config.repository / bundle.STORES_DIR / store.fingerprint
-    if fitted.own_store is None:
-        copy_store(store, shared_dir)
-        return StoreRef(**asdict(store.manifest), shared=True)
-    words, adapted = fitted.own_store
-    own = write_store(staging / bundle.OWN_STORE_DIR, words, adapted, case=store.manifest.case,
-                      source_name=store.manifest.source_name, source_sha256=store.manifest.source_sha256)
-    if config.static:
-        copy_store(store, shared_dir)
-    return StoreRef(**asdict(own), shared=False, base_fingerprint=store.fingerprint)
+    """Links the shared store into the repository's ``_stores/`` and writes a finetuned model's trained
+    rows into the bundle; returns the manifest's record of the store."""
+    copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
+    if fitted.featurizer.trained is not None:
+        fitted.featurizer.trained.save(staging)
+    return StoreRef(**asdict(store.manifest), shared=True)

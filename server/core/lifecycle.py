@@ -2,8 +2,8 @@
 
 Every model and version under the repository root is served according to the version
 policy. Vector stores are memory-mapped once per fingerprint (`tlserve.scorer.StoreCache`)
-and shared by every model and, through the page cache, every worker process; finetune
-models carry their own small store.
+and shared by every model and, through the page cache, every worker process; a finetune
+model adds only the rows its training changed.
 """
 
 from __future__ import annotations
