@@ -121,3 +121,18 @@ def test_int8_rows_keep_zero_rows_and_stay_within_half_a_step() -> None:
     columns, column_scale = quantize_columns(table)
     assert columns.shape == table.shape and column_scale.shape == (16,)
     assert np.all(np.abs(columns.astype(np.float32) * column_scale - table) <= column_scale / 2 * (1 + 1e-6))
+
+
+def test_one_text_alone_gets_the_numbers_it_gets_in_a_batch(trained: Trained) -> None:
+    featurizer = Scorer.open(trained.finetune.path).featurizer
+    texts = [*_sample_texts()[:150], "", "zqx0 zqx1 zqx2", "the the the", "a " * 60, "猫 dog"]
+    batch = featurizer.encode(texts)
+    for row, text in enumerate(texts):
+        alone = featurizer.encode([text])  # the few-token path for most of them
+        for name, array in alone.inputs.items():
+            expected = batch.inputs[name][row : row + 1]
+            if name in ("token_ids", "lexicon_ids", "lexicon_weights"):  # padded to the batch's longest
+                expected = expected[:, : array.shape[1]]
+                assert not batch.inputs[name][row, array.shape[1]:].any()
+            assert array.dtype == expected.dtype and np.array_equal(array, expected), (text, name)
+        assert alone.token_counts[0] == batch.token_counts[row] and alone.oov_counts[0] == batch.oov_counts[row]

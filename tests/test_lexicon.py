@@ -94,3 +94,15 @@ def test_ngrams_of_different_string_widths_never_share_an_id() -> None:
     assert hash(" c") == hash("挠") and hash("ab") == hash("\u6261")
     lexicon = Lexicon([" c", "挠", "\u6261", "x"], np.ones(4, dtype=np.float32), units="chars")
     assert lexicon.ids_of([" c", "挠", "\u6261", "ab", "x", "\ud800"]).tolist() == [1, 2, 3, 0, 4, 0]
+
+
+def test_a_bigram_of_fewer_texts_than_asked_is_left_out_and_unigrams_never_are() -> None:
+    lexicon = Lexicon.fit(TEXTS, max_size=1000, min_bigram_texts=2)
+    assert lexicon.grams is not None
+    # "cat dog" and "the cat" are each in one text; every unigram stays, whatever its count.
+    assert not {gram for gram in lexicon.grams if " " in gram}
+    assert {"the", "cat", "sat", "on", "mat", "a", "dog"} == set(lexicon.grams)
+    twice = Lexicon.fit([*TEXTS, ["the", "cat"]], max_size=1000, min_bigram_texts=2)
+    assert twice.grams is not None and [gram for gram in twice.grams if " " in gram] == ["the cat"]
+    chars = Lexicon.fit([list("猫是"), list("是猫")], max_size=1000, units="chars", min_bigram_texts=1)
+    assert chars.grams is not None and {"猫是", "是猫"} <= set(chars.grams)

@@ -30,7 +30,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,8 +240,11 @@ class Featurizer:
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         tokens, flat = self._tokens(texts)
-        if self.config.mode == "frozen" and len(flat) <= FEW_TOKENS:
-            return self._add_lexical(texts, tokens, self._encode_few(tokens, self.index.lookup_few(flat)))
+        if len(flat) <= FEW_TOKENS:
+            row_list = self.index.lookup_few(flat)
+            encoded = self._encode_few(tokens, row_list) if self.config.mode == "frozen" else \
+                self._encode_few_finetune(tokens, row_list)
+            return self._add_lexical(texts, tokens, encoded)
         rows, counts = self.index.lookup(flat), _counts(tokens)
         known = rows >= 0
         oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
@@ -277,6 +280,17 @@ class Featurizer:
         pooled = self._pool_known(np.array(known_rows, dtype=np.int32), np.array(known_counts, dtype=np.int64))
         return EncodedBatch({FROZEN_INPUT: pooled}, np.array([len(t) for t in tokens], dtype=np.int32),
                             np.array(oov, dtype=np.int32))
+
+    def _encode_few_finetune(self, tokens: list[list[str]], rows: list[int]) -> EncodedBatch:
+        """`encode` (finetune) of a few tokens, `rows` from `VocabularyIndex.lookup_few`."""
+        inputs = self._finetune_inputs(tokens, np.array(rows, dtype=np.int32))
+        if self.config.static:
+            encoded = self._encode_few(tokens, rows)
+            encoded.inputs = {**inputs, **encoded.inputs}
+            return encoded
+        lengths = [len(text_tokens) for text_tokens in tokens]
+        unknown = [sum(1 for row in rows[start:end] if row < 0) for start, end in pairwise([0, *accumulate(lengths)])]
+        return EncodedBatch(inputs, np.array(lengths, dtype=np.int32), np.array(unknown, dtype=np.int32))
 
     def _pool(self, rows: np.ndarray, counts: np.ndarray, known: np.ndarray) -> np.ndarray:
         known_counts = np.bincount(_segment_ids(counts)[known], minlength=len(counts))
@@ -364,31 +378,47 @@ class Featurizer:
             texts.extend([text] * (len(codes) - before))
             base_counts.append(len(base_rows) - base_before)
         flat, segment = np.array(codes, dtype=np.int64), np.array(texts, dtype=np.int64)
-        if buckets:
-            bigram = flat < -buckets
-            word = (flat < 0) & ~bigram
-            flat[word] = self.trained.ids_of_buckets(-1 - flat[word])
-            flat[bigram] = self.trained.ids_of_buckets(-1 - buckets - flat[bigram], missing=-1)
+        hashed = flat < 0
+        if hashed.any():
+            # One lookup for every hashed key; an untrained unknown word reads the zero row, an untrained
+            # bigram is left out.
+            bigram = flat[hashed] < -buckets
+            found = self.trained.ids_of_buckets(np.where(bigram, -1 - buckets - flat[hashed], -1 - flat[hashed]),
+                                                missing=-1)
+            flat[hashed] = np.where((found < 0) & ~bigram, ZERO_ID, found)
             kept = flat >= 0
             flat, segment = flat[kept], segment[kept]
-        count = np.bincount(segment, minlength=len(tokens))
-        ids = np.zeros((len(tokens), max(1, int(count.max(initial=0)))), dtype=np.int64)
-        ids[segment, np.arange(len(flat)) - np.repeat(np.cumsum(count) - count, count)] = flat
+        if len(tokens) == 1:  # the one-text call of a serving API: no segment bookkeeping
+            ids = flat[None, :] if len(flat) else np.zeros((1, 1), dtype=np.int64)
+        else:
+            count = np.bincount(segment, minlength=len(tokens))
+            ids = np.zeros((len(tokens), max(1, int(count.max(initial=0)))), dtype=np.int64)
+            ids[segment, np.arange(len(flat)) - np.repeat(np.cumsum(count) - count, count)] = flat
         inputs = {FINETUNE_INPUT: ids}
-        inputs.update(self._base_pool(np.array(base_rows, dtype=np.int64), np.array(base_counts, dtype=np.int64)))
+        inputs.update(self._base_pool(base_rows, base_counts))
         return inputs
 
-    def _base_pool(self, base_rows: np.ndarray, base_counts: np.ndarray) -> dict[str, np.ndarray]:
+    def _base_pool(self, base_rows: list[int], base_counts: list[int]) -> dict[str, np.ndarray]:
         """Sum (and max, `NO_BASE` where a text has none) of the shared vectors of each text's untrained words."""
         n, dim = len(base_counts), int(self.matrix.shape[1])
-        total = np.zeros((n, dim), dtype=np.float32)
-        maximum = np.full((n, dim), NO_BASE, dtype=np.float32)
-        if len(base_rows):
+        mean_max = self.config.pooling == "mean_max"
+        if n == 1 and base_rows:
+            # One text: the same reductions without the segment bookkeeping (bit-identical).
             vectors = np.asarray(self.matrix[base_rows], dtype=np.float32)
-            nonempty = base_counts > 0
-            starts = (np.cumsum(base_counts) - base_counts)[nonempty]
+            total = np.add.reduceat(vectors, _FIRST_ROW, axis=0)
+            if not mean_max:
+                return {BASE_SUM_INPUT: total}
+            return {BASE_SUM_INPUT: total, BASE_MAX_INPUT: np.maximum.reduceat(vectors, _FIRST_ROW, axis=0)}
+        total = np.zeros((n, dim), dtype=np.float32)
+        maximum = np.full((n, dim), NO_BASE, dtype=np.float32) if mean_max else total
+        if base_rows:
+            vectors = np.asarray(self.matrix[base_rows], dtype=np.float32)
+            counts = np.array(base_counts, dtype=np.int64)
+            nonempty = counts > 0
+            starts = (np.cumsum(counts) - counts)[nonempty]
             total[nonempty] = np.add.reduceat(vectors, starts, axis=0)
-            maximum[nonempty] = np.maximum.reduceat(vectors, starts, axis=0)
-        if self.config.pooling == "mean_max":
+            if mean_max:
+                maximum[nonempty] = np.maximum.reduceat(vectors, starts, axis=0)
+        if mean_max:
             return {BASE_SUM_INPUT: total, BASE_MAX_INPUT: maximum}
         return {BASE_SUM_INPUT: total}
