@@ -56,8 +56,12 @@ def main() -> None:
         labels += [label.decode() for label in answer.as_numpy("label").tolist()]
         result.setdefault("response_model_version", answer.get_response()["model_version"])
     result["probabilities"], result["labels"] = probabilities, labels
+    # The same request in both encodings: JSON numbers must carry the binary tensor's float32 values exactly.
+    # (Across different requests a text's answer may differ in its last bits with its batch companions.)
     as_json = _infer(client, args.model, texts[:20], binary=False)
     result["json_probabilities"] = as_json.as_numpy("probabilities").tolist()
+    result["binary_probabilities_same_request"] = _infer(client, args.model, texts[:20], binary=True) \
+        .as_numpy("probabilities").tolist()
     result["json_labels"] = [str(label, "utf-8") if isinstance(label, bytes) else str(label)
                              for label in as_json.as_numpy("label").tolist()]
     classified = _infer(client, args.model, texts[:3], binary=True, classification=2)
