@@ -123,10 +123,9 @@ class TrainedRows:
         """Token id of each store row (-1: not trained; negative rows are not in the store)."""
         return _positions(self.store_rows, rows, FIRST_TRAINED_ID)
 
-    def ids_of_buckets(self, buckets: np.ndarray, missing: int = ZERO_ID) -> np.ndarray:
-        """Token id of each hashed row (`missing` where not trained)."""
-        ids = _positions(self.buckets, buckets, FIRST_TRAINED_ID + len(self.store_rows))
-        return np.where(ids < 0, missing, ids)
+    def ids_of_buckets(self, buckets: np.ndarray) -> np.ndarray:
+        """Token id of each hashed row (-1: not trained)."""
+        return _positions(self.buckets, buckets, FIRST_TRAINED_ID + len(self.store_rows))
 
     def save(self, folder: Path) -> None:
         np.save(folder / TRAINED_ROWS_FILE, self.store_rows.astype(np.int32), allow_pickle=False)
@@ -383,8 +382,7 @@ class Featurizer:
             # One lookup for every hashed key; an untrained unknown word reads the zero row, an untrained
             # bigram is left out.
             bigram = flat[hashed] < -buckets
-            found = self.trained.ids_of_buckets(np.where(bigram, -1 - buckets - flat[hashed], -1 - flat[hashed]),
-                                                missing=-1)
+            found = self.trained.ids_of_buckets(np.where(bigram, -1 - buckets - flat[hashed], -1 - flat[hashed]))
             flat[hashed] = np.where((found < 0) & ~bigram, ZERO_ID, found)
             kept = flat >= 0
             flat, segment = flat[kept], segment[kept]

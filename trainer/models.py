@@ -89,7 +89,7 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     import keras
     from keras import ops
 
-    from tlserve.features import BASE_ID, BASE_MAX_INPUT, BASE_SUM_INPUT, FINETUNE_INPUT
+    from tlserve.features import BASE_ID, BASE_MAX_INPUT, BASE_SUM_INPUT, FINETUNE_INPUT, PADDING_ID
 
     class WordDropout(keras.layers.Layer):
         """Zeroes (pads out) each token id with probability `rate`, in training only."""
@@ -113,7 +113,7 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
             self.pooling = pooling
 
         def call(self, embedded: Any, ids: Any, base_sum: Any, base_max: Any = None) -> Any:
-            counted = ops.cast(ops.expand_dims(ops.greater(ids, 0), -1), embedded.dtype)
+            counted = ops.cast(ops.expand_dims(ops.greater(ids, PADDING_ID), -1), embedded.dtype)
             tokens = ops.sum(counted, axis=1)
             mean = (ops.sum(embedded * counted, axis=1) + base_sum) / ops.maximum(tokens, 1.0)
             if self.pooling != "mean_max":
