@@ -140,6 +140,26 @@ def test_versions_increase_and_ignore_staging(trained: Trained, glove_store: Pat
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def test_a_random_vectors_model_is_served_with_the_vectors_it_trained_on(glove_store: Path, tmp_path: Path) -> None:
+    """The no-transfer ablation's bundle reads its own random table, never the pretrained one."""
+    from tlserve.trainer.fitting import predict
+    from tlserve.vector_store import VectorStore
+
+    from conftest import _train
+
+    result = _train(glove_store, tmp_path, "wn-random", "frozen", random_vectors=True, lexical=False, pooling="mean")
+    scorer = Scorer.open(result.path)  # type: ignore[attr-defined]
+    pretrained = VectorStore(glove_store)
+    assert scorer.bundle.store_fingerprint != pretrained.fingerprint
+    assert scorer.store.vocabulary == pretrained.vocabulary
+    assert "random vectors" in scorer.store.manifest.source_name
+    with open(WORDNET_SAMPLE, newline="", encoding="utf-8") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)][:300]
+    served = scorer.predict(texts).probabilities
+    trained_answers = predict(result.fitted, texts)[0]  # type: ignore[attr-defined]
+    assert np.abs(served - trained_answers).max() < 1e-5
+
+
 def test_preprocessing_tokenises_latin_and_chinese() -> None:
     latin = Preprocessor(PreprocessingConfig(case="lower", max_tokens=5))
     assert latin.tokens("Ｆｕｌｌｗｉｄｔｈ CAFÉ, naïve!") == ["fullwidth", "café", "naïve"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -30,7 +33,7 @@ from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
 from tlserve.trainer.evaluation import evaluate, expected_calibration_error, reliability
 from tlserve.trainer.fitting import FittedModel, fit_model, pooling_name, predict, random_like
-from tlserve.vector_store import VectorStore, copy_store
+from tlserve.vector_store import MANIFEST, VectorStore, copy_store, write_store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -202,7 +205,30 @@ def train(config: TrainConfig) -> TrainResult:
 def _place_stores(config: TrainConfig, fitted: FittedModel, store: VectorStore, staging: Path) -> StoreRef:
     """Links the shared store into the repository's ``_stores/`` and writes a finetuned model's trained
     rows into the bundle; returns the manifest's record of the store."""
+    if config.random_vectors:
+        store = _random_store(config, store)
     copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
     if fitted.featurizer.trained is not None:
         fitted.featurizer.trained.save(staging)
     return StoreRef(**asdict(store.manifest), shared=True)
+
+
+def _random_store(config: TrainConfig, store: VectorStore) -> VectorStore:
+    """The random vectors a ``--random-vectors`` model trained on, as a store of its own among the repository's
+    shared stores: a server must read the table training read, not the pretrained one. One seed gives one
+    table (`random_like`), so models of one seed share it."""
+    stores = config.repository / bundle.STORES_DIR
+    stores.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".random-", dir=stores))
+    try:
+        manifest = write_store(scratch / "store", store.vocabulary, random_like(store, config.seed),
+                               case=store.manifest.case,
+                               source_name=f"random vectors shaped like {store.manifest.source_name}, seed "
+                                           f"{config.seed}",
+                               source_sha256=store.fingerprint)
+        target = stores / manifest.fingerprint
+        if not (target / MANIFEST).exists():
+            os.replace(scratch / "store", target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return VectorStore(target)
