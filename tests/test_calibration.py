@@ -163,3 +163,29 @@ def test_the_adaptive_temperature_layer_exports_to_onnx_with_parity(tmp_path: Pa
     to_onnx(graph, {"features": features}, tmp_path / "model.onnx")
     parity = check_parity(graph, tmp_path / "model.onnx", {"features": features})
     assert parity.ok and parity.max_abs_diff < 1e-5
+
+
+def test_members_mix_in_log_space_in_the_graph_as_in_calibration(tmp_path: Path) -> None:
+    import keras
+
+    from tlserve.trainer.calibration import mix
+    from tlserve.trainer.export import check_parity, to_onnx
+    from tlserve.trainer.models import build_mixture
+
+    inputs = keras.Input(shape=(4,), name="features")
+    members = [keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(keras.layers.Dense(8)(inputs)))
+               for _ in range(2)]
+    graph = build_mixture(members, [0.3, 0.7], temperature=0.8)
+    features = np.random.default_rng(1).normal(0, 3, (64, 4)).astype(np.float32)
+    raw = [np.asarray(member(features, training=False)) for member in members]
+    mixed = mix(raw, [0.3, 0.7])
+    # A weighted geometric mean, renormalised: not the arithmetic mean, and as sure as its members where they agree.
+    geometric = raw[0].astype(np.float64) ** 0.3 * raw[1].astype(np.float64) ** 0.7
+    assert np.abs(mixed - geometric / geometric.sum(1, keepdims=True)).max() < 1e-9
+    assert np.abs(mixed - (0.3 * raw[0] + 0.7 * raw[1])).max() > 1e-3
+    assert np.abs(mix([raw[0], raw[0]], [0.5, 0.5]) - raw[0]).max() < 1e-6
+    expected = apply_temperature(mixed, 0.8)
+    assert np.abs(np.asarray(graph({"features": features}, training=False)) - expected).max() < 1e-5
+    to_onnx(graph, {"features": features}, tmp_path / "model.onnx")
+    parity = check_parity(graph, tmp_path / "model.onnx", {"features": features})
+    assert parity.ok and parity.max_abs_diff < 1e-5

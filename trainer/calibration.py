@@ -5,7 +5,16 @@ service that thresholds on its probabilities then acts on numbers that mean litt
 steps, both fitted on the validation split only (the test split stays untouched):
 
 - `mixture_weights`: how much each member of a mixed model (poolings, the lexical channel)
-  contributes, the weights on a grid of the simplex that minimise the validation log-loss.
+  contributes, the weights on a grid of the simplex that minimise the validation log-loss of the
+  temperature-scaled mix. Members mix in log space (`mix`: a weighted geometric mean, renormalised,
+  i.e. a weighted sum of their logits): an average of probabilities is less confident than its
+  members wherever they disagree (THUCNews, 100 % of the labels: 2-3.5 points less confident than
+  accurate before the temperature), and the mix of a sure member with an unsure one is mostly the
+  unsure one's. Measured on seeded splits the accuracy table does not use (seeds 100-102, THUCNews
+  100 % 100-104), against the mean of probabilities: accuracy up on 7 of 8 rows (WordNet 1 %
+  0.711 -> 0.730, SpamAssassin 10 % 0.945 -> 0.951, THUCNews 10 % 0.7463 -> 0.7458), ECE of the
+  default 0.0192 -> 0.0180 averaged over the rows (THUCNews 100 % 0.0265 -> 0.0216; reviews 10 %
+  0.023 -> 0.029, within its spread).
 - `fit_temperature`: temperature scaling (Guo et al., 2017), p' = softmax(log p / T) with
   the T that minimises the validation log-loss. It rescales confidence and keeps every
   text's ranking of labels, so accuracy is unchanged.
@@ -21,6 +30,7 @@ steps, both fitted on the validation split only (the test split stays untouched)
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,23 +53,37 @@ def _simplex(members: int, step: float) -> list[np.ndarray]:
             for c in itertools.product(range(parts + 1), repeat=members) if sum(c) == parts]
 
 
+def mix(probabilities: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """softmax(sum_i w_i log p_i): the members' weighted geometric mean, renormalised, as the graph computes it."""
+    logits = sum(float(w) * np.log(np.maximum(p.astype(np.float64), 1e-30))
+                 for w, p in zip(weights, probabilities, strict=True))
+    assert isinstance(logits, np.ndarray)
+    logits -= logits.max(axis=1, keepdims=True)
+    out = np.exp(logits)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def tempered_log_loss(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """The log-loss once a temperature is fitted: what the probabilities tell, whatever their sharpness."""
+    return log_loss(apply_temperature(probabilities, fit_temperature(probabilities, truth)), truth)
+
+
 def mixture_weights(probabilities: list[np.ndarray], truth: np.ndarray, step: float = 0.1) -> list[float]:
-    """Weights (summing to 1, multiples of `step`) of the members' probabilities that minimise the
-    validation log-loss; ties go to the most even mix.
+    """Weights (summing to 1, multiples of `step`) of the members' log-space `mix` that minimise the
+    validation log-loss once a temperature is fitted to it; ties go to the most even mix.
 
     Log-loss rather than accuracy: it moves with every validation text's probability, not
     only with the few near the decision boundary, so it is much less noisy on a few
-    hundred texts.
+    hundred texts. After a temperature: in log space the weights also set the mix's sharpness,
+    which calibration sets anyway, so they are judged on what the members tell, not how loudly.
     """
     if len(probabilities) == 1:
         return [1.0]
     if len(probabilities) > 4:  # the grid grows too fast; an even mix
         return [1.0 / len(probabilities)] * len(probabilities)
-    rows = np.arange(len(truth))
-    truth_columns = np.stack([p[rows, truth] for p in probabilities], axis=1)
     best: tuple[float, float, tuple[float, ...]] | None = None
     for weights in _simplex(len(probabilities), step):
-        loss = float(-np.mean(np.log(np.clip(truth_columns @ weights, 1e-12, 1.0))))
+        loss = tempered_log_loss(mix(probabilities, weights), truth)
         key = (round(loss, 6), float(np.abs(weights - weights.mean()).sum()), tuple(weights.round(6)))
         if best is None or key < best:
             best = key

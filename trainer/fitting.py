@@ -4,7 +4,7 @@
 numbers), builds the model of `config.mode` (one per pooling candidate) and trains it with
 early stopping on the validation split; it fits the lexical channel (logistic regression
 on TF-IDF n-grams); it mixes the members' probabilities with weights chosen on validation
-and calibrates the mix with a temperature fitted on validation; and it returns all of it
+(in log space) and calibrates the mix with a temperature fitted on validation; and it returns all of it
 as one Keras graph, so serving stays one onnxruntime call.
 """
 
@@ -112,12 +112,13 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
     for name, probabilities, weight in zip(names, validation, weights, strict=True):
         _LOGGER.info("%s: validation accuracy %.4f, weight %.2f", name,
                      float(np.mean(probabilities.argmax(1) == truth)), weight)
-    mixed = sum(w * p for w, p in zip(weights, validation, strict=True))
+    mixed = calibration.mix(validation, weights)
     if transfer is not None and lexical is not None:
         # What the vectors add to the task's own words: the mix against the lexical channel alone.
-        transfer.update(lexical_log_loss=calibration.log_loss(lexical.validation, truth),
-                        mixed_log_loss=calibration.log_loss(mixed, truth), vectors_weight=1.0 - weights[-1])
-    mixed_held_out = sum(w * p for w, p in zip(weights, held_out, strict=True))
+        # Both temperature-scaled, as the weights were chosen: the lexical channel alone is one of the mixes tried.
+        transfer.update(lexical_log_loss=calibration.tempered_log_loss(lexical.validation, truth),
+                        mixed_log_loss=calibration.tempered_log_loss(mixed, truth), vectors_weight=1.0 - weights[-1])
+    mixed_held_out = calibration.mix(held_out, weights)
     temperature, exponent = 1.0, 0.0
     if config.calibrate and config.calibration_method == "adaptive":
         temperature, exponent = calibration.fit_adaptive_temperature(mixed_held_out, held_out_truth, seed=config.seed)

@@ -196,7 +196,7 @@ def build_lexical(coefficients: np.ndarray, intercept: np.ndarray) -> Any:
 
 
 def build_mixture(members: list[Any], weights: list[float], temperature: float = 1.0, exponent: float = 0.0) -> Any:
-    """One graph: the `weights`-weighted sum of trained `members`' probabilities, temperature-scaled.
+    """One graph: the `weights`-weighted log-space mix of trained `members`' probabilities, temperature-scaled.
 
     Members read graph inputs by name (token ids, pooled features, the lexical channel's two);
     a member reading fewer pooled-feature columns than the widest gets the first ones (the
@@ -215,16 +215,18 @@ def build_mixture(members: list[Any], weights: list[float], temperature: float =
         def call(self, x: Any) -> Any:
             return x[:, : self.width]
 
-    class WeightedSum(keras.layers.Layer):
+    class LogSpaceMix(keras.layers.Layer):
+        """softmax(sum_i w_i log p_i), as `tlserve.trainer.calibration.mix` computes it."""
+
         def __init__(self, mix: list[float], **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.mix = [float(w) for w in mix]
 
         def call(self, inputs: list[Any]) -> Any:
-            total = inputs[0] * self.mix[0]
+            total = ops.log(ops.maximum(inputs[0], 1e-30)) * self.mix[0]
             for weight, x in zip(self.mix[1:], inputs[1:], strict=True):
-                total = total + x * weight
-            return total
+                total = total + ops.log(ops.maximum(x, 1e-30)) * weight
+            return ops.softmax(total, axis=-1)
 
     class Temperature(keras.layers.Layer):
         def __init__(self, value: float, exponent: float = 0.0, **kwargs: Any) -> None:
@@ -262,7 +264,7 @@ def build_mixture(members: list[Any], weights: list[float], temperature: float =
                 x = FirstColumns(tensor.shape[1], name=f"{name}_{i}")(x)
             fed.append(x)
         outputs.append(member(fed[0] if len(fed) == 1 else fed))
-    mixed = outputs[0] if len(outputs) == 1 else WeightedSum(weights, name="mixture")(outputs)
+    mixed = outputs[0] if len(outputs) == 1 else LogSpaceMix(weights, name="mixture")(outputs)
     if temperature != 1.0 or exponent != 0.0:
         mixed = Temperature(temperature, exponent, name="temperature")(mixed)
     return keras.Model(list(inputs.values()), mixed, name="mixture")
