@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -138,3 +139,29 @@ def test_calls_trickling_in_while_the_loop_is_busy_share_one_batch() -> None:
     batches = loop_idle.run(main())
     assert sum(len(b) for b in runtime.batches) == 30
     assert batches <= 3, f"30 trickling calls ran in {batches} batches: {[len(b) for b in runtime.batches]}"
+
+
+def test_a_cancelled_call_gives_its_queue_room_back_at_once_and_never_runs() -> None:
+    runtime, stats = BatchRecorder(), []
+
+    async def main() -> int:
+        # Held for an hour: only a cancel or close() can move the queue.
+        batcher = DynamicBatcher(runtime, 64, 3_600_000_000, 8, stats.append)  # type: ignore[arg-type]
+        batcher.start()
+        gone = asyncio.ensure_future(batcher.submit([f"gone {i}" for i in range(6)]))
+        while batcher.queued_texts < 6:
+            await asyncio.sleep(0)
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        assert batcher.queued_texts == 0, "the cancelled call's texts still count as queued"
+        # Without the room back, 6 + 6 texts would pass max_queue_size=8 and be refused.
+        kept = asyncio.ensure_future(batcher.submit([f"kept {i}" for i in range(6)]))
+        while batcher.queued_texts < 6 and not kept.done():
+            await asyncio.sleep(0)
+        assert not kept.done(), f"refused: {kept.exception()}"
+        await batcher.close()  # runs what is queued at once
+        return len((await kept).probabilities)
+
+    assert asyncio.run(main()) == 6
+    assert runtime.batches == [[f"kept {i}" for i in range(6)]], "the cancelled call's texts reached inference"

@@ -196,8 +196,8 @@ def test_many_classes_train_with_bounded_figures_and_report(glove_store: Path, t
 
 def _train_args(store: Path, repository: Path, *extra: str) -> list[str]:
     return ["--log-level", "WARNING", "train", "--data", str(WORDNET_SAMPLE), "--vectors", str(store),
-            "--repository", str(repository), "--model", "wn", "--mode", "frozen", "--epochs", "30",
-            "--patience", "30", "--hidden", "32", "--no-progress", *extra]
+            "--repository", str(repository), "--model", "wn", "--mode", "frozen", "--epochs", "3",
+            "--patience", "3", "--hidden", "32", "--no-progress", *extra]
 
 
 def _staging(repository: Path) -> list[Path]:

@@ -260,7 +260,8 @@ def test_cancelled_call_is_dropped_before_inference(trained: Trained, tmp_path: 
 
 
 def test_cancelled_stream_releases_its_queued_work(trained: Trained, tmp_path: Path) -> None:
-    proc = start_server(trained.repository, tmp_path / "server.log", *HOLD)
+    # Held far beyond wait_until's limit: the queue empties only because the cancel released it.
+    proc = start_server(trained.repository, tmp_path / "server.log", "--max-queue-delay-us", "3600000000")
     try:
         async def cancel_stream() -> None:
             async with grpc.aio.insecure_channel(proc.target) as channel:

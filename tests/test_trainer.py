@@ -186,23 +186,35 @@ def test_the_fasttext_peer_trains_at_every_seed(tmp_path: Path) -> None:
         assert np.isfinite(model.get_input_matrix()).all()
 
 
-def test_compare_runs_peers_ablations_and_the_learning_curve(glove_store: Path, tmp_path: Path) -> None:
+def test_compare_runs_peers_and_ablations_on_the_same_split(glove_store: Path, tmp_path: Path) -> None:
     from conftest import _train
 
-    result = _train(glove_store, tmp_path, "wn-compare", "frozen", compare=True, learning_curve=True)
+    result = _train(glove_store, tmp_path, "wn-compare", "frozen", compare=True, learning_curve=False)
     path = result.path  # type: ignore[attr-defined]
     report = json.loads((path / "report.json").read_text())
     systems = report["comparison"]["systems"]
     assert {"tlserve_frozen", "tlserve_finetune", "random_vectors_frozen", "random_vectors_finetune",
             "tfidf_logreg", "fasttext", "fasttext_vectors"} <= set(systems)
     assert all(0.0 <= scores["accuracy"] <= 1.0 for scores in systems.values())
-    curve = report["comparison"]["learning_curve"]
-    assert [point["fraction"] for point in curve] == [0.01, 0.05, 0.10, 0.25, 0.50, 1.0]
-    assert curve[-1]["examples"] > curve[0]["examples"]
-    assert "learning_curve.png" in Bundle.open(path).manifest.files
+    assert "learning_curve" not in report["comparison"]
     assert any(note.startswith(("Transfer helped", "Negative transfer")) for note in report["findings"])
     markdown = (path / "report.md").read_text()
-    assert "## Comparison" in markdown and "fasttext_vectors" in markdown and "## Learning curve" in markdown
+    assert "## Comparison" in markdown and "fasttext_vectors" in markdown and "## Learning curve" not in markdown
+
+
+@pytest.mark.slow
+def test_compare_draws_the_learning_curve(glove_store: Path, tmp_path: Path) -> None:
+    """Twelve more trainings (six fractions, pretrained and random vectors): in the slow suite."""
+    from conftest import _train
+
+    result = _train(glove_store, tmp_path, "wn-curve", "frozen", compare=True, learning_curve=True)
+    path = result.path  # type: ignore[attr-defined]
+    curve = json.loads((path / "report.json").read_text())["comparison"]["learning_curve"]
+    assert [point["fraction"] for point in curve] == [0.01, 0.05, 0.10, 0.25, 0.50, 1.0]
+    assert curve[-1]["examples"] > curve[0]["examples"]
+    assert all(0.0 <= point[key] <= 1.0 for point in curve for key in ("pretrained", "random"))
+    assert "learning_curve.png" in Bundle.open(path).manifest.files
+    assert "## Learning curve" in (path / "report.md").read_text()
 
 
 def test_scorers_opened_with_one_cache_share_one_store(trained: Trained) -> None:

@@ -23,7 +23,8 @@ The knobs mirror Triton's dynamic batcher (``max_batch_size``,
 - the queue holds at most ``max_queue_size`` texts: beyond that `QueueFull` is raised at
   once, instead of letting memory and latency grow;
 - a chunk whose caller was cancelled or whose deadline passed while queued is dropped
-  before inference.
+  before inference; a cancelled call gives its queue room back at once, not when its
+  turn would have come, so callers that gave up never refuse the calls behind them.
 
 Large batches run in one thread per batcher (onnxruntime releases the GIL), so the event
 loop keeps accepting calls while they run. Small batches (``inline_batch_texts`` texts of at
@@ -105,6 +106,8 @@ class _Chunk:
     deadline: float | None  # loop.time() after which the work is worthless
     enqueued: float = field(default_factory=time.perf_counter)
     traced: bool = False  # its call is traced (the batch then gets a span)
+    taken: bool = False  # left the queue for a batch
+    dropped: bool = False  # its caller went away while it was queued: its texts no longer count
 
 
 class _Call:
@@ -219,9 +222,7 @@ class DynamicBatcher:
         try:
             parts = [await chunk.future for chunk in chunks]
         except BaseException:
-            # Cancelled or failed: the chunks still queued are skipped by the batcher.
-            for chunk in chunks:
-                chunk.future.cancel()
+            self._drop(chunks)
             raise
         if len(parts) == 1:
             return parts[0]
@@ -247,6 +248,16 @@ class DynamicBatcher:
             chars += size
         chunks.append(_Chunk(texts[start:], chars, loop.create_future(), deadline))
         return chunks
+
+    def _drop(self, chunks: list[_Chunk]) -> None:
+        """Releases the queue room of a cancelled call's chunks at once (their texts no longer count against
+        ``max_queue_size`` nor in the queued figure); the batcher skips them when their turn comes."""
+        for chunk in chunks:
+            chunk.future.cancel()
+            if not chunk.taken and not chunk.dropped:
+                chunk.dropped = True
+                self._queued_texts -= len(chunk.texts)
+                chunk.texts = []  # the texts' memory goes with the caller
 
     def _queued(self) -> bool:
         return bool(self._fresh or self._rotating)
@@ -290,7 +301,8 @@ class DynamicBatcher:
             while calls:
                 call = calls[0]
                 chunk = call.chunks[0]
-                if batch and (len(chunk.texts) > min(room[0], texts_limit) or chunk.chars > room[1]):
+                if batch and not chunk.dropped and (len(chunk.texts) > min(room[0], texts_limit)
+                                                    or chunk.chars > room[1]):
                     return
                 calls.popleft()
                 call.chunks.popleft()
@@ -298,8 +310,11 @@ class DynamicBatcher:
                     self._rotating.append(call)  # its next chunk waits for the others' turn
                 elif call.flow is not None:
                     del self._flows[call.flow]
+                chunk.taken = True
+                if chunk.dropped:  # its texts left the count when its caller went away
+                    continue
                 self._queued_texts -= len(chunk.texts)
-                if chunk.future.done():  # cancelled by its caller
+                if chunk.future.done():
                     continue
                 if chunk.deadline is not None and now > chunk.deadline:
                     chunk.future.set_exception(DeadlineExceeded("deadline passed while queued; the work was dropped"))
