@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                             "--vectors", str(args.vectors), "--corpus", str(corpus), "--out", str(store),
                             "--tokenizer", args.tokenizer, "--learning-rate", str(args.learning_rate)], check=True)
             adapt_seconds = time.perf_counter() - started
-            result = run_split(EvaluateConfig(replace(train, vectors=store), 1, ["finetune"], []), seed,
-                               VectorStore(store))
+            adapted = VectorStore(store)
+            result = run_split(EvaluateConfig(replace(train, vectors=store), 1, ["finetune"], []), seed, adapted)
             result.update(corpus_texts=len(texts), adapt_seconds=round(adapt_seconds, 1),
-                          adapted_words=VectorStore(store).manifest.size)
+                          adapted_words=adapted.manifest.size)
             scores = result["systems"]["tlserve_finetune"]
             _LOGGER.warning("seed %d: %d corpus texts, accuracy %.4f, ECE %.4f", seed, len(texts),
                             scores["accuracy"], scores["ece"])
