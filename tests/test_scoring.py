@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, free_port
+from conftest import ROOT, WORDNET_SAMPLE, ServerProcess, Trained, free_port, wait_until
 
 
 def _sample_texts(count: int) -> list[str]:
@@ -181,6 +181,8 @@ def test_a_ray_actor_killed_mid_run_is_replaced_and_every_row_is_scored(trained:
             chunk = process.stderr.read(64)
             assert chunk or process.poll() is None, f"the job ended before an actor was killed: {seen[-2000:]}"
             seen += chunk
+        # Both actors exist once the pool has started; the second may still be starting when the first writes.
+        wait_until(lambda: len(_actor_processes()) == 2 or process.poll() is not None, "both Ray actors started", 300)
         actors = _actor_processes()
         assert len(actors) == 2, actors
         os.kill(actors[0], signal.SIGKILL)
