@@ -106,3 +106,20 @@ def test_a_bigram_of_fewer_texts_than_asked_is_left_out_and_unigrams_never_are()
     assert twice.grams is not None and [gram for gram in twice.grams if " " in gram] == ["the cat"]
     chars = Lexicon.fit([list("猫是"), list("是猫")], max_size=1000, units="chars", min_bigram_texts=1)
     assert chars.grams is not None and {"猫是", "是猫"} <= set(chars.grams)
+
+
+def test_a_text_encodes_alike_alone_and_in_any_batch() -> None:
+    # A lone text (a serving call) skips the padding step of a batch: the two must agree to the bit,
+    # or the server's answer would depend on which calls shared its batch.
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(60)]
+    texts = [[str(w) for w in rng.choice(words, size=rng.integers(0, 12))] for _ in range(40)]
+    lexicon = Lexicon.fit(texts, max_size=200)
+    ids, weights = lexicon.encode(texts)
+    for row, tokens in enumerate(texts):
+        alone_ids, alone_weights = lexicon.encode([tokens])
+        width = alone_ids.shape[1]
+        assert np.array_equal(alone_ids[0], ids[row, :width]) and not ids[row, width:].any()
+        assert np.array_equal(alone_weights[0], weights[row, :width])
+        if alone_ids[0, 0]:
+            assert np.sqrt(np.dot(alone_weights[0], alone_weights[0])) == pytest.approx(1.0, abs=1e-6)

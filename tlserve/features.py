@@ -298,7 +298,8 @@ class Featurizer:
     def _pool_known(self, known_rows: np.ndarray, known_counts: np.ndarray) -> np.ndarray:
         """Pooled vectors of each text from its in-vocabulary rows (all texts' rows, in order)."""
         n, dim = len(known_counts), int(self.matrix.shape[1])
-        vectors = np.asarray(self.matrix[known_rows], dtype=np.float32)
+        # take: the same rows at a third of fancy indexing's cost, which counts on a one-text call.
+        vectors = np.asarray(self.matrix.take(known_rows, axis=0), dtype=np.float32)
         if self.sif_weights is not None:
             vectors = vectors * self.sif_weights[known_rows, None]
         if n == 1 and len(known_rows):
@@ -402,7 +403,7 @@ class Featurizer:
         mean_max = self.config.pooling == "mean_max"
         if n == 1 and base_rows:
             # One text: the same reductions without the segment bookkeeping (bit-identical).
-            vectors = np.asarray(self.matrix[base_rows], dtype=np.float32)
+            vectors = np.asarray(self.matrix.take(base_rows, axis=0), dtype=np.float32)
             total = np.add.reduceat(vectors, _FIRST_ROW, axis=0)
             if not mean_max:
                 return {BASE_SUM_INPUT: total}
@@ -410,7 +411,7 @@ class Featurizer:
         total = np.zeros((n, dim), dtype=np.float32)
         maximum = np.full((n, dim), NO_BASE, dtype=np.float32) if mean_max else total
         if base_rows:
-            vectors = np.asarray(self.matrix[base_rows], dtype=np.float32)
+            vectors = np.asarray(self.matrix.take(base_rows, axis=0), dtype=np.float32)
             counts = np.array(base_counts, dtype=np.int64)
             nonempty = counts > 0
             starts = (np.cumsum(counts) - counts)[nonempty]

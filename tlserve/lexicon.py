@@ -45,6 +45,8 @@ LEXICON_FILE = "lexicon.txt"
 LEXICON_IDF_FILE = "lexicon_idf.npy"
 Units = Literal["words", "chars"]
 _WHITESPACE = re.compile(r"\s+")
+# Up to this many n-grams, lookups and a text's weights are computed in plain Python.
+_PYTHON_ARITHMETIC_MAX = 64
 
 
 def ngrams(units: Sequence[str], joiner: str = " ") -> list[str]:
@@ -103,11 +105,23 @@ class Lexicon:
 
     def ids_of(self, grams: Sequence[str]) -> np.ndarray:
         """int64 ids of `grams`, 0 for those not in the lexicon."""
-        if not len(self._hashes):
-            return np.zeros(len(grams), dtype=np.int64)
-        hashes = _hashes(grams)
-        positions = np.minimum(np.searchsorted(self._hashes, hashes), len(self._hashes) - 1)
-        return np.where(self._hashes[positions] == hashes, self._ids[positions], 0).astype(np.int64)
+        return np.array(self._id_list(grams), dtype=np.int64)
+
+    def _id_list(self, grams: Sequence[str]) -> list[int]:
+        """`ids_of` as a list."""
+        if not len(self._hashes) or not grams:
+            return [0] * len(grams)
+        if len(grams) > _PYTHON_ARITHMETIC_MAX:
+            hashes = _hashes(grams)
+            positions = self._hashes.searchsorted(hashes)
+            found = self._hashes.take(positions, mode="clip") == hashes
+            return np.where(found, self._ids.take(positions, mode="clip"), 0).tolist()
+        # A few n-grams (a serving call): the comparison in Python, which saves three NumPy calls.
+        wanted = [hash(gram.encode("utf-8", "surrogatepass")) for gram in grams]
+        positions = self._hashes.searchsorted(wanted)
+        hits = self._hashes.take(positions, mode="clip").tolist()
+        ids = self._ids.take(positions, mode="clip").tolist()
+        return [gram_id if hit == key else 0 for key, hit, gram_id in zip(wanted, hits, ids, strict=True)]
 
     @classmethod
     def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int, units: Units = "words",
@@ -130,30 +144,46 @@ class Lexicon:
     def encode(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (0-padded)."""
         grams_per_text = [ngrams(tokens, self.joiner) for tokens in token_lists]
-        # One lookup for the whole batch, then each text's ids (0: not in the lexicon) in its order.
-        flat = self.ids_of([gram for grams in grams_per_text for gram in grams]).tolist()
-        ids_per_text: list[list[int]] = []
-        weights_per_text: list[np.ndarray] = []
+        # One lookup for the whole batch, then each text's ids (0: not in the lexicon) in first-seen order.
+        flat = self._id_list([gram for grams in grams_per_text for gram in grams])
+        counts_per_text: list[Counter[int]] = []
         start = 0
         for grams in grams_per_text:
-            end = start + len(grams)
-            counts = Counter(gram_id for gram_id in flat[start:end] if gram_id)
-            start = end
-            ids = list(counts)
-            if ids:
-                tf = np.fromiter(counts.values(), dtype=np.float32, count=len(ids))
-                weights = (1.0 + np.log(tf)) * self.idf[np.array(ids) - 1]
-                weights /= np.float32(np.sqrt(np.dot(weights, weights)))
+            counts_per_text.append(Counter(filter(None, flat[start : start + len(grams)])))
+            start += len(grams)
+        known = [gram_id - 1 for counts in counts_per_text for gram_id in counts]
+        idf = self.idf[known].astype(np.float64)
+        idf_list = idf.tolist() if len(known) <= _PYTHON_ARITHMETIC_MAX * len(counts_per_text) else None
+        lengths = [len(counts) for counts in counts_per_text]
+        ids: list[int] = []
+        weights: list[float] = []
+        for counts, count in zip(counts_per_text, lengths, strict=True):
+            position = len(ids)
+            ids.extend(counts)
+            # In float64, rounded once to float32. A text of few n-grams (a serving call) takes plain Python:
+            # NumPy costs about a microsecond a call on arrays this small. Which way a text goes depends on
+            # that text alone, so it gets the same weights alone and in any batch.
+            if count > _PYTHON_ARITHMETIC_MAX:
+                tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
+                array = (1.0 + np.log(tf)) * idf[position : position + count]
+                weights.extend((array / np.sqrt(np.dot(array, array))).tolist() if count else [])
             else:
-                weights = np.zeros(0, dtype=np.float32)
-            ids_per_text.append(ids)
-            weights_per_text.append(weights)
-        length = max(1, max((len(ids) for ids in ids_per_text), default=1))
-        id_array = np.zeros((len(ids_per_text), length), dtype=np.int64)
-        weight_array = np.zeros((len(ids_per_text), length), dtype=np.float32)
-        for row, (ids, weights) in enumerate(zip(ids_per_text, weights_per_text, strict=True)):
-            id_array[row, : len(ids)] = ids
-            weight_array[row, : len(ids)] = weights
+                text_idf = idf[position : position + count].tolist() if idf_list is None else \
+                    idf_list[position : position + count]
+                text_weights = [(1.0 + math.log(tf)) * w for tf, w in zip(counts.values(), text_idf, strict=True)]
+                norm = math.sqrt(sum(w * w for w in text_weights))
+                weights.extend(w / norm for w in text_weights)
+        width = max(1, max(lengths, default=1))
+        if len(lengths) == 1 and lengths[0] == width:  # the lone text of a serving call: no padding to place
+            return np.array([ids], dtype=np.int64), np.array([weights], dtype=np.float32)
+        id_array = np.zeros((len(lengths), width), dtype=np.int64)
+        weight_array = np.zeros((len(lengths), width), dtype=np.float32)
+        if ids:
+            counts_array = np.array(lengths, dtype=np.int64)
+            rows = np.repeat(np.arange(len(lengths)), counts_array)
+            columns = np.arange(len(ids)) - np.repeat(np.cumsum(counts_array) - counts_array, counts_array)
+            id_array[rows, columns] = ids
+            weight_array[rows, columns] = weights
         return id_array, weight_array
 
     def save(self, folder: Path) -> None:
