@@ -68,11 +68,10 @@ def units_of(units: Units, preprocessor: Preprocessor, texts: Sequence[str],
     return tokens if tokens is not None else preprocessor.batch_tokens(texts)
 
 
-def _hashes(grams: Sequence[str]) -> np.ndarray:
-    """int64 hash of each n-gram's UTF-8 bytes (see the module docstring for why not of the str)."""
+def _hashes(grams: Sequence[str]) -> list[int]:
+    """64-bit hash of each n-gram's UTF-8 bytes (see the module docstring for why not of the str)."""
     # surrogatepass: a lone surrogate (JSON can spell one) still has bytes of its own.
-    return np.fromiter((hash(gram.encode("utf-8", "surrogatepass")) for gram in grams), dtype=np.int64,
-                       count=len(grams))
+    return [hash(gram.encode("utf-8", "surrogatepass")) for gram in grams]
 
 
 class Lexicon:
@@ -89,7 +88,7 @@ class Lexicon:
         self.joiner = "" if units == "chars" else " "
         self.grams: list[str] | None = grams if keep_grams else None
         self.idf = np.asarray(idf, dtype=np.float32)
-        hashes = _hashes(grams)
+        hashes = np.array(_hashes(grams), dtype=np.int64)
         order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[order]
         self._ids = (order + 1).astype(np.int32)
@@ -112,12 +111,12 @@ class Lexicon:
         if not len(self._hashes) or not grams:
             return [0] * len(grams)
         if len(grams) > _PYTHON_ARITHMETIC_MAX:
-            hashes = _hashes(grams)
+            hashes = np.array(_hashes(grams), dtype=np.int64)
             positions = self._hashes.searchsorted(hashes)
             found = self._hashes.take(positions, mode="clip") == hashes
             return np.where(found, self._ids.take(positions, mode="clip"), 0).tolist()
         # A few n-grams (a serving call): the comparison in Python, which saves three NumPy calls.
-        wanted = [hash(gram.encode("utf-8", "surrogatepass")) for gram in grams]
+        wanted = _hashes(grams)
         positions = self._hashes.searchsorted(wanted)
         hits = self._hashes.take(positions, mode="clip").tolist()
         ids = self._ids.take(positions, mode="clip").tolist()
