@@ -152,7 +152,7 @@ class Lexicon:
             start += len(grams)
         known = [gram_id - 1 for counts in counts_per_text for gram_id in counts]
         idf = self.idf[known].astype(np.float64)
-        idf_list = idf.tolist() if len(known) <= _PYTHON_ARITHMETIC_MAX * len(counts_per_text) else None
+        idf_list = idf.tolist()
         lengths = [len(counts) for counts in counts_per_text]
         ids: list[int] = []
         weights: list[float] = []
@@ -165,10 +165,9 @@ class Lexicon:
             if count > _PYTHON_ARITHMETIC_MAX:
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
                 array = (1.0 + np.log(tf)) * idf[position : position + count]
-                weights.extend((array / np.sqrt(np.dot(array, array))).tolist() if count else [])
+                weights.extend((array / np.sqrt(np.dot(array, array))).tolist())
             else:
-                text_idf = idf[position : position + count].tolist() if idf_list is None else \
-                    idf_list[position : position + count]
+                text_idf = idf_list[position : position + count]
                 text_weights = [(1.0 + math.log(tf)) * w for tf, w in zip(counts.values(), text_idf, strict=True)]
                 norm = math.sqrt(sum(w * w for w in text_weights))
                 weights.extend(w / norm for w in text_weights)
