@@ -16,6 +16,13 @@ one text per call, the Open Inference Protocol's JSON body
   from a cache (`bench/cached_model_server.py`): what serving costs without the model's own work;
 - ``noop``: an aiohttp server on the same stack (aiohttp, orjson) that reads and parses the body and
   answers a fixed JSON: the ceiling of the HTTP stack itself on this machine.
+
+For tlserve's servers each round also reports what a call cost inside the server (``server_us``:
+mean microseconds of the whole HTTP call and of building its answer, and of encoding and
+onnxruntime per batch, which is one call at c=1), read from the server's own metrics before
+and after the round. Beside the same stages timed back to back in the benchmark's process once
+the servers stopped (``back_to_back_us``), they show what running between other work (parsing,
+the event loop, the client on the other core) does to the model's own cost.
 """
 
 from __future__ import annotations
@@ -84,6 +91,56 @@ async def _client(url: str, kind: str, model: str, callers: int, seconds: float,
 
 def _client_process(args: tuple[Any, ...], out: Any) -> None:
     out.put(asyncio.run(_client(*args)))
+
+
+def server_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's call, stage and answer timings, from its Prometheus endpoint."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if family.name == "tlserve_request_seconds" and sample.labels.get("method", "").startswith("http:"):
+                key = "call"
+            elif family.name == "tlserve_stage_seconds":
+                key = sample.labels.get("stage", "")
+            else:
+                continue
+            total, count = out.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                out[key] = (total + sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[key] = (total, count + sample.value)
+    return out
+
+
+def per_call_us(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean microseconds of each timing between two `server_seconds` readings."""
+    means = {}
+    for key, (total, count) in after.items():
+        then_total, then_count = before.get(key, (0.0, 0.0))
+        if count > then_count:
+            means[key] = round((total - then_total) / (count - then_count) * 1e6, 1)
+    return means
+
+
+def back_to_back_us(bundle: Path, calls: int = 3000) -> dict[str, float]:
+    """Median microseconds of encoding and onnxruntime for one text, `Scorer.predict` called back to back in
+    this process: the model's own cost with its code and data in the caches."""
+    from tlserve.scorer import Scorer
+
+    scorer = Scorer.open(bundle)
+    encode, inference = [], []
+    for n in range(calls):
+        prediction = scorer.predict([TEXTS[n % len(TEXTS)]])
+        encode.append(prediction.encode_seconds)
+        inference.append(prediction.inference_seconds)
+    return {"encode": round(statistics.median(encode) * 1e6, 1),
+            "inference": round(statistics.median(inference) * 1e6, 1)}
 
 
 def measure(url: str, kind: str, model: str, concurrency: int, seconds: float, processes: int = 2) -> dict[str, Any]:
@@ -170,17 +227,29 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for concurrency in args.concurrency:
                 for system in args.systems:
-                    url = servers[system][1]
+                    running, url = servers[system]
                     kind = "v1" if system == "tlserve-v1" else "v2"
+                    before = server_seconds(running.metrics_port) if running.metrics_port else {}
                     result = measure(url, kind, model, concurrency, args.seconds)
+                    if running.metrics_port:
+                        timings = per_call_us(before, server_seconds(running.metrics_port))
+                        if system == "tlserve-cached":  # its stage timings are those of the first, cached answer
+                            timings = {k: v for k, v in timings.items() if k not in ("encode", "inference")}
+                        result["server_us"] = timings
                     rounds.setdefault(f"{system} c={concurrency}", []).append(result)
                     print(f"round {repeat + 1} {system} c={concurrency}: {result}", flush=True)
     finally:
         stopped = {id(running): running for running, _ in servers.values()}
         for running in stopped.values():
             running.stop()
-    medians = {key: {metric: statistics.median(r[metric] for r in results) for metric in results[0]}
-               for key, results in rounds.items()}
+    medians: dict[str, dict[str, Any]] = {
+        key: {metric: statistics.median(r[metric] for r in results) for metric in results[0] if metric != "server_us"}
+        for key, results in rounds.items()}
+    for key, results in rounds.items():
+        per_round: list[dict[str, float]] = [r["server_us"] for r in results if r.get("server_us")]
+        if per_round:
+            medians[key]["server_us"] = {name: statistics.median(t[name] for t in per_round if name in t)
+                                         for name in per_round[0]}
     ratios = {}
     for concurrency in args.concurrency:
         for system, peer in (("tlserve", "mlserver"), ("tlserve", "noop"), ("tlserve-cached", "noop")):
@@ -188,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             other = medians.get(f"{peer} c={concurrency}")
             if tl and other and other["calls_per_s"]:
                 ratios[f"{system} / {peer} c={concurrency}"] = round(tl["calls_per_s"] / other["calls_per_s"], 2)
+    # After the servers stopped, so nothing else runs beside it.
+    back_to_back = back_to_back_us(args.bundle) if {"tlserve", "tlserve-v1"} & set(args.systems) else {}
     report = {"bundle": str(args.bundle), "seconds": args.seconds, "repeats": args.repeats, "medians": medians,
-              "ratios": ratios, "rounds": rounds,
+              "ratios": ratios, "back_to_back_us": back_to_back, "rounds": rounds,
               "machine": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() + " cores"}
-    print(json.dumps({"medians": medians, "ratios": ratios}, indent=1))
+    print(json.dumps({"medians": medians, "ratios": ratios, "back_to_back_us": back_to_back}, indent=1))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -124,6 +124,25 @@ def test_open_inference_rest_in_json_and_binary_equals_the_native_answer(server:
     assert output["shape"] == [2, 2] and output["data"][0].split(":", 2)[2] == native.results[0].labels[0].label
 
 
+def test_the_http_benchmark_reads_each_calls_cost_inside_the_server(server: ServerProcess) -> None:
+    from tlserve.bench.http_load import per_call_us, server_seconds
+
+    request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a small cat"]}]}
+    before = server_seconds(server.metrics_port)
+    for _ in range(5):
+        assert http_json(server, "POST", "/v2/models/wn-frozen/infer", request)[0] == 200
+    after = server_seconds(server.metrics_port)
+    # Five HTTP calls, each encoded and run (alone or in batches with each other), each answered.
+    assert after["call"][1] - before.get("call", (0.0, 0.0))[1] == 5
+    assert after["respond"][1] - before.get("respond", (0.0, 0.0))[1] == 5
+    for stage in ("encode", "inference"):
+        assert 1 <= after[stage][1] - before.get(stage, (0.0, 0.0))[1] <= 5
+    means = per_call_us(before, after)
+    assert set(means) >= {"call", "encode", "inference", "respond"}
+    assert all(value > 0 for value in means.values())
+    assert means["call"] > means["respond"]
+
+
 def test_health_metadata_and_readiness(server: ServerProcess) -> None:
     assert http_json(server, "GET", "/v2/health/live") == (200, {"live": True})
     assert http_json(server, "GET", "/v2/health/ready") == (200, {"ready": True})
