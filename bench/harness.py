@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -135,33 +134,15 @@ def _measure(points: list[Point], config: BenchConfig, texts: list[str], repeat:
 
 def _stage_breakdown(before: str, after: str, model: str) -> dict[str, float]:
     """Mean seconds per batch (or per call) of each server stage, from two scrapes of the metrics."""
-    def values(text: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("#") or f'model="{model}"' not in line:
-                continue
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-        return out
+    then, now = systems.timings(before, model), systems.timings(after, model)
 
-    a, b = values(before), values(after)
+    def mean(key: str, scale: float = 1000.0, digits: int = 4) -> float:
+        return round(scale * systems.mean_between(then, now, key)[0], digits)
 
-    def delta(name: str) -> float:
-        return sum(b[k] - a.get(k, 0.0) for k in b if re.sub(r"\{.*", "", k) == name.split("{")[0]
-                   and all(part in k for part in re.findall(r'\w+="[^"]*"', name)))
-
-    out = {}
-    for stage in ("encode", "inference", "respond"):
-        count = delta(f'tlserve_stage_seconds_count{{stage="{stage}"}}')
-        out[f"{stage}_ms_mean"] = round(1000 * delta(f'tlserve_stage_seconds_sum{{stage="{stage}"}}') / count, 4) \
-            if count else 0.0
-    chunks = delta("tlserve_queue_seconds_count")
-    out["queue_ms_mean"] = round(1000 * delta("tlserve_queue_seconds_sum") / chunks, 4) if chunks else 0.0
-    batches = delta("tlserve_batch_size_count")
-    out["batch_size_mean"] = round(delta("tlserve_batch_size_sum") / batches, 2) if batches else 0.0
-    calls = delta('tlserve_request_seconds_count{method="Classify"}')
-    out["server_ms_per_call"] = round(1000 * delta('tlserve_request_seconds_sum{method="Classify"}') / calls, 4) \
-        if calls else 0.0
+    out = {f"{stage}_ms_mean": mean(stage) for stage in ("encode", "inference", "respond")}
+    out["queue_ms_mean"] = mean("queue")
+    out["batch_size_mean"] = mean("batch_size", scale=1.0, digits=2)
+    out["server_ms_per_call"] = mean("call:Classify")
     return out
 
 

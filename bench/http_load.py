@@ -41,7 +41,18 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.bench.systems import Running, _spawn, _wait, free_port, start_mlserver, start_tlserve
+from tlserve.bench.systems import (
+    Running,
+    Timings,
+    _spawn,
+    _wait,
+    free_port,
+    mean_between,
+    scrape,
+    start_mlserver,
+    start_tlserve,
+    timings,
+)
 
 CONTEXT = multiprocessing.get_context("spawn")
 TEXTS = ["a small domesticated feline", "a hand tool for driving nails", "a person who writes poems",
@@ -94,39 +105,16 @@ def _client_process(args: tuple[Any, ...], out: Any) -> None:
     out.put(asyncio.run(_client(*args)))
 
 
-def server_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
-    """(sum, count) of the server's call, stage and answer timings, from its Prometheus endpoint."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    out: dict[str, tuple[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if family.name == "tlserve_request_seconds" and sample.labels.get("method", "").startswith("http:"):
-                key = "call"
-            elif family.name == "tlserve_stage_seconds":
-                key = sample.labels.get("stage", "")
-            else:
-                continue
-            total, count = out.get(key, (0.0, 0.0))
-            if sample.name.endswith("_sum"):
-                out[key] = (total + sample.value, count)
-            elif sample.name.endswith("_count"):
-                out[key] = (total, count + sample.value)
+def server_us(before: Timings, after: Timings) -> dict[str, float]:
+    """Mean microseconds, between two `timings` readings, of the HTTP calls and of building their answers,
+    and per batch of encoding and onnxruntime."""
+    out = {}
+    for key in after:
+        if key.startswith("call:http:") or key in ("encode", "inference", "respond"):
+            mean, count = mean_between(before, after, key)
+            if count:
+                out["call" if key.startswith("call:") else key] = round(mean * 1e6, 1)
     return out
-
-
-def per_call_us(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """Mean microseconds of each timing between two `server_seconds` readings."""
-    means = {}
-    for key, (total, count) in after.items():
-        then_total, then_count = before.get(key, (0.0, 0.0))
-        if count > then_count:
-            means[key] = round((total - then_total) / (count - then_count) * 1e6, 1)
-    return means
 
 
 def back_to_back_us(bundle: Path, calls: int = 3000) -> dict[str, float]:
@@ -230,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                 for system in args.systems:
                     running, url = servers[system]
                     kind = "v1" if system == "tlserve-v1" else "v2"
-                    before = server_seconds(running.metrics_port) if running.metrics_port else {}
+                    before = timings(scrape(running.metrics_port), model) if running.metrics_port else {}
                     result = measure(url, kind, model, concurrency, args.seconds)
                     if running.metrics_port:
-                        timings = per_call_us(before, server_seconds(running.metrics_port))
+                        inside = server_us(before, timings(scrape(running.metrics_port), model))
                         if system == "tlserve-cached":  # its stage timings are those of the first, cached answer
-                            timings = {k: v for k, v in timings.items() if k not in ("encode", "inference")}
-                        result["server_us"] = timings
+                            inside = {k: v for k, v in inside.items() if k not in ("encode", "inference")}
+                        result["server_us"] = inside
                     rounds.setdefault(f"{system} c={concurrency}", []).append(result)
                     print(f"round {repeat + 1} {system} c={concurrency}: {result}", flush=True)
     finally:

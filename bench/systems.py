@@ -258,3 +258,43 @@ def scrape(metrics_port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         return str(response.read().decode())
+
+
+Timings = dict[str, tuple[float, float]]
+"""(sum, count) of a tlserve server's timings and sizes, by name: a stage ("encode", "inference",
+"respond"), "queue", "batch_size", or "call:<method>" (e.g. "call:Classify", "call:http:ModelInfer")."""
+
+
+def timings(metrics_text: str, model: str) -> Timings:
+    """The server's timings for `model`, from a scrape of its metrics (prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {"tlserve_queue_seconds": "queue", "tlserve_batch_size": "batch_size"}
+    out: Timings = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if family.name == "tlserve_stage_seconds":
+                key = sample.labels["stage"]
+            elif family.name == "tlserve_request_seconds":
+                key = f"call:{sample.labels['method']}"
+            elif family.name in names:
+                key = names[family.name]
+            else:
+                continue
+            total, count = out.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                out[key] = (total + sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[key] = (total, count + sample.value)
+    return out
+
+
+def mean_between(before: Timings, after: Timings, key: str) -> tuple[float, float]:
+    """(mean, count) of `key` over what happened between two readings; (0, 0) if nothing did."""
+    total, count = after.get(key, (0.0, 0.0))
+    then_total, then_count = before.get(key, (0.0, 0.0))
+    if count <= then_count:
+        return 0.0, 0.0
+    return (total - then_total) / (count - then_count), count - then_count

@@ -125,20 +125,24 @@ def test_open_inference_rest_in_json_and_binary_equals_the_native_answer(server:
 
 
 def test_the_http_benchmark_reads_each_calls_cost_inside_the_server(server: ServerProcess) -> None:
-    from tlserve.bench.http_load import per_call_us, server_seconds
+    from tlserve.bench.http_load import server_us
+    from tlserve.bench.systems import scrape, timings
 
     request = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a small cat"]}]}
-    before = server_seconds(server.metrics_port)
+    before = timings(scrape(server.metrics_port), "wn-frozen")
     for _ in range(5):
         assert http_json(server, "POST", "/v2/models/wn-frozen/infer", request)[0] == 200
-    after = server_seconds(server.metrics_port)
+    after = timings(scrape(server.metrics_port), "wn-frozen")
     # Five HTTP calls, each encoded and run (alone or in batches with each other), each answered.
-    assert after["call"][1] - before.get("call", (0.0, 0.0))[1] == 5
+    calls = "call:http:ModelInfer"
+    assert after[calls][1] - before.get(calls, (0.0, 0.0))[1] == 5
     assert after["respond"][1] - before.get("respond", (0.0, 0.0))[1] == 5
-    for stage in ("encode", "inference"):
+    for stage in ("encode", "inference", "batch_size"):
         assert 1 <= after[stage][1] - before.get(stage, (0.0, 0.0))[1] <= 5
-    means = per_call_us(before, after)
-    assert set(means) >= {"call", "encode", "inference", "respond"}
+    # Five texts in those batches.
+    assert after["batch_size"][0] - before.get("batch_size", (0.0, 0.0))[0] == 5
+    means = server_us(before, after)
+    assert set(means) == {"call", "encode", "inference", "respond"}
     assert all(value > 0 for value in means.values())
     assert means["call"] > means["respond"]
 
