@@ -39,6 +39,7 @@ import numpy as np
 from tlserve.errors import BundleError
 from tlserve.lexicon import Lexicon
 from tlserve.preprocessing import Preprocessor
+from tlserve.ragged import pad
 from tlserve.vector_store import VocabularyIndex
 
 Mode = Literal["frozen", "finetune"]
@@ -390,9 +391,7 @@ class Featurizer:
         if len(tokens) == 1:  # the one-text call of a serving API: no segment bookkeeping
             ids = flat[None, :] if len(flat) else np.zeros((1, 1), dtype=np.int64)
         else:
-            count = np.bincount(segment, minlength=len(tokens))
-            ids = np.zeros((len(tokens), max(1, int(count.max(initial=0)))), dtype=np.int64)
-            ids[segment, np.arange(len(flat)) - np.repeat(np.cumsum(count) - count, count)] = flat
+            (ids,) = pad(np.bincount(segment, minlength=len(tokens)), (flat, np.int64))
         inputs = {FINETUNE_INPUT: ids}
         inputs.update(self._base_pool(base_rows, base_counts))
         return inputs

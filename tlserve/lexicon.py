@@ -40,6 +40,7 @@ import numpy as np
 
 from tlserve.errors import BundleError
 from tlserve.preprocessing import Preprocessor
+from tlserve.ragged import pad
 
 LEXICON_FILE = "lexicon.txt"
 LEXICON_IDF_FILE = "lexicon_idf.npy"
@@ -174,14 +175,7 @@ class Lexicon:
         width = max(1, max(lengths, default=1))
         if len(lengths) == 1 and lengths[0] == width:  # the lone text of a serving call: no padding to place
             return np.array([ids], dtype=np.int64), np.array([weights], dtype=np.float32)
-        id_array = np.zeros((len(lengths), width), dtype=np.int64)
-        weight_array = np.zeros((len(lengths), width), dtype=np.float32)
-        if ids:
-            counts_array = np.array(lengths, dtype=np.int64)
-            rows = np.repeat(np.arange(len(lengths)), counts_array)
-            columns = np.arange(len(ids)) - np.repeat(np.cumsum(counts_array) - counts_array, counts_array)
-            id_array[rows, columns] = ids
-            weight_array[rows, columns] = weights
+        id_array, weight_array = pad(np.array(lengths, dtype=np.int64), (ids, np.int64), (weights, np.float32))
         return id_array, weight_array
 
     def save(self, folder: Path) -> None:
