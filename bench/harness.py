@@ -146,14 +146,6 @@ def _stage_breakdown(before: str, after: str, model: str) -> dict[str, float]:
     return out
 
 
-def _shown(path: Path) -> str:
-    """`path` relative to the checkout when it is inside it."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
 def run(config: BenchConfig) -> dict[str, Any]:
     began = time.perf_counter()
     work = config.data / "bench" / "work"
@@ -162,10 +154,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
     texts = data["texts"]
     report: dict[str, Any] = {
         # Paths inside the checkout as relative ones: the results describe the run, not this machine's folders.
-        "config": {k: _shown(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "config": {k: systems.shown(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "model": {"bundle": str(data["bundle"].relative_to(ROOT) if data["bundle"].is_relative_to(ROOT)
-                                else data["bundle"]), "mode": "frozen", "labels": 10},
+        "model": {"bundle": systems.shown(data["bundle"]), "mode": "frozen", "labels": 10},
     }
     _LOGGER.warning("in-process references")
     report["in_process"] = {

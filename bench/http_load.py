@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from tlserve.bench.systems import (
     free_port,
     mean_between,
     scrape,
+    shown,
     start_mlserver,
     start_tlserve,
     timings,
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratios[f"{system} / {peer} c={concurrency}"] = round(tl["calls_per_s"] / other["calls_per_s"], 2)
     # After the servers stopped, so nothing else runs beside it.
     back_to_back = back_to_back_us(args.bundle) if {"tlserve", "tlserve-v1"} & set(args.systems) else {}
-    report = {"bundle": os.path.relpath(args.bundle), "seconds": args.seconds, "repeats": args.repeats,
+    report = {"bundle": shown(args.bundle), "seconds": args.seconds, "repeats": args.repeats,
               "medians": medians, "ratios": ratios, "back_to_back_us": back_to_back, "rounds": rounds,
               "machine": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() + " cores"}
     print(json.dumps({"medians": medians, "ratios": ratios, "back_to_back_us": back_to_back}, indent=1))

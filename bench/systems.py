@@ -253,6 +253,15 @@ def cold_start(repository: Path, runs: int, logs: Path) -> list[float]:
     return seconds
 
 
+def shown(path: Path) -> str:
+    """`path` as a results file records it: relative to the checkout when inside it (results describe the
+    run, not this machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def scrape(metrics_port: int) -> str:
     import urllib.request
 
