@@ -22,7 +22,7 @@ import grpc
 from tlserve.bench.peer_server import serve_until_signalled
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
-from tlserve.server.settings import ServerSettings, max_request_bytes
+from tlserve.server.settings import ServerSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ async def serve(port: int, labels: int, reuse_port: bool) -> None:
     # tlserve's own message limit (documented limits plus framing): with gRPC's default of 4 MB a
     # large request would be refused before Python sees it, and cost the no-op server nothing.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0),
-                                      ("grpc.max_receive_message_length", max_request_bytes(ServerSettings()))])
+                                      ("grpc.max_receive_message_length", ServerSettings().max_request_bytes)])
     # Only the methods the benchmark calls; the others answer UNIMPLEMENTED.
     pb_grpc.add_ClassifierServicer_to_server(NoOpClassifier(labels), server)  # type: ignore[abstract]
     await serve_until_signalled(server, port)

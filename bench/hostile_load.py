@@ -10,7 +10,12 @@ Starts `tlserve serve` on a free loopback port and measures, in turn:
 - readers that do not read: the same caller while 64 ClassifyStream streams send requests and
   never read the answers (with 1 text and with 1,023 texts per message);
 - idle connections: the same caller while 2,000 TCP connections are held open and idle (run
-  with ``--server-nofile 1024`` to start the server under the common open-file limit).
+  with ``--server-nofile 1024`` to start the server under the common open-file limit);
+- the HTTP port: bodies of 2 M and 8 M one-character texts (each refusal timed); 4 client
+  processes sending requests at the request size limit over HTTP (and over gRPC, as "large
+  requests"), with ``/v2/health/live`` probed 20 times a second; 2,000 idle HTTP connections,
+  with an HTTP caller beside the gRPC one, and how many of them the server has closed after the
+  run; 40 concurrent gzip bodies of 1 MB that inflate to 1 GiB (answers and peak RSS).
 
 For each: the caller's p50/p99/max and failed calls, and the server's RSS before, at the end
 of the load, and 10 s after it (memory must come back after a burst).
@@ -105,11 +110,96 @@ async def _silent_streams(target: str, model: str, streams: int, texts: int, sto
         await asyncio.gather(*(one() for _ in range(streams)))
 
 
-def _load_process(kind: str, target: str, model: str, count: int, texts: int, stop_at: float) -> None:
+def _http_post(port: int, path: str, body: bytes, headers: dict[str, str] | None = None,
+               timeout: float = 120.0) -> tuple[int, float]:
+    """Status and seconds of one POST (599: the connection failed)."""
+    import http.client
+
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - started
+    except OSError:
+        return 599, time.perf_counter() - started
+    finally:
+        connection.close()
+
+
+def _heavy_http(port: int, model: str, texts: int, stop_at: float) -> None:
+    rng = random.Random(7)
+    body = json.dumps({"texts": [big_text(rng) for _ in range(texts)]}).encode()
+    while time.time() < stop_at:
+        _http_post(port, f"/v1/models/{model}:classify", body)
+
+
+def _tiny_texts_http(port: int, model: str, counts: tuple[int, ...], stop_at: float, results: Any) -> None:
+    """Bodies of `counts` one-character texts, in turn, until `stop_at`; each answer's status and seconds."""
+    bodies = {count: json.dumps({"texts": ["a"] * count}).encode() for count in counts}
+    while time.time() < stop_at:
+        for count, body in bodies.items():
+            status, seconds = _http_post(port, f"/v1/models/{model}:classify", body)
+            results.put((count, status, seconds))
+
+
+def _load_process(kind: str, target: str, model: str, count: int, texts: int, stop_at: float,
+                  http_port: int = 0, results: Any = None) -> None:
     if kind == "unary":
         asyncio.run(_heavy_unary(target, model, texts, stop_at))
+    elif kind == "http":
+        _heavy_http(http_port, model, texts, stop_at)
+    elif kind == "tiny_http":
+        _tiny_texts_http(http_port, model, (2_000_000, 8_000_000), stop_at, results)
     else:
         asyncio.run(_silent_streams(target, model, count, texts, stop_at))
+
+
+async def _http_prober(port: int, path: str, stop: asyncio.Event, rate: float = 20.0,
+                       body: bytes | None = None) -> dict[str, Any]:
+    """GET (or POST `body` to) `path` `rate` times a second until `stop`: p50/p99/max and failures."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    failures = 0
+    while not stop.is_set():
+        sent = loop.time()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+            method = "POST" if body is not None else "GET"
+            head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body or b'')}\r\n\r\n")
+            writer.write(head.encode() + (body or b""))
+            answer = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            if not answer.startswith(b"HTTP/1.1 200"):
+                failures += 1
+            else:
+                latencies.append((loop.time() - sent) * 1000)
+        except (OSError, TimeoutError):
+            failures += 1
+        await asyncio.sleep(max(0.0, 1.0 / rate - (loop.time() - sent)))
+    values = np.array(latencies) if latencies else np.zeros(1)
+    return {"calls": len(latencies), "failed": failures, "p50_ms": round(float(np.percentile(values, 50)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+
+
+async def _callers(target: str, model: str, seconds: float, http_port: int, probe_health: bool,
+                   http_caller: bool) -> dict[str, Any]:
+    """The small gRPC caller, with (optionally) the health prober and a small HTTP caller beside it."""
+    stop = asyncio.Event()
+    side: dict[str, asyncio.Task[dict[str, Any]]] = {}
+    if probe_health:
+        side["health_live"] = asyncio.ensure_future(_http_prober(http_port, "/v2/health/live", stop))
+    if http_caller:
+        body = json.dumps({"texts": ["a small domesticated cat"]}).encode()
+        side["http_caller"] = asyncio.ensure_future(
+            _http_prober(http_port, f"/v1/models/{model}:classify", stop, 50.0, body))
+    result = await _small_caller(target, model, seconds)
+    stop.set()
+    for name, task in side.items():
+        result[name] = await task
+    return result
 
 
 async def _small_caller(target: str, model: str, seconds: float, rate: float = 100.0) -> dict[str, Any]:
@@ -144,24 +234,65 @@ async def _small_caller(target: str, model: str, seconds: float, rate: float = 1
             "max_ms": round(float(values.max()), 2)}
 
 
-def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str, int, int, int] | None
-             ) -> dict[str, Any]:
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _gzip_bombs(http_port: int, model: str, pid: int, count: int = 40) -> dict[str, Any]:
+    """`count` concurrent gzip bodies of about 1 MB that inflate to 1 GiB: statuses and the server's peak RSS."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    bomb = gzip.compress(b" " * (1 << 30), compresslevel=9)
+    before, peak_before = _rss_mb(pid), _peak_rss_mb(pid)
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda _: _http_post(http_port, f"/v1/models/{model}:classify", bomb,
+                                                     {"Content-Encoding": "gzip"}), range(count)))
+    statuses: dict[str, int] = {}
+    for status, _ in answers:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    time.sleep(10.0)
+    return {"bombs": count, "compressed_bytes": len(bomb), "statuses": statuses,
+            "max_seconds": round(max(seconds for _, seconds in answers), 2), "rss_before_mb": round(before, 1),
+            "peak_rss_growth_mb": round(_peak_rss_mb(pid) - peak_before, 1),
+            "rss_10s_after_mb": round(_rss_mb(pid), 1)}
+
+
+def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str, int, int, int] | None,
+             http_port: int = 0) -> dict[str, Any]:
     """`load` = (kind, processes, per-process count, texts per message)."""
     before = _rss_mb(pid)
     workers = []
+    refusals: Any = None
     if load is not None and load[0] == "idle":
         return _with_idle_connections(target, model, pid, seconds, load[2])
+    if load is not None and load[0] == "idle_http":
+        return _with_idle_connections(target, model, pid, seconds, load[2], http_port)
+    if load is not None and load[0] == "gzip":
+        return _gzip_bombs(http_port, model, pid, load[2])
     if load is not None:
         kind, processes, count, texts = load
         stop_at = time.time() + seconds + 2.0
-        workers = [CONTEXT.Process(target=_load_process, args=(kind, target, model, count, texts, stop_at),
-                                   daemon=True) for _ in range(processes)]
+        refusals = CONTEXT.Queue() if kind == "tiny_http" else None
+        workers = [CONTEXT.Process(target=_load_process, args=(kind, target, model, count, texts, stop_at, http_port,
+                                                               refusals), daemon=True) for _ in range(processes)]
         for worker in workers:
             worker.start()
         time.sleep(2.0)  # the load is running before the measurement starts
-    result = asyncio.run(_small_caller(target, model, seconds))
+    probe = http_port > 0 and load is not None and load[0] in ("http", "unary", "tiny_http")
+    result = asyncio.run(_callers(target, model, seconds, http_port, probe, False))
     result["rss_before_mb"] = round(before, 1)
     result["rss_end_mb"] = round(_rss_mb(pid), 1)
+    if refusals is not None:
+        answers: dict[str, list[float]] = {}
+        while not refusals.empty():
+            count, status, took = refusals.get()
+            answers.setdefault(f"{count}_texts_{status}", []).append(took)
+        result["tiny_text_bodies"] = {key: {"answers": len(values), "max_seconds": round(max(values), 3)}
+                                      for key, values in answers.items()}
     for worker in workers:
         worker.join(30)
         if worker.is_alive():
@@ -172,7 +303,10 @@ def scenario(target: str, model: str, pid: int, seconds: float, load: tuple[str,
     return result
 
 
-def _with_idle_connections(target: str, model: str, pid: int, seconds: float, count: int) -> dict[str, Any]:
+def _with_idle_connections(target: str, model: str, pid: int, seconds: float, count: int, http_port: int = 0
+                           ) -> dict[str, Any]:
+    """`count` idle connections to the gRPC port (or to the HTTP port, with an HTTP caller beside the gRPC one);
+    then, for the HTTP port, how many the server has closed after its idle time (`--connection-idle-seconds`)."""
     import resource
     import socket
 
@@ -182,10 +316,23 @@ def _with_idle_connections(target: str, model: str, pid: int, seconds: float, co
     held: list[socket.socket] = []
     try:
         for _ in range(count):
-            held.append(socket.create_connection((host, int(port)), timeout=10))
-        result = asyncio.run(_small_caller(target, model, seconds))  # a new connection, after the flood
+            held.append(socket.create_connection((host, http_port or int(port)), timeout=10))
+        # New connections, after the flood.
+        result = asyncio.run(_callers(target, model, seconds, http_port, False, http_port > 0))
         result["idle_connections"] = len(held)
         result["rss_end_mb"] = round(_rss_mb(pid), 1)
+        if http_port:
+            time.sleep(12.0)  # past the idle time the benchmark sets (10 s)
+            closed = 0
+            for sock in held:
+                sock.setblocking(False)
+                try:
+                    closed += sock.recv(1) == b""
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed += 1
+            result["closed_by_server_after_idle_time"] = closed
         return result
     finally:
         for sock in held:
@@ -193,13 +340,19 @@ def _with_idle_connections(target: str, model: str, pid: int, seconds: float, co
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+# Texts of 16 KB per request at the request size limit (4 MiB): 255 fit a gRPC message, 250 a JSON body.
+MAX_SIZE_TEXTS = 255
 SCENARIOS: dict[str, tuple[str, int, int, int] | None] = {
     "quiet": None,
-    "large_requests": ("unary", 4, 1, 1023),
+    "large_requests": ("unary", 4, 1, MAX_SIZE_TEXTS),
     "quiet_after_large": None,
     "silent_streams_1_text": ("stream", 1, 64, 1),
     "silent_streams_1023_texts": ("stream", 1, 64, 1023),
     "idle_connections": ("idle", 0, 2000, 0),
+    "http_tiny_texts": ("tiny_http", 1, 1, 0),
+    "http_large_requests": ("http", 4, 1, 250),
+    "http_idle_connections": ("idle_http", 0, 2000, 0),
+    "http_gzip_bombs": ("gzip", 0, 40, 0),
 }
 
 
@@ -237,14 +390,17 @@ def run(repository: Path, model: str, seconds: float, out: Path | None, extra: l
         import resource
 
         launcher = ["prlimit", f"--nofile={server_nofile}:{resource.getrlimit(resource.RLIMIT_NOFILE)[1]}"]
-    command = (tlserve_serve_command(repository, port) + extra if system == "tlserve"
-               else [sys.executable, "-m", "tlserve.bench.ceiling", "--port", str(port)])
+    http_port = free_port() if system == "tlserve" else 0
+    command = ([*tlserve_serve_command(repository, port, http_port=http_port), *extra]
+               if system == "tlserve" else [sys.executable, "-m", "tlserve.bench.ceiling", "--port", str(port)])
     server = subprocess.Popen(launcher + command)
     try:
         _wait_answering(target, model)
         report: dict[str, Any] = {"system": system, "seconds": seconds, "server_nofile": server_nofile or "unchanged"}
         for name in scenarios:
-            report[name] = scenario(target, model, server.pid, seconds, SCENARIOS[name])
+            if name.startswith("http_") and not http_port:
+                continue  # the no-op server has no HTTP port
+            report[name] = scenario(target, model, server.pid, seconds, SCENARIOS[name], http_port)
     finally:
         server.terminate()
         server.wait(60)

@@ -24,7 +24,7 @@ def register(verbs: Any) -> None:
     score.add_argument("--model", required=True, help="REPOSITORY/MODEL[:VERSION] (newest version without :VERSION)")
     score.add_argument("--input", type=Path, required=True, help="Parquet, CSV or JSONL file")
     score.add_argument("--output", type=Path, required=True, help="Parquet file to write")
-    score.add_argument("--format", dest="input_format", choices=["parquet", "csv", "jsonl"],
+    score.add_argument("--format", dest="input_format", choices=["parquet", "csv", "tsv", "jsonl"],
                        help="input format (default: from the suffix)")
     score.add_argument("--text-column", default="text")
     score.add_argument("--id-column", help="column kept as `id` in the output")

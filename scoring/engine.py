@@ -38,7 +38,8 @@ def _open(version_folder: str, repository: str) -> None:
 
 def _open_worker(version_folder: str, repository: str) -> None:
     # Ctrl-C reaches the whole process group: the job's process stops between batches and then
-    # ends the pool; a worker interrupted mid-batch would leave that batch unanswered.
+    # ends the pool (with SIGTERM, which ends a worker); a worker interrupted mid-batch would leave
+    # that batch unanswered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _open(version_folder, repository)
 

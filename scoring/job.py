@@ -23,7 +23,8 @@ from typing import Any
 
 from tlserve.bundle import check_model_name, versions_of
 from tlserve.errors import TlserveError
-from tlserve.scoring.tables import Record, ScoredWriter, input_format, read_records
+from tlserve.processes import writer_is_gone
+from tlserve.scoring.tables import Record, ScoredWriter, input_format, partial_path, read_records
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,6 +83,17 @@ def errors_path(job: ScoreJob) -> Path:
     return job.errors or job.output.with_name(job.output.stem + ".errors.jsonl")
 
 
+def remove_stale_partials(*paths: Path) -> None:
+    """Removes the partial files of earlier jobs on these outputs whose process is gone (a job killed
+    with SIGKILL, or a machine that went down, cleans up nothing)."""
+    for path in paths:
+        for partial in path.parent.glob(f".{path.name}.partial-*"):
+            pid = partial.name.rsplit("-", 1)[1]
+            if pid.isdecimal() and writer_is_gone(int(pid), partial):
+                partial.unlink(missing_ok=True)
+                _LOGGER.info("removed %s, left by a job that was killed", partial)
+
+
 def run(job: ScoreJob) -> dict[str, Any]:
     from tlserve.bundle import Bundle
 
@@ -95,8 +107,10 @@ def run(job: ScoreJob) -> dict[str, Any]:
     if not job.output.parent.is_dir():
         raise TlserveError(f"{job.output.parent}: no such folder for --output")
     bad_path = errors_path(job)
-    bad_partial = bad_path.with_name(f".{bad_path.name}.partial-{os.getpid()}")
-    records = read_records(job.input, fmt, job.text_column, job.id_column, job.max_text_bytes)
+    bad_partial = partial_path(bad_path)
+    remove_stale_partials(job.output, bad_path)
+    notes: list[str] = []
+    records = read_records(job.input, fmt, job.text_column, job.id_column, job.max_text_bytes, notes)
     writer = ScoredWriter(job.output, job.id_column is not None)
     started = time.perf_counter()
     counts = {"rows": 0, "scored": 0, "bad": 0}
@@ -108,7 +122,8 @@ def run(job: ScoreJob) -> dict[str, Any]:
                 counts["rows"] += 1
                 if record.error is not None:
                     counts["bad"] += 1
-                    bad.write(json.dumps({"row": record.row, "id": record.id, "error": record.error}) + "\n")
+                    where = {"row": record.row, **({"line": record.line} if record.line is not None else {})}
+                    bad.write(json.dumps({**where, "id": record.id, "error": record.error}) + "\n")
                     continue
                 yield record
 
@@ -132,40 +147,52 @@ def run(job: ScoreJob) -> dict[str, Any]:
         raise
     if job.progress:
         print(file=sys.stderr)
+    for note in notes:
+        _LOGGER.warning("%s", note)
     seconds = time.perf_counter() - started
     summary = {"model": str(folder), "input": str(job.input), "output": str(job.output), "errors": str(bad_path),
                "engine": job.engine, "workers": job.workers, **counts, "seconds": round(seconds, 2),
-               "rows_per_second": round(counts["scored"] / max(seconds, 1e-9))}
+               "rows_per_second": round(counts["scored"] / max(seconds, 1e-9)), "notes": notes}
     _LOGGER.info("scored %d of %d rows (%d bad, listed in %s) in %.1f s", counts["scored"], counts["rows"],
                  counts["bad"], bad_path, seconds)
     return summary
 
 
+class Stopped(KeyboardInterrupt):
+    """The job was asked to stop (Ctrl-C or SIGTERM); `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def stop_between_batches() -> Iterator[Callable[[], None]]:
-    """Ctrl-C (SIGINT) as a request to stop at the next batch: yields a check that raises
-    KeyboardInterrupt once it came. An interrupt raised wherever the main thread happens to be
-    can land inside pyarrow's writer or onnxruntime's call, whose clean-up then cannot be relied
-    on; between batches nothing is half done. A second Ctrl-C interrupts at once."""
+    """Ctrl-C (SIGINT) and SIGTERM as a request to stop at the next batch: yields a check that raises
+    `Stopped` once one came. An interrupt raised wherever the main thread happens to be can land
+    inside pyarrow's writer or onnxruntime's call, whose clean-up then cannot be relied on; between
+    batches nothing is half done, and the partial files are removed on the way out. A second signal
+    stops at once."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None  # signal handlers belong to the main thread
         return
-    requested = threading.Event()
+    requested: list[int] = []
 
     def request(signum: int, frame: Any) -> None:
-        if requested.is_set():
-            signal.default_int_handler(signum, frame)
-        requested.set()
+        if requested:
+            raise Stopped(signum)
+        requested.append(signum)
 
     def check() -> None:
-        if requested.is_set():
-            raise KeyboardInterrupt
+        if requested:
+            raise Stopped(requested[0])
 
-    previous = signal.signal(signal.SIGINT, request)
+    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield check
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],

@@ -1,15 +1,15 @@
-"""Reading texts from Parquet, CSV or JSONL and writing scored rows to Parquet.
+"""Reading texts from Parquet, CSV, TSV or JSONL and writing scored rows to Parquet.
 
-Readers yield `Record`s in file order, with the row's number in the file (1-based data rows
-for Parquet and JSONL lines, physical lines for CSV) so a bad row is reported where a user
-can find it. A bad row (no text, empty text, invalid UTF-8, over the byte limit, a JSONL line
-that is not an object) is a `Record` with `error` set, never an exception: one bad row does
-not stop a job of millions.
+Readers yield `Record`s in file order, with the row's number (1-based, data rows only: the first
+row under a CSV header is row 1) and, for text files, the line it starts on, so a bad row is
+reported where a user can find it. A bad row (no text, empty text, invalid UTF-8, over the byte
+limit, a JSONL line that is not an object) is a `Record` with `error` set, never an exception:
+one bad row does not stop a job of millions. CSV is read as `tlserve train` reads it
+(`tlserve.text_files`): rows spanning lines are counted and the first one named in `notes`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Iterator
@@ -17,60 +17,60 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlserve.errors import TlserveError
+from tlserve.errors import InputFileError, TlserveError
+from tlserve.text_files import Format, SpanningRows, delimited_rows, detect_format
 
-FORMATS = ("parquet", "csv", "jsonl")
+FORMATS: tuple[Format, ...] = ("parquet", "csv", "tsv", "jsonl")
 
 
 @dataclass
 class Record:
-    """One input row: its number in the file, its id (if an id column was named), its text or what was wrong."""
+    """One input row: its number (1-based, data rows only), its id (if an id column was named), its text or what
+    was wrong, and the line it starts on (text files)."""
 
     row: int
     id: str | None
     text: str | None
     error: str | None = None
+    line: int | None = None
 
 
-def input_format(path: Path, given: str | None) -> str:
-    if given:
-        return given
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("parquet", "pq"):
-        return "parquet"
-    if suffix in ("csv", "jsonl"):
-        return suffix
-    if suffix == "ndjson":
-        return "jsonl"
-    raise TlserveError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
-                       f"give --format ({', '.join(FORMATS)})")
+def input_format(path: Path, given: str | None) -> Format:
+    return detect_format(path, given, FORMATS)
 
 
-def _checked(row: int, identifier: str | None, text: Any, max_text_bytes: int) -> Record:
+def _checked(row: int, identifier: str | None, text: Any, max_text_bytes: int, line: int | None = None) -> Record:
+    def bad(error: str) -> Record:
+        return Record(row, identifier, None, error, line)
+
     if text is None:
-        return Record(row, identifier, None, "no text (null or missing)")
+        return bad("no text (null or missing)")
     if not isinstance(text, str):
-        return Record(row, identifier, None, f"the text is a {type(text).__name__}, not a string")
+        return bad(f"the text is a {type(text).__name__}, not a string")
     if not text.strip():
-        return Record(row, identifier, None, "empty text")
+        return bad("empty text")
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:  # lone surrogates: what invalid UTF-8 bytes decode to here
-        return Record(row, identifier, None, "invalid UTF-8")
+        return bad("invalid UTF-8")
     if size > max_text_bytes:
-        return Record(row, identifier, None, f"{size} UTF-8 bytes; the limit is --max-text-bytes={max_text_bytes}")
-    return Record(row, identifier, text)
+        return bad(f"{size} UTF-8 bytes; the limit is --max-text-bytes={max_text_bytes}")
+    return Record(row, identifier, text, None, line)
 
 
-def read_records(path: Path, fmt: str, text_column: str, id_column: str | None, max_text_bytes: int
-                 ) -> Iterator[Record]:
-    """The file's rows as `Record`s, in order."""
+def read_records(path: Path, fmt: Format, text_column: str, id_column: str | None, max_text_bytes: int,
+                 notes: list[str] | None = None) -> Iterator[Record]:
+    """The file's rows as `Record`s, in order; what the reader noticed (rows spanning lines) is appended to
+    `notes` once the file is read."""
     if not path.is_file():
         raise TlserveError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
     if fmt == "parquet":
         yield from _parquet(path, text_column, id_column, max_text_bytes)
-    elif fmt == "csv":
-        yield from _csv(path, text_column, id_column, max_text_bytes)
+    elif fmt in ("csv", "tsv"):
+        spanning = SpanningRows(path)
+        yield from _delimited(path, fmt, text_column, id_column, max_text_bytes, spanning)
+        if notes is not None and (note := spanning.note()):
+            notes.append(note)
     else:
         yield from _jsonl(path, text_column, id_column, max_text_bytes)
 
@@ -101,40 +101,48 @@ def _parquet(path: Path, text_column: str, id_column: str | None, max_text_bytes
             yield _checked(row, None if identifier is None else str(identifier), text, max_text_bytes)
 
 
-def _csv(path: Path, text_column: str, id_column: str | None, max_text_bytes: int) -> Iterator[Record]:
+def _delimited(path: Path, fmt: Format, text_column: str, id_column: str | None, max_text_bytes: int,
+               spanning: SpanningRows) -> Iterator[Record]:
     # surrogateescape: invalid UTF-8 bytes become lone surrogates, so one bad row is reported, not fatal.
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        for column in [text_column, *([id_column] if id_column else [])]:
+        header, rows = delimited_rows(handle, path, fmt, spanning)
+        for column, flag in ((text_column, "--text-column"), *([(id_column, "--id-column")] if id_column else [])):
             if column not in header:
-                raise TlserveError(f"{path}, line 1: no column {column!r}; columns: {header}")
-        start = reader.line_num + 1
-        for values in reader:
-            row, start = start, reader.line_num + 1
-            identifier = values.get(id_column) if id_column else None
-            yield _checked(row, identifier, values.get(text_column), max_text_bytes)
+                raise InputFileError(path, f"no column {column!r}; columns: {header} (name the column with {flag})", 1)
+        text_at = header.index(text_column)
+        id_at = header.index(id_column) if id_column else None
+        for row, (line, fields) in enumerate(rows, start=1):
+            identifier = fields[id_at] if id_at is not None and id_at < len(fields) else None
+            text = fields[text_at] if text_at < len(fields) else None
+            yield _checked(row, identifier, text, max_text_bytes, line)
 
 
 def _jsonl(path: Path, text_column: str, id_column: str | None, max_text_bytes: int) -> Iterator[Record]:
+    row = 0
     with path.open("rb") as handle:
-        for row, line in enumerate(handle, start=1):
+        for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            row += 1
             try:
                 value = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError:
-                yield Record(row, None, None, "invalid UTF-8")
+                yield Record(row, None, None, "invalid UTF-8", number)
                 continue
             except json.JSONDecodeError as exc:
-                yield Record(row, None, None, f"not JSON ({exc.msg} at column {exc.colno})")
+                yield Record(row, None, None, f"not JSON ({exc.msg} at column {exc.colno})", number)
                 continue
             if not isinstance(value, dict):
-                yield Record(row, None, None, f"a JSON {type(value).__name__}, not an object")
+                yield Record(row, None, None, f"a JSON {type(value).__name__}, not an object", number)
                 continue
             identifier = value.get(id_column) if id_column else None
             yield _checked(row, None if identifier is None else str(identifier), value.get(text_column),
-                           max_text_bytes)
+                           max_text_bytes, number)
+
+
+def partial_path(path: Path) -> Path:
+    """Where `path` is written until the job is done (hidden, named after this process)."""
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
 class ScoredWriter:
@@ -146,7 +154,7 @@ class ScoredWriter:
         import pyarrow.parquet as pq
 
         self.path = path
-        self.partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        self.partial = partial_path(path)
         fields = [pa.field("row", pa.int64())]
         if with_id:
             fields.append(pa.field("id", pa.string()))

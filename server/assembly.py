@@ -17,8 +17,27 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tlserve.server.settings import ServerSettings, max_request_bytes
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tlserve.errors import BundleError
+from tlserve.server.core import loop_idle, metrics, observe
+from tlserve.server.core.dataplane import DataPlane
+from tlserve.server.core.lifecycle import ModelLifecycle
+from tlserve.server.core.memory import HeapTrimmer
+from tlserve.server.core.payload_log import PayloadLog
+from tlserve.server.core.routing import RoutingTable
+from tlserve.server.frontends.grpc_native import SERVICE as CLASSIFIER
+from tlserve.server.frontends.grpc_native import ClassifierServicer, add_classifier_service
+from tlserve.server.frontends.grpc_oip import SERVICE as INFERENCE_SERVICE
+from tlserve.server.frontends.grpc_oip import InferenceServicer, add_inference_service
+from tlserve.server.frontends.http_app import start_http, stop_http
+from tlserve.server.frontends.security import BearerTokenInterceptor, TokenHealthServicer, server_credentials
+from tlserve.server.settings import ServerSettings
+from tlserve.snapshots import Snapshots
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,8 +71,10 @@ def raise_open_file_limit() -> int:
 
 
 def connection_limit(settings: ServerSettings, open_files: int) -> int:
-    """The most connections to hold: the setting, or what the open-file limit leaves."""
-    derived = max(16, open_files - RESERVED_DESCRIPTORS)
+    """The most connections each port holds: the setting, or what the open-file limit leaves, shared by the
+    gRPC and HTTP ports (so neither can take the descriptors the other needs)."""
+    ports = 2 if settings.http_port else 1
+    derived = max(16, (open_files - RESERVED_DESCRIPTORS) // ports)
     return min(settings.max_connections, derived) if settings.max_connections else derived
 
 
@@ -61,7 +82,7 @@ def grpc_options(settings: ServerSettings, reuse_port: bool, connections: int) -
     """gRPC core's settings for the server: message size, and the connection and stream bounds."""
     return [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", max_request_bytes(settings)),
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_allowed_incoming_connections", connections),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
@@ -80,33 +101,157 @@ def model_health_name(model: str) -> str:
     return f"{CLASSIFIER_SERVICE}/{model}"
 
 
-async def serve(settings: ServerSettings, reuse_port: bool = False,
+class Server:
+    """One process's gRPC and HTTP servers around the serving core, assembled from its parts.
+
+    `start` binds the ports (health NOT_SERVING, liveness SERVING), `load` makes the first repository
+    scan and turns SERVING, `watch` rescans until cancelled, `stop` drains. `serve` runs one in a
+    process with its signals; tests run one in a thread of their own.
+    """
+
+    def __init__(self, settings: ServerSettings, snapshots: Snapshots, reuse_port: bool = False) -> None:
+        self.settings = settings
+        self.reuse_port = reuse_port
+        self.table = RoutingTable()
+        self.lifecycle = ModelLifecycle(settings, self.table, snapshots)
+        self.payload_log = _payload_log(settings)
+        self.plane = DataPlane(self.table, settings, self.payload_log)
+        self.token = settings.token()
+        self.connections = connection_limit(settings, raise_open_file_limit())
+        interceptors = [BearerTokenInterceptor(self.token)] if self.token else []
+        self.grpc = grpc.aio.server(interceptors=interceptors,
+                                    options=grpc_options(settings, reuse_port, self.connections))
+        self.health = TokenHealthServicer(self.token, frozenset({"", CLASSIFIER_SERVICE, LIVENESS_SERVICE}))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        add_classifier_service(ClassifierServicer(self.plane), self.grpc)
+        add_inference_service(InferenceServicer(self.plane), self.grpc)
+        reflection.enable_server_reflection(
+            (CLASSIFIER, INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.grpc)
+        self.http_runner: Any = None
+        self.port = 0
+        self.http_port = 0
+        self._served_names: set[str] = set()
+        self._idle_work: list[Callable[[], None]] = []
+
+    async def start(self) -> None:
+        """Binds the ports; RuntimeError or OSError says which could not be bound."""
+        settings = self.settings
+        self._idle_work = [metrics.DEFERRED.flush, observe.QueueSampler(self.table), HeapTrimmer()]
+        loop_idle.METER.on_idle.extend(self._idle_work)
+        await self._set_health("", NOT_SERVING)
+        await self._set_health(CLASSIFIER_SERVICE, NOT_SERVING)
+        await self._set_health(LIVENESS_SERVICE, SERVING)
+        credentials = server_credentials(settings)
+        address = f"{settings.host}:{settings.port}"
+        try:
+            self.port = self.grpc.add_secure_port(address, credentials) if credentials \
+                else self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot bind {address}: {exc}") from None
+        await self.grpc.start()
+        if settings.http_port:
+            try:
+                self.http_runner, self.http_port = await start_http(self.plane, settings, self.token,
+                                                                    self.reuse_port, self.connections)
+            except OSError as exc:
+                await self.grpc.stop(0)
+                raise OSError(f"cannot bind HTTP {settings.host}:{settings.http_port}: {exc}") from None
+        _LOGGER.info("listening on %s:%d (gRPC)%s (%s%s; at most %d connections per port; NOT_SERVING while "
+                     "loading %s)", settings.host, self.port,
+                     f" and {settings.host}:{self.http_port} (HTTP)" if self.http_runner else "",
+                     "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+                     ", bearer token required" if self.token else "", self.connections, settings.repository)
+
+    async def load(self) -> None:
+        """The first repository scan; SERVING once every model in it is loaded and warmed. BundleError (or
+        OSError) when nothing could be loaded."""
+        await self.lifecycle.reload()
+        self.plane.ready = True
+        if not self.table.models:
+            raise BundleError(f"no model could be loaded from {self.settings.repository}")
+        await self.update_health()
+        await self._set_health(CLASSIFIER_SERVICE, SERVING)
+        await self._set_health("", SERVING)
+
+    async def update_health(self) -> None:
+        """Each model's health: SERVING while its newest version takes calls."""
+        for name in set(self.table.models) | self._served_names:
+            status = (SERVING if self.table.serving(name) else NOT_SERVING) if name in self.table.models \
+                else SERVICE_UNKNOWN
+            await self._set_health(model_health_name(name), status)
+        self._served_names = set(self.table.models)
+
+    async def watch(self, reload_now: asyncio.Event) -> None:
+        """Rescans the repository every `poll_seconds` (and at once when `reload_now` is set) until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reload_now.wait(), self.settings.poll_seconds or None)
+            reload_now.clear()
+            try:
+                changed = await self.lifecycle.reload()
+            except Exception:
+                _LOGGER.exception("repository scan failed; serving what is loaded")
+                continue
+            if changed.changed:
+                await self.update_health()
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING, no new calls, calls in flight get `grace` seconds, the batchers drain, logs flush."""
+        self.plane.draining = True
+        await self.health.enter_graceful_shutdown()
+        # The batchers drain at once, beside the servers' stop: queued texts must not wait out a
+        # batching delay while the grace period runs.
+        await asyncio.gather(self._stop_ports(grace), self.lifecycle.close())
+        if self.payload_log is not None:
+            await asyncio.to_thread(self.payload_log.close)
+        for work in self._idle_work:
+            with contextlib.suppress(ValueError):
+                loop_idle.METER.on_idle.remove(work)
+
+    async def _stop_ports(self, grace: float) -> None:
+        await asyncio.gather(self.grpc.stop(grace), *([stop_http(self.http_runner)] if self.http_runner else []))
+
+    async def _set_health(self, service: str, status: int) -> None:
+        await self.health.set(service, status)
+
+    def describe(self) -> str:
+        loaded = [served.scorer.describe() for served in self.table.all_versions()]
+        return f"{len(loaded)} model version(s) {loaded} over {len(self.lifecycle.stores)} store(s)"
+
+
+def _payload_log(settings: ServerSettings) -> PayloadLog | None:
+    """The payload log the settings ask for, or None; OSError when its file cannot be opened."""
+    if not settings.payload_log:
+        return None
+    path = Path(settings.payload_log)
+    if settings.workers > 1:  # one file per process: rotation is not shared between processes
+        path = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+    try:
+        log = PayloadLog(path, settings.payload_log_rate, settings.payload_log_hash, settings.payload_log_max_bytes,
+                         settings.payload_log_backups)
+    except OSError as exc:
+        raise OSError(f"cannot write the payload log {path} (--payload-log): {exc.strerror or exc}") from None
+    _LOGGER.info("payload log: %s of calls to %s%s", f"{settings.payload_log_rate:g}", path,
+                 " (texts as SHA-256)" if settings.payload_log_hash else "")
+    return log
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+async def serve(settings: ServerSettings, snapshots: Snapshots, reuse_port: bool = False,
                 on_signal: Callable[[int], None] | None = None,
                 stop_requested: Callable[[], bool] | None = None) -> int:
     """Runs one server process until SIGTERM/SIGINT; returns its exit code.
 
-    `on_signal` sees every SIGTERM, SIGINT and SIGHUP first (the first worker passes them on
-    to the others); `stop_requested` says whether a stop signal came before this function
-    took over the signals.
+    `snapshots` holds the verified copies of the stores it maps (shared by the workers); `on_signal`
+    sees every SIGTERM, SIGINT and SIGHUP first (the first worker passes them on to the others);
+    `stop_requested` says whether a stop signal came before this function took over the signals.
     """
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
-
-    from tlserve.server.core import loop_idle, metrics, observe
-    from tlserve.server.core.dataplane import DataPlane
-    from tlserve.server.core.lifecycle import ModelLifecycle
-    from tlserve.server.core.memory import HeapTrimmer
-    from tlserve.server.core.routing import RoutingTable
-    from tlserve.server.frontends.grpc_native import SERVICE as CLASSIFIER
-    from tlserve.server.frontends.grpc_native import ClassifierServicer, add_classifier_service
-    from tlserve.server.frontends.grpc_oip import SERVICE as INFERENCE_SERVICE
-    from tlserve.server.frontends.grpc_oip import InferenceServicer, add_inference_service
-    from tlserve.server.frontends.security import BearerTokenInterceptor, server_credentials
-
     started = time.perf_counter()
-    table = RoutingTable()
-    lifecycle = ModelLifecycle(settings, table)
     if settings.otlp_endpoint:
         from tlserve.server.core import tracing
 
@@ -116,155 +261,49 @@ async def serve(settings: ServerSettings, reuse_port: bool = False,
             _LOGGER.error("%s", exc)
             return 1
         _LOGGER.info("tracing %s of calls to %s (OTLP/gRPC)", f"{settings.trace_sample_rate:g}", settings.otlp_endpoint)
-    payload_log = None
-    if settings.payload_log:
-        from tlserve.server.core.payload_log import PayloadLog
-
-        path = Path(settings.payload_log)
-        if settings.workers > 1:  # one file per process: rotation is not shared between processes
-            path = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
-        payload_log = PayloadLog(path, settings.payload_log_rate, settings.payload_log_hash,
-                                 settings.payload_log_max_bytes, settings.payload_log_backups)
-        _LOGGER.info("payload log: %s of calls to %s%s", f"{settings.payload_log_rate:g}", path,
-                     " (texts as SHA-256)" if settings.payload_log_hash else "")
-    plane = DataPlane(table, settings, payload_log)
-    loop_idle.METER.on_idle.append(metrics.DEFERRED.flush)
-    loop_idle.METER.on_idle.append(observe.QueueSampler(table))
-    loop_idle.METER.on_idle.append(HeapTrimmer())
-    token = settings.token()
-    interceptors = [BearerTokenInterceptor(token)] if token else []
-    connections = connection_limit(settings, raise_open_file_limit())
-    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(settings, reuse_port, connections))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    add_classifier_service(ClassifierServicer(plane), server)
-    add_inference_service(InferenceServicer(plane), server)
-    services = (
-        CLASSIFIER,
-        INFERENCE_SERVICE,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(services, server)
-    address = f"{settings.host}:{settings.port}"
-    NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-    SERVING = health_pb2.HealthCheckResponse.SERVING
-    await health_servicer.set("", NOT_SERVING)
-    await health_servicer.set(CLASSIFIER_SERVICE, NOT_SERVING)
-    await health_servicer.set(LIVENESS_SERVICE, SERVING)
-    credentials = server_credentials(settings)
     try:
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    except RuntimeError as exc:
-        _LOGGER.error("cannot bind %s: %s", address, exc)
+        server = Server(settings, snapshots, reuse_port)
+        await server.start()
+    except (OSError, RuntimeError) as exc:
+        _LOGGER.error("%s", exc)
         return 1
-    await server.start()
-    http_runner = None
-    if settings.http_port:
-        from tlserve.server.frontends.http_app import start_http, stop_http
-
-        try:
-            http_runner, http_port = await start_http(plane, settings, token, reuse_port)
-        except OSError as exc:
-            _LOGGER.error("cannot bind HTTP %s:%d: %s", settings.host, settings.http_port, exc)
-            await server.stop(0)
-            return 1
-    _LOGGER.info("listening on %s:%d (gRPC)%s (%s%s; at most %d connections; NOT_SERVING while loading %s)",
-                 settings.host, port, f" and {settings.host}:{http_port} (HTTP)" if http_runner else "",
-                 "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-                 ", bearer token required" if token else "", connections, settings.repository)
-
-    async def stop_servers(grace: float) -> None:
-        await asyncio.gather(server.stop(grace), *([stop_http(http_runner)] if http_runner else []))
-
     stop = asyncio.Event()
+    reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def stop_on(signum: int) -> None:
+    def on(signum: int) -> None:
         if on_signal is not None:
             on_signal(signum)
-        stop.set()
+        (reload_now if signum == signal.SIGHUP else stop).set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_on, sig)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, on, sig)
     if stop_requested is not None and stop_requested():
         stop.set()
-
-    loader = asyncio.ensure_future(lifecycle.reload())
+    loader = asyncio.ensure_future(server.load())
     await asyncio.wait([loader, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if not loader.done():
         _LOGGER.info("stopping during start-up")
-        await stop_servers(0)
+        loader.cancel()
+        await server.stop(0)
         return 0
     try:
         loader.result()
     except Exception as exc:
         _LOGGER.error("cannot load the repository: %s", exc)
-        await stop_servers(0)
+        await server.stop(0)
         return 1
-    plane.ready = True
-    if not table.models:
-        _LOGGER.error("no model could be loaded from %s", settings.repository)
-        await stop_servers(0)
-        return 1
-
-    async def update_health() -> None:
-        for name in set(table.models) | served_names:
-            status = SERVING if name in table.models else health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-            await health_servicer.set(model_health_name(name), status)
-        served_names.clear()
-        served_names.update(table.models)
-
-    served_names: set[str] = set()
-    await update_health()
-    await health_servicer.set(CLASSIFIER_SERVICE, SERVING)
-    await health_servicer.set("", SERVING)
-    loaded = [served.scorer.describe() for served in table.all_versions()]
-    _LOGGER.info(
-        "SERVING on %s:%d after %.2fs: %d model version(s) %s over %d store(s); settings %s",
-        settings.host, port, time.perf_counter() - started, len(loaded), loaded, len(lifecycle.stores),
-        {k: "***" if k == "auth_token" and v else str(v) for k, v in vars(settings).items()},
-    )
-
-    reload_now = asyncio.Event()
-
-    def reload_on_hup() -> None:
-        if on_signal is not None:
-            on_signal(signal.SIGHUP)
-        reload_now.set()
-
-    loop.add_signal_handler(signal.SIGHUP, reload_on_hup)
-
-    async def watch() -> None:
-        # Polls the repository (and reloads at once on SIGHUP).
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reload_now.wait(), settings.poll_seconds or None)
-            reload_now.clear()
-            try:
-                changed = await lifecycle.reload()
-            except Exception:
-                _LOGGER.exception("repository scan failed; serving what is loaded")
-                continue
-            if changed.loaded or changed.unloaded:
-                await update_health()
-
-    watcher = asyncio.ensure_future(watch())
+    _LOGGER.info("SERVING on %s:%d after %.2fs: %s; settings %s", settings.host, server.port,
+                 time.perf_counter() - started, server.describe(),
+                 {k: "***" if k == "auth_token" and v else str(v) for k, v in vars(settings).items()})
+    watcher = asyncio.ensure_future(server.watch(reload_now))
     await stop.wait()
     watcher.cancel()
     _LOGGER.info("shutting down: NOT_SERVING, %.1fs grace for calls in flight", settings.grace_seconds)
-    plane.draining = True
-    await health_servicer.enter_graceful_shutdown()
-    # The batchers drain at once, beside the server's stop: queued texts must not wait out a
-    # batching delay while the grace period runs.
-    await asyncio.gather(stop_servers(settings.grace_seconds), lifecycle.close())
-    if payload_log is not None:
-        await asyncio.to_thread(payload_log.close)
+    await server.stop(settings.grace_seconds)
     if settings.otlp_endpoint:
         from tlserve.server.core import tracing
 
         await asyncio.to_thread(tracing.shutdown)  # exports what is buffered
     _LOGGER.info("stopped")
     return 0
-
-

@@ -52,16 +52,21 @@ class ServerSettings:
     max_queue_size: int = _setting(2048, "most texts queued per model; beyond it calls get RESOURCE_EXHAUSTED")
     max_texts_per_request: int = _setting(1024, "most texts in one request (INVALID_ARGUMENT beyond)")
     max_text_bytes: int = _setting(16384, "most UTF-8 bytes in one text (INVALID_ARGUMENT beyond)")
+    max_request_bytes: int = _setting(
+        4 << 20, "largest request in bytes: a gRPC message (gRPC itself refuses a larger one, RESOURCE_EXHAUSTED) or "
+        "an HTTP body once decompressed (413); tlserve's Python clients split a longer list of texts into requests "
+        "under this size and the text limit")
     intra_op_threads: int = _setting(1, "onnxruntime threads per inference (1 suits small models and many workers)")
     inter_op_threads: int = _setting(1, "onnxruntime inter-op threads")
     allow_spinning: bool = _setting(False, "let onnxruntime threads spin-wait for work (lower latency, more CPU)")
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long calls in flight may take to finish")
     max_connections: int = _setting(
-        0, "most client connections held at once per process; beyond it new connections are closed at once "
-        "(0: the open-file limit, raised to its hard maximum at start-up, less 256 kept for the server's own "
-        "files)")
+        0, "most client connections held at once per process and port; beyond it a new gRPC connection is closed "
+        "at once, and a new HTTP connection closes the HTTP connection idle longest (0: the open-file limit, "
+        "raised to its hard maximum at start-up, less 256 kept for the server's own files, shared by the ports)")
     connection_idle_seconds: float = _setting(
-        300.0, "a connection with no call for this long is closed (clients reconnect when they need to; 0: never)")
+        300.0, "a gRPC or HTTP connection with no call for this long is closed (clients reconnect when they need "
+        "to; 0: never)")
     max_connection_age_seconds: float = _setting(
         0.0, "a connection older than this gets GOAWAY: no new calls on it, calls in flight have grace_seconds to "
         "finish, and clients reconnect; with DNS round-robin across replicas, that is when a client resolves the "
@@ -75,6 +80,10 @@ class ServerSettings:
         False, "let gRPC grow each connection's receive window with the measured bandwidth-delay product "
         "(faster large requests over long links, but a client sending faster than the server reads can make "
         "it buffer hundreds of MB); off, each stream buffers at most 64 KiB")
+    snapshot_dir: str = _setting(
+        "", "folder for the server's private, verified copies of the vector stores (and SIF weights) it "
+        "memory-maps, shared by its workers and removed when it stops: a store file changed or cut in the "
+        "repository never reaches a running server (empty: the system's temporary folder)")
     poll_seconds: float = _setting(
         2.0, "how often the repository is scanned for new, changed or removed versions (0: only on SIGHUP)")
     version_policy: str = _setting("all", "versions served per model: all, latest, latest:N or specific:V1,V2")
@@ -135,6 +144,8 @@ class ServerSettings:
     def validate(self) -> None:
         positive = ("workers", "max_batch_size", "max_batch_chars", "max_queue_size", "max_texts_per_request",
                     "max_text_bytes", "intra_op_threads", "inter_op_threads")
+        if self.max_request_bytes < 64 << 10:
+            raise ValueError(f"max_request_bytes must be at least 65536, not {self.max_request_bytes}")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -183,12 +194,6 @@ class ServerSettings:
                 raise ValueError(f"auth_token_file {self.auth_token_file!r} is empty")
             return token
         return self.auth_token or None
-
-
-def max_request_bytes(settings: ServerSettings) -> int:
-    """The largest request the limits allow, with room for its framing: per text a field tag and
-    a length (protobuf) or a 4-byte length (a V2 raw tensor), and 64 KiB for the rest."""
-    return max(4 << 20, settings.max_texts_per_request * (settings.max_text_bytes + 8) + (64 << 10))
 
 
 def _convert(name: str, default: Any, raw: Any, source: str) -> Any:

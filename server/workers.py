@@ -15,11 +15,12 @@ import os
 import signal
 import tempfile
 import threading
+from pathlib import Path
 
-from tlserve.server.assembly import serve
 from tlserve.server.core import loop_idle
 from tlserve.server.logs import configure_logging
 from tlserve.server.settings import ServerSettings
+from tlserve.snapshots import Snapshots
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,12 +31,18 @@ def run(settings: ServerSettings, log_level: str = "INFO") -> int:
     from tlserve.server.core.memory import tune_allocator
 
     tune_allocator()
-    if settings.workers == 1:
-        from tlserve.server.core import metrics
+    # One folder of store copies for all workers, made before they fork and removed after they stop.
+    snapshots = Snapshots.create(Path(settings.snapshot_dir) if settings.snapshot_dir else None)
+    try:
+        if settings.workers == 1:
+            from tlserve.server.assembly import serve
+            from tlserve.server.frontends.metrics_port import start_metrics_port
 
-        metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=False)
-        return loop_idle.run(serve(settings))
-    return _run_workers(settings)
+            start_metrics_port(settings, multiprocess=False)
+            return loop_idle.run(serve(settings, snapshots))
+        return _run_workers(settings, snapshots)
+    finally:
+        snapshots.remove()
 
 
 def _preload() -> None:
@@ -59,16 +66,19 @@ def _preload() -> None:
     gc.freeze()
 
 
-def _run_workers(settings: ServerSettings) -> int:
+def _run_workers(settings: ServerSettings, snapshots: Snapshots) -> int:
     """Worker 1 is this process; workers 2..N are forked from it after the preload.
 
     Serving from the parent too saves a whole process: an idle supervisor would keep, as
     private memory, the original of every preloaded page a worker later writes.
     """
-    # prometheus_client picks its multiprocess storage at import time: set it up first.
+    # prometheus_client picks its multiprocess storage at import time: set it up first (nothing imported
+    # before this line may import it; the server's modules are imported after it).
     metrics_dir = tempfile.mkdtemp(prefix="tlserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     _preload()
+    from tlserve.server.assembly import serve
+
     children: list[int] = []
     for index in range(1, settings.workers):
         pid = os.fork()
@@ -76,15 +86,16 @@ def _run_workers(settings: ServerSettings) -> int:
             code = 1
             try:
                 _LOGGER.info("worker %d/%d started", index + 1, settings.workers)
-                code = loop_idle.run(serve(settings, reuse_port=True))
+                code = loop_idle.run(serve(settings, snapshots, reuse_port=True))
             finally:
                 logging.shutdown()
                 os._exit(code)
         children.append(pid)
 
     from tlserve.server.core import metrics
+    from tlserve.server.frontends.metrics_port import start_metrics_port
 
-    metrics.start_metrics_server(settings.metrics_host, settings.metrics_port, multiprocess=True)
+    start_metrics_port(settings, multiprocess=True)
 
     stopping = threading.Event()
 
@@ -123,7 +134,8 @@ def _run_workers(settings: ServerSettings) -> int:
     supervisor = threading.Thread(target=supervise, name="supervise-workers", daemon=True)
     supervisor.start()
     _LOGGER.info("worker 1/%d started", settings.workers)
-    code = loop_idle.run(serve(settings, reuse_port=True, on_signal=forward, stop_requested=stopping.is_set))
+    code = loop_idle.run(serve(settings, snapshots, reuse_port=True, on_signal=forward,
+                               stop_requested=stopping.is_set))
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the loop's handlers are gone; finish the cleanup
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward(signal.SIGTERM)  # this worker stopped, for whatever reason: so do the others (once)

@@ -191,3 +191,25 @@ class BatchRecorder:
         n = len(texts)
         probabilities = np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32).reshape(n, 2)
         return Prediction(probabilities, np.ones(n, np.int32), np.zeros(n, np.float32), 0.0, 0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of the WordNet sample's words with random vectors (`tests/tiny_models.py`)."""
+    from tiny_models import make_store
+
+    folder = tmp_path_factory.mktemp("tiny-store") / "store"
+    make_store(folder)
+    return folder
+
+
+def tiny_repository(folder: Path, store: Path, *names: str) -> Path:
+    """A repository in `folder` with one tiny model (lexical channel) per name, all over `store`."""
+    from tiny_models import make_model
+
+    from tlserve.vector_store import VectorStore
+
+    opened = VectorStore(store)
+    for name in names or ("tiny",):
+        make_model(folder, name, opened)
+    return folder

@@ -31,7 +31,6 @@ from conftest import (
     ROOT,
     WORDNET_SAMPLE,
     BatchRecorder,
-    ServerProcess,
     Trained,
     call_until,
     metric,
@@ -286,20 +285,6 @@ def test_two_thousand_idle_connections_at_a_soft_limit_of_1024_lock_nobody_out(t
 
 
 # --- large requests, fair queueing, streams that never read ------------------------------------------------------
-
-
-def test_a_request_at_both_documented_limits_is_accepted(server: ServerProcess) -> None:
-    import grpc
-
-    from tlserve.contract.v1 import classifier_pb2 as pb
-    from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
-
-    texts = ["a" * 16_384] * 1024  # max_texts_per_request texts of max_text_bytes bytes
-    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20),
-                                                        ("grpc.max_receive_message_length", 64 << 20)]) as channel:
-        response = pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(model="wn-frozen", texts=texts),
-                                                            timeout=120)
-    assert len(response.results) == 1024
 
 
 def test_a_small_call_is_not_queued_behind_the_chunks_of_a_large_one() -> None:

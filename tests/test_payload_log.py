@@ -76,8 +76,8 @@ def test_hashed_texts_and_a_log_that_cannot_be_written_never_fail_a_call(trained
                                                        for t in ("a young horse", "a large body of salt water")]
     assert all("text" not in line for line in lines)
 
-    (tmp_path / "a-file").write_text("not a folder")
-    for unwritable in ("/dev/full", str(tmp_path / "a-file" / "payloads.jsonl")):  # a full disk; no such folder
+    # A full disk (a log that cannot be opened at all stops the start-up: tests/server/core/test_store_faults.py).
+    for unwritable in ("/dev/full",):
         proc = start_server(trained.repository, tmp_path / "u.log", "--payload-log", unwritable,
                             "--payload-log-rate", "1")
         try:

@@ -54,12 +54,14 @@ def test_scores_equal_the_servers_and_bad_rows_are_listed_by_row(trained: Traine
     summary = json.loads(result.stdout)
     assert (summary["rows"], summary["scored"], summary["bad"]) == (304, 301, 3)
     bad = [json.loads(line) for line in (tmp_path / "scored.errors.jsonl").read_text().splitlines()]
-    assert [(b["row"], b["id"]) for b in bad] == [(302, "bad-utf8"), (303, "empty"), (304, "long")]
+    # Rows count data rows (the first under the header is row 1); lines count the file's lines.
+    assert [(b["row"], b["line"], b["id"]) for b in bad] == [(301, 302, "bad-utf8"), (302, 303, "empty"),
+                                                             (303, 304, "long")]
     assert "UTF-8" in bad[0]["error"] and "empty" in bad[1]["error"] and "16384" in bad[2]["error"]
 
     table = pq.read_table(out).to_pylist()
     assert [row["id"] for row in table] == [f"t{i}" for i in range(300)] + ["last"]  # input order, ids kept
-    assert table[0]["row"] == 2 and table[-1]["row"] == 305
+    assert table[0]["row"] == 1 and table[-1]["row"] == 304
     with Classifier(server.target) as client:
         answers = client.classify([*texts, "a small domesticated feline"], model="wn-finetune", top_k=3)
     for row, answer in zip(table, answers, strict=True):

@@ -51,7 +51,7 @@ async def _wait_serving(target: str) -> None:
     raise AssertionError("the in-process server never reached SERVING")
 
 
-def test_calls_and_batches_are_traced_and_continue_the_callers_trace(trained: Trained) -> None:
+def test_calls_and_batches_are_traced_and_continue_the_callers_trace(trained: Trained, tmp_path: Path) -> None:
     import aiohttp
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -61,6 +61,7 @@ def test_calls_and_batches_are_traced_and_continue_the_callers_trace(trained: Tr
     from tlserve.server.assembly import serve
     from tlserve.server.core import tracing
     from tlserve.server.settings import ServerSettings
+    from tlserve.snapshots import Snapshots
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -72,7 +73,7 @@ def test_calls_and_batches_are_traced_and_continue_the_callers_trace(trained: Tr
     target = f"127.0.0.1:{port}"
 
     async def scenario() -> int:
-        server = asyncio.ensure_future(serve(settings))
+        server = asyncio.ensure_future(serve(settings, Snapshots.create(tmp_path)))
         await _wait_serving(target)
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.ClassifierStub(channel)

@@ -105,7 +105,7 @@ def test_store_refuses_tampering(tmp_path: Path) -> None:
     import_vectors(gensim_data("test_glove.txt"), tmp_path / "store", "glove", progress=False)
     with open(tmp_path / "store" / "vocab.txt", "a") as handle:
         handle.write("extra\n")
-    with pytest.raises(Exception, match="fingerprint"):
+    with pytest.raises(Exception, match=r"vocab\.txt: sha256 does not match the store manifest"):
         VectorStore(tmp_path / "store").verify()
 
 

@@ -40,7 +40,8 @@ from typing import Any
 from tlserve.errors import BundleError
 from tlserve.features import FeatureConfig
 from tlserve.preprocessing import PreprocessingConfig
-from tlserve.vector_store import MANIFEST, sha256_file
+from tlserve.processes import writer_is_gone
+from tlserve.vector_store import MANIFEST, StoreManifest, sha256_file
 
 BUNDLE_FORMAT = 2
 # Format 1 differs only for finetune models, which carried a copy of their vocabulary and table;
@@ -73,7 +74,6 @@ def check_model_name(name: str) -> str:
 
 
 STAGING_PREFIX = ".staging-"
-_BOOT_TIME: float | None = None
 
 
 def _numbered(model_dir: Path) -> list[Path]:
@@ -135,6 +135,13 @@ class StoreRef:
     """True: the store is shared under ``_stores/`` (format 1 finetune models had their own)."""
     base_fingerprint: str | None = None
     """Format 1 finetune models only: the shared store their own store was adapted from."""
+
+    @classmethod
+    def of(cls, store: StoreManifest) -> StoreRef:
+        """The record of a shared store."""
+        return cls(format=store.format, dimension=store.dimension, size=store.size, case=store.case,
+                   source_name=store.source_name, source_sha256=store.source_sha256,
+                   fingerprint=store.fingerprint, created_at=store.created_at, shared=True)
 
 
 @dataclass(frozen=True)
@@ -379,21 +386,6 @@ def staging_folder(model_dir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=model_dir))
 
 
-def _process_start(pid: int) -> float | None:
-    """When process `pid` of this host started (seconds since the epoch), or None if there is none."""
-    global _BOOT_TIME
-    try:
-        fields_after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if _BOOT_TIME is None:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                _BOOT_TIME = float(line.split()[1])
-    ticks = int(fields_after_name[19])  # field 22 of /proc/PID/stat: start time in clock ticks
-    return (_BOOT_TIME or 0.0) + ticks / os.sysconf("SC_CLK_TCK")
-
-
 def stale_staging(repository: Path) -> tuple[list[Path], list[Path]]:
     """Staging folders of the repository's models: (left by a writer of this host that is gone,
     left by another host or of unknown origin). A process id that now belongs to a process
@@ -412,12 +404,7 @@ def stale_staging(repository: Path) -> tuple[list[Path], list[Path]]:
             if writer_host != host or not pid_text.isdigit():
                 unknown.append(child)
                 continue
-            started = _process_start(int(pid_text))
-            try:
-                created = child.stat().st_mtime
-            except OSError:
-                continue  # removed meanwhile
-            if started is None or started > created + 1.0:
+            if writer_is_gone(int(pid_text), child):
                 gone.append(child)
     return sorted(gone), sorted(unknown)
 

@@ -54,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"tlserve {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a job's own stop on a signal (128 + its number)
+        return 128 + int(getattr(exc, "signum", 2))
 
 
 if __name__ == "__main__":

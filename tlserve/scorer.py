@@ -19,6 +19,7 @@ whose shape and values must be right, so a bad version fails here, before any tr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,33 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from tlserve.bundle import Bundle, versions_of
+from tlserve.bundle import SIF_FILE, Bundle, versions_of
 from tlserve.errors import BundleError
-from tlserve.features import FINETUNE_INPUT, LEXICON_IDS_INPUT, OUTPUT, Featurizer, TrainedRows
-from tlserve.lexicon import Lexicon
+from tlserve.features import (
+    FINETUNE_INPUT,
+    FIRST_TRAINED_ID,
+    LEXICON_IDS_INPUT,
+    LEXICON_WEIGHTS_INPUT,
+    OUTPUT,
+    TRAINED_BUCKETS_FILE,
+    TRAINED_ROWS_FILE,
+    Featurizer,
+    TrainedRows,
+)
+from tlserve.lexicon import LEXICON_FILE, Lexicon
 from tlserve.preprocessing import Preprocessor
-from tlserve.vector_store import VectorStore
+from tlserve.snapshots import Snapshots
+from tlserve.vector_store import MANIFEST, VECTORS, VOCAB, StoreManifest, VectorStore, check_fingerprint, file_hashes
 
 _LOGGER = logging.getLogger(__name__)
 
 # ONNX type strings of each graph input, by name.
 _INPUT_TYPES = {FINETUNE_INPUT: "tensor(int64)", LEXICON_IDS_INPUT: "tensor(int64)"}
 _DEFAULT_INPUT_TYPE = "tensor(float)"
+
+
+class NonFiniteAnswer(BundleError):
+    """The model answered NaN or infinity: a broken version, whose answer must never reach a caller."""
 
 
 @dataclass
@@ -80,24 +96,82 @@ def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1,
     return options
 
 
+def _signature(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    """What changes when a store's files are replaced, cut or written (inode, size, modification time)."""
+    out = []
+    for name in (VECTORS, VOCAB):
+        try:
+            info = os.stat(folder / name)
+            out.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            out.append((-1, -1, -1))
+    return tuple(out)
+
+
+@dataclass
+class _Source:
+    path: Path
+    signature: tuple[tuple[int, int, int], ...]
+    problem: str | None = None
+
+
 @dataclass
 class StoreCache:
-    """Vector stores opened once each, by fingerprint."""
+    """Vector stores opened once each, by fingerprint, each verified against it when opened.
+
+    With `snapshots` (a server), each store is read from a private copy made and verified when it is
+    first opened, so nothing done to the repository's files afterwards reaches the scorers; `check`
+    tells which stores' files in the repository no longer match.
+    """
 
     stores: dict[str, VectorStore] = field(default_factory=dict)
+    snapshots: Snapshots | None = None
+    sources: dict[str, _Source] = field(default_factory=dict)
 
     def open(self, path: Path, fingerprint: str) -> VectorStore:
         if fingerprint not in self.stores:
-            store = VectorStore(path)
-            if store.fingerprint != fingerprint:
-                raise BundleError(f"{path}: store fingerprint {store.fingerprint[:12]} is not the bundle's "
-                                  f"{fingerprint[:12]}")
+            signature = _signature(path)
+            if self.snapshots is not None:
+                store = VectorStore(self.snapshots.store(path, fingerprint))
+            else:
+                store = VectorStore(path)
+                if store.fingerprint != fingerprint:
+                    raise BundleError(f"{path / MANIFEST}: store fingerprint {store.fingerprint[:12]} is not "
+                                      f"{fingerprint[:12]}, the one the model was trained on")
+                store.verify()
             self.stores[fingerprint] = store
+            self.sources[fingerprint] = _Source(path, signature)
         return self.stores[fingerprint]
 
     def for_bundle(self, bundle: Bundle, repository: Path) -> VectorStore:
         """The shared store the version reads."""
         return self.open(bundle.store_path(repository), bundle.store_fingerprint)
+
+    def mapped(self, path: Path, sha256: str) -> np.ndarray:
+        """A verified bundle array to memory-map (from its private copy when there are snapshots)."""
+        if self.snapshots is not None:
+            return np.load(self.snapshots.file(path, sha256), mmap_mode="r", allow_pickle=False)
+        return np.load(path, allow_pickle=False)  # read whole: a file changed under a map kills the process
+
+    def check(self) -> dict[str, str | None]:
+        """Each opened store's problem (None: its files in the repository are as they were verified). A store
+        whose files changed since is hashed again: it is broken unless they still match its fingerprint."""
+        for fingerprint, source in self.sources.items():
+            signature = _signature(source.path)
+            if signature == source.signature:
+                continue
+            source.signature = signature
+            try:
+                manifest = StoreManifest.read(source.path)
+                if manifest.fingerprint != fingerprint:
+                    raise BundleError(f"{source.path / MANIFEST}: the store manifest now names fingerprint "
+                                      f"{manifest.fingerprint[:12]}, not {fingerprint[:12]}")
+                check_fingerprint(source.path, manifest, file_hashes(source.path))
+            except (BundleError, OSError) as exc:
+                source.problem = str(exc)
+            else:
+                source.problem = None
+        return {fingerprint: source.problem for fingerprint, source in self.sources.items()}
 
     def __len__(self) -> int:
         return len(self.stores)
@@ -106,7 +180,8 @@ class StoreCache:
 class Scorer:
     """One model version ready to score texts: its bundle, featurizer and onnxruntime session."""
 
-    def __init__(self, bundle: Bundle, store: VectorStore, options: ort.SessionOptions | None = None) -> None:
+    def __init__(self, bundle: Bundle, store: VectorStore, options: ort.SessionOptions | None = None,
+                 stores: StoreCache | None = None) -> None:
         self.bundle = bundle
         self.name = bundle.name
         self.version = bundle.version
@@ -115,7 +190,11 @@ class Scorer:
         features = bundle.features
         sif = None
         if features.sif:
-            sif = np.load(bundle.sif_file, mmap_mode="r", allow_pickle=False)
+            cache = stores if stores is not None else StoreCache()
+            sif = cache.mapped(bundle.sif_file, bundle.manifest.files.get(SIF_FILE, ""))
+            if sif.shape != (len(store),):
+                raise BundleError(f"{bundle.sif_file}: shape {list(sif.shape)}; expected [{len(store)}], one weight "
+                                  "per store row")
         self.featurizer = Featurizer(
             features,
             Preprocessor(bundle.preprocessing),
@@ -129,6 +208,7 @@ class Scorer:
         self.session = ort.InferenceSession(str(bundle.model_file), sess_options=options or session_options(),
                                             providers=["CPUExecutionProvider"])
         self._check_graph()
+        self._check_tables()
 
     @classmethod
     def open(cls, path: Path, repository: Path | None = None, stores: StoreCache | None = None,
@@ -139,7 +219,7 @@ class Scorer:
         if path.name != str(bundle.version) or path.parent.name != bundle.name:
             raise BundleError(f"{path}: manifest says {bundle.name}/{bundle.version}")
         cache = stores if stores is not None else StoreCache()  # an empty cache is falsy: test for None
-        return cls(bundle, cache.for_bundle(bundle, repository or path.parent.parent), options)
+        return cls(bundle, cache.for_bundle(bundle, repository or path.parent.parent), options, cache)
 
     @classmethod
     def from_repository(cls, repository: Path | str, model: str, version: int = 0, **kwargs: Any) -> Scorer:
@@ -173,15 +253,58 @@ class Scorer:
             raise BundleError(f"{where}: output {OUTPUT!r} has shape {shape}; expected [n, {len(self.labels)}] "
                               f"for the {len(self.labels)} labels")
 
+    def _check_tables(self) -> None:
+        """Refuses a graph whose id tables are not the bundle's: each table must answer the largest id the
+        bundle's lexicon or trained rows produce and refuse the next. Only answers prove it (the graph's
+        shapes are not visible to onnxruntime's API), and a table too small fails only the calls whose
+        texts reach its missing rows, long after warm-up."""
+        featurizer = self.featurizer
+        tables = []
+        if featurizer.lexicon is not None and self.bundle.features.lexical:
+            tables.append((LEXICON_IDS_INPUT, len(featurizer.lexicon) + 1, f"the lexicon's {len(featurizer.lexicon)} "
+                           f"n-grams ({LEXICON_FILE})"))
+        if featurizer.trained is not None:
+            tables.append((FINETUNE_INPUT, FIRST_TRAINED_ID + len(featurizer.trained),
+                           f"the {len(featurizer.trained)} trained rows ({TRAINED_ROWS_FILE}, {TRAINED_BUCKETS_FILE})"))
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the refusal expected of the second probe is not an error to log
+        for name, rows, what in tables:
+            inputs = featurizer.encode(["table check"]).inputs
+            for row, should_answer in ((rows - 1, True), (rows, False)):
+                probe = dict(inputs)
+                probe[name] = np.array([[row]], dtype=np.int64)
+                if name == LEXICON_IDS_INPUT:
+                    probe[LEXICON_WEIGHTS_INPUT] = np.ones((1, 1), dtype=np.float32)
+                try:
+                    self.session.run([OUTPUT], probe, quiet)
+                    answered = True
+                except (ort.capi.onnxruntime_pybind11_state.Fail,
+                        ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                        ort.capi.onnxruntime_pybind11_state.RuntimeException):
+                    answered = False
+                if answered != should_answer:
+                    size = "fewer" if should_answer else "more"
+                    raise BundleError(f"{self.bundle.model_file}: the graph's table for input {name!r} has {size} "
+                                      f"than the {rows} rows {what} need (id {row} was "
+                                      f"{'refused' if should_answer else 'answered'}); the files come from "
+                                      "different trainings")
+
     def predict(self, texts: list[str]) -> Prediction:
         """Probabilities of every label for each text, with token statistics and stage timings."""
         start = time.perf_counter()
         encoded = self.featurizer.encode(texts)
         encoded_at = time.perf_counter()
         probabilities = self.session.run([OUTPUT], encoded.inputs)[0]
+        if not np.isfinite(probabilities).all():
+            raise NonFiniteAnswer(self._non_finite(texts, probabilities))
         done = time.perf_counter()
         return Prediction(probabilities, encoded.token_counts, encoded.oov_fractions, encoded_at - start,
                           done - encoded_at, start)
+
+    def _non_finite(self, texts: list[str], probabilities: np.ndarray) -> str:
+        row = int(np.flatnonzero(~np.isfinite(probabilities).all(axis=1))[0])
+        return (f"model {self.name!r} version {self.version} answered a non-finite probability for text {row} of "
+                f"{len(texts)} ({probabilities[row].tolist()}); no answer is sent (see the server log)")
 
     def warm_up(self, text: str = "warm up the model") -> None:
         """Real answers for a text, an empty one and both together; raises BundleError if any is wrong.

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ VOCAB = "vocab.txt"
 INDEX_WORDS = "index_words.npy"
 INDEX_ROWS = "index_rows.npy"
 INDEX_HASH = "index_hash.npy"
+STORE_FILES = frozenset({MANIFEST, VECTORS, VOCAB, INDEX_WORDS, INDEX_ROWS, INDEX_HASH})
 _HASH_CHUNK = 1 << 20
 # Longest probe run a lookup follows; at load <= 0.5 real runs are far shorter.
 _MAX_PROBES = 256
@@ -70,16 +71,38 @@ class StoreManifest:
     """sha256 over vectors.npy and vocab.txt: the identity models refer to."""
     created_at: str
     """When the store was written, RFC 3339 UTC."""
+    files: dict[str, str] = field(default_factory=dict)
+    """sha256 of vectors.npy and vocab.txt (stores written before it was recorded have none)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path) -> StoreManifest:
         try:
-            manifest = cls(**{name: data[name] for name in cls.__dataclass_fields__})
+            manifest = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name != "files"},
+                           files=dict(data.get("files") or {}))
         except KeyError as missing:
             raise BundleError(f"{where}: manifest lacks field {missing}") from None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: malformed store manifest: {exc}") from None
         if manifest.format != STORE_FORMAT:
             raise BundleError(f"{where}: store format {manifest.format} is not supported (expected {STORE_FORMAT})")
         return manifest
+
+    def write(self, folder: Path) -> None:
+        (Path(folder) / MANIFEST).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path) -> StoreManifest:
+        """The manifest of the store in `folder`; BundleError names the file when it is missing or unreadable."""
+        path = Path(folder) / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BundleError(f"{path}: not a vector store (no {MANIFEST})") from None
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{path}: unreadable store manifest: {exc}") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: unreadable store manifest: not a JSON object")
+        return cls.from_dict(data, path)
 
 
 def sha256_file(path: Path) -> str:
@@ -90,12 +113,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(folder: Path) -> str:
+def fingerprint_of(hashes: dict[str, str]) -> str:
+    """The store fingerprint from the sha256 of its vectors and vocabulary."""
     digest = hashlib.sha256()
     for name in (VECTORS, VOCAB):
         digest.update(name.encode())
-        digest.update(bytes.fromhex(sha256_file(folder / name)))
+        digest.update(bytes.fromhex(hashes[name]))
     return digest.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {name: sha256_file(folder / name) for name in (VECTORS, VOCAB)}
+
+
+def check_fingerprint(folder: Path, manifest: StoreManifest, hashes: dict[str, str]) -> None:
+    """Raises BundleError naming the file of the store in `folder` whose bytes (`hashes`) the manifest
+    does not record."""
+    if fingerprint_of(hashes) == manifest.fingerprint:
+        return
+    changed = [name for name in (VECTORS, VOCAB) if manifest.files.get(name, hashes[name]) != hashes[name]]
+    if changed:
+        where = ", ".join(str(folder / name) for name in changed)
+        raise BundleError(f"{where}: sha256 does not match the store manifest; the file changed after the store "
+                          "was written (restore it, or import the vectors again and retrain)")
+    raise BundleError(f"{folder / VECTORS} or {folder / VOCAB}: the store's files do not match its fingerprint "
+                      f"{manifest.fingerprint[:12]}; one changed after the store was written (restore it, or "
+                      "import the vectors again and retrain)")
 
 
 class VocabularyIndex:
@@ -205,14 +248,7 @@ class VectorStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST
-        try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BundleError(f"{manifest_path}: not a vector store (no {MANIFEST})") from None
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{manifest_path}: unreadable store manifest: {exc}") from None
-        self.manifest = StoreManifest.from_dict(data, manifest_path)
+        self.manifest = StoreManifest.read(self.folder)
         self.matrix = self._load(VECTORS)
         slots = self._load(INDEX_HASH) if (self.folder / INDEX_HASH).exists() else None
         self.index = VocabularyIndex(self._load(INDEX_WORDS), self._load(INDEX_ROWS), slots)
@@ -253,12 +289,17 @@ class VectorStore:
         return self._vocabulary
 
     def verify(self) -> None:
-        """Recomputes the fingerprint; raises BundleError if the files changed."""
-        actual = _fingerprint(self.folder)
-        if actual != self.fingerprint:
-            raise BundleError(
-                f"{self.folder}: fingerprint {actual[:12]} does not match the manifest's {self.fingerprint[:12]}"
-            )
+        """Hashes the vectors and vocabulary; BundleError names the file if they do not match the manifest."""
+        check_fingerprint(self.folder, self.manifest, file_hashes(self.folder))
+
+
+def write_index(folder: Path, vocabulary: Sequence[str]) -> None:
+    """The vocabulary index files of a store (derived from its vocabulary) into `folder`."""
+    index = VocabularyIndex.build(vocabulary)
+    np.save(folder / INDEX_WORDS, index.words, allow_pickle=False)
+    np.save(folder / INDEX_ROWS, index.rows, allow_pickle=False)
+    assert index.slots is not None  # build() makes the table
+    np.save(folder / INDEX_HASH, index.slots, allow_pickle=False)
 
 
 def is_store(folder: Path) -> bool:
@@ -299,7 +340,8 @@ def write_store(
     """Writes a store into `out` atomically: a temporary sibling folder renamed into place.
 
     Never deletes what tlserve did not write: an existing store is replaced only with
-    `overwrite` (the old one is moved aside, the new one renamed in, then the old removed);
+    `overwrite` (the old one is moved aside, the new one renamed in, then the old removed), and
+    the files in its folder that are not the store's (notes, say) move into the new one;
     anything else already at `out` is refused before any work (`check_store_target`).
     """
     vocabulary = list(words)
@@ -316,11 +358,8 @@ def write_store(
     try:
         np.save(tmp / VECTORS, matrix, allow_pickle=False)
         (tmp / VOCAB).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
-        index = VocabularyIndex.build(vocabulary)
-        np.save(tmp / INDEX_WORDS, index.words, allow_pickle=False)
-        np.save(tmp / INDEX_ROWS, index.rows, allow_pickle=False)
-        assert index.slots is not None  # build() makes the table
-        np.save(tmp / INDEX_HASH, index.slots, allow_pickle=False)
+        write_index(tmp, vocabulary)
+        hashes = file_hashes(tmp)
         manifest = StoreManifest(
             format=STORE_FORMAT,
             dimension=int(matrix.shape[1]),
@@ -328,14 +367,18 @@ def write_store(
             case=case,
             source_name=source_name,
             source_sha256=source_sha256,
-            fingerprint=_fingerprint(tmp),
+            fingerprint=fingerprint_of(hashes),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            files=hashes,
         )
-        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n", encoding="utf-8")
+        manifest.write(tmp)
         os.chmod(tmp, 0o755)
         check_store_target(out, overwrite)  # again: something may have appeared meanwhile
         old = None
         if out.exists():
+            for item in out.iterdir():
+                if item.name not in STORE_FILES:
+                    os.replace(item, tmp / item.name)
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "store")
         os.replace(tmp, out)

@@ -8,15 +8,12 @@ word after ``__label__``), surrounding whitespace trimmed, never empty. A JSON n
 boolean, list or object is refused with its line, so ``1`` and ``"1"`` never merge and null
 never becomes a class named "None".
 
-CSV fields may be quoted and then span lines (RFC 4180); a stray quote makes one field swallow
-the rows after it, which is legal CSV and rarely meant, so the loader says how many texts span
-several lines and where the first one starts. TSV has no quoting (as in the IANA definition):
-a quote is an ordinary character there.
+CSV and TSV are read as `tlserve.text_files` reads them for `tlserve score` (quoted fields that
+span lines are counted and the first one named: a stray quote is legal CSV and rarely meant).
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -29,18 +26,16 @@ from typing import Literal
 import numpy as np
 
 from tlserve.errors import InputFileError
+from tlserve.text_files import Format, SpanningRows, delimited_rows
+from tlserve.text_files import detect_format as detect
 
 _LOGGER = logging.getLogger(__name__)
 
 DataFormat = Literal["csv", "tsv", "jsonl", "fasttext"]
-_BY_SUFFIX: dict[str, DataFormat] = {
-    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "fasttext", ".ft": "fasttext",
-}
+LABELLED_FORMATS: tuple[Format, ...] = ("csv", "tsv", "jsonl", "fasttext")
 _FASTTEXT_LABEL = "__label__"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[^\W\d_]")
-# Whole e-mails fit in one CSV field; the csv module's default cap is 128 KiB.
-csv.field_size_limit(1 << 26)
 
 
 @dataclass
@@ -75,14 +70,7 @@ def is_chinese(texts: list[str], sample: int = 2000) -> bool:
 
 
 def detect_format(path: Path, fmt: str | None) -> DataFormat:
-    if fmt:
-        if fmt not in ("csv", "tsv", "jsonl", "fasttext"):
-            raise ValueError(f"unknown data format {fmt!r}: use csv, tsv, jsonl or fasttext")
-        return fmt  # type: ignore[return-value]
-    try:
-        return _BY_SUFFIX[path.suffix.lower()]
-    except KeyError:
-        raise InputFileError(path, f"cannot tell the format from the suffix {path.suffix!r}; pass --format") from None
+    return detect(path, fmt, LABELLED_FORMATS)  # type: ignore[return-value]
 
 
 def _decode(path: Path) -> str:
@@ -123,37 +111,20 @@ def load_labelled(
     rows: list[tuple[int, str, str]] = []
     notes: list[str] = []
     if kind in ("csv", "tsv"):
-        if kind == "csv":
-            reader = csv.reader(io.StringIO(text, newline=""))
-        else:
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, [])
-        for column in (text_column, label_column):
+        spanning = SpanningRows(path)
+        header, records = delimited_rows(io.StringIO(text, newline=""), path, kind, spanning)
+        for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
             if column not in header:
-                raise InputFileError(path, f"missing column {column!r}; the header has {header}", 1)
+                raise InputFileError(path, f"missing column {column!r}; the header has {header} (name the column "
+                                           f"with {flag})", 1)
         text_at, label_at = header.index(text_column), header.index(label_column)
-        spanning: list[int] = []
-        end = reader.line_num  # the line the previous row ended on
-        records = iter(reader)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                raise InputFileError(path, f"malformed {kind.upper()} row: {exc}", end + 1) from None
-            first, end = end + 1, reader.line_num
-            if not record:
-                continue  # a blank line
+        for first, record in records:
             if len(record) < len(header):
                 raise InputFileError(path, f"row has {len(record)} fields, fewer than the header's {len(header)}",
                                      first)
-            if end > first:
-                spanning.append(first)
             rows.append((first, record[text_at], record[label_at]))
-        if spanning:
-            notes.append(f"{path}: {len(spanning)} row(s) span several lines (quoted fields with line breaks); "
-                         f"the first starts on line {spanning[0]}: check for a stray quote there")
+        if note := spanning.note():
+            notes.append(note)
     elif kind == "jsonl":
         for line, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():

@@ -210,7 +210,7 @@ def _place_stores(config: TrainConfig, fitted: FittedModel, store: VectorStore, 
     copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
     if fitted.featurizer.trained is not None:
         fitted.featurizer.trained.save(staging)
-    return StoreRef(**asdict(store.manifest), shared=True)
+    return StoreRef.of(store.manifest)
 
 
 def _random_store(config: TrainConfig, store: VectorStore) -> VectorStore:

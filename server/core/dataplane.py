@@ -70,17 +70,26 @@ class DataPlane:
         if not self.ready:
             raise ServingError(ErrorCode.UNAVAILABLE, "the server is still loading its models; retry")
         try:
-            return self.table.get(name, version)
+            served = self.table.get(name, version)
         except ModelNotFound as exc:
             raise ServingError(ErrorCode.NOT_FOUND, str(exc)) from None
+        if served.held is not None:
+            raise ServingError(ErrorCode.UNAVAILABLE, f"model {served.name!r} version {served.version} is not "
+                                                      f"serving: {served.held}")
+        return served
+
+    def check_count(self, count: int, what: str = "texts") -> None:
+        """Refuses a request of `count` texts over the limit: front ends call it before reading the texts."""
+        limit = self.settings.max_texts_per_request
+        if count > limit:
+            raise ServingError(ErrorCode.INVALID_ARGUMENT,
+                               f"{what} holds {count} texts; the limit is max_texts_per_request={limit} (tlserve's "
+                               "clients split long lists themselves)")
 
     def check_texts(self, texts: Sequence[str]) -> None:
         if not texts:
             raise ServingError(ErrorCode.INVALID_ARGUMENT, "texts is empty: send at least one text")
-        limit = self.settings.max_texts_per_request
-        if len(texts) > limit:
-            raise ServingError(ErrorCode.INVALID_ARGUMENT,
-                               f"texts holds {len(texts)} texts; the limit is max_texts_per_request={limit}")
+        self.check_count(len(texts))
         byte_limit = self.settings.max_text_bytes
         for i, text in enumerate(texts):
             # len(str) <= bytes <= 4 * len(str), and an ASCII text's bytes are its length

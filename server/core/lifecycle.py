@@ -22,6 +22,7 @@ from tlserve.server.core import metrics, observe
 from tlserve.server.core.batching import DynamicBatcher
 from tlserve.server.core.routing import RoutingTable, ServedVersion
 from tlserve.server.settings import ServerSettings
+from tlserve.snapshots import Snapshots
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ class ReloadResult:
     loaded: list[dict[str, Any]] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    """Versions that stopped serving: their store's files in the repository changed."""
+    released: list[str] = field(default_factory=list)
+    """Held versions serving again: their store's files match again."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.loaded or self.unloaded or self.held or self.released)
 
 
 def _manifest_stamp(path: Path) -> float:
@@ -58,11 +67,11 @@ def _manifest_stamp(path: Path) -> float:
 class ModelLifecycle:
     """Keeps the routing table in line with the repository folder."""
 
-    def __init__(self, settings: ServerSettings, table: RoutingTable) -> None:
+    def __init__(self, settings: ServerSettings, table: RoutingTable, snapshots: Snapshots | None = None) -> None:
         self.root = settings.repository
         self.settings = settings
         self.table = table
-        self.stores = StoreCache()
+        self.stores = StoreCache(snapshots=snapshots)
         self.options = session_options(settings.intra_op_threads, settings.inter_op_threads,
                                        settings.allow_spinning)
         self._lock = asyncio.Lock()
@@ -143,8 +152,31 @@ class ModelLifecycle:
                 await served.batcher.close()  # ...and the calls already queued finish
                 result.unloaded.append(f"{served.name}/{served.version}")
                 _LOGGER.info("unloaded %s/%d", served.name, served.version)
+            self._hold_broken(await asyncio.to_thread(self.stores.check), result)
             metrics.MODELS_LOADED.set(sum(1 for _ in self.table.all_versions()))
             return result
+
+    def _hold_broken(self, problems: dict[str, str | None], result: ReloadResult) -> None:
+        """Takes the versions whose store's files in the repository no longer match out of service (and puts
+        them back once they match again): they would not load after a restart, and whoever changed the
+        files should know now, not then. The server itself still reads the verified copy, so nothing
+        crashes and no answer is wrong meanwhile."""
+        for fingerprint, problem in problems.items():
+            metrics.STORE_BROKEN.labels(fingerprint[:12]).set(1 if problem else 0)
+        for served in self.table.all_versions():
+            problem = problems.get(served.scorer.bundle.store_fingerprint)
+            held = None if problem is None else f"its vector store changed in the repository: {problem}"
+            if held == served.held:
+                continue
+            label = f"{served.name}/{served.version}"
+            if held is None:
+                _LOGGER.info("%s serves again: its vector store's files match their fingerprint again", label)
+                result.released.append(label)
+            else:
+                _LOGGER.error("%s is NOT_SERVING (calls get UNAVAILABLE) until its store's files match again; the "
+                              "server keeps running on its verified copy: %s", label, problem)
+                result.held.append(label)
+            served.held = held
 
     def _load_and_warm(self, path: Path) -> Scorer:
         scorer = Scorer.open(path, self.root, self.stores, self.options)

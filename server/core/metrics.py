@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 _LOGGER = logging.getLogger(__name__)
@@ -155,6 +155,10 @@ PAYLOAD_DROPPED = Counter(
 )
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
+STORE_BROKEN = Gauge(
+    "tlserve_store_broken", "1 while a vector store's files in the repository no longer match its fingerprint "
+    "(the models on it are NOT_SERVING), else 0", ["store"], multiprocess_mode="max",
+)
 
 
 # Resolving a labelled child takes a lock and a dict lookup per call; the hot path does it
@@ -195,22 +199,6 @@ class ModelMetrics:
 @functools.lru_cache(maxsize=1024)
 def for_model(model: str) -> ModelMetrics:
     return ModelMetrics(model)
-
-
-def start_metrics_server(host: str, port: int, multiprocess: bool) -> None:
-    """Serves /metrics; in multiprocess mode, the sum over the worker processes' files."""
-    if port == 0:
-        return
-    if multiprocess:
-        from prometheus_client import multiprocess as mp
-
-        registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
-        start_http_server(port, addr=host, registry=registry)
-    else:
-        start_http_server(port, addr=host)
-    _LOGGER.info("metrics on http://%s:%d/metrics (%s)", host, port,
-                 "multiprocess" if multiprocess else "single process")
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -15,7 +15,9 @@ not hold what users wrote.
 The request path only draws a random number and, for a sampled call, puts a reference to its
 answer in a bounded queue; a thread formats and writes the lines (rotated by size). A full
 queue, a full disk or a path that cannot be written drops lines and counts them
-(``tlserve_payload_log_dropped_total``); a call is never slowed or failed by the log.
+(``tlserve_payload_log_dropped_total``); a call is never slowed or failed by the log. The lines of
+a call are written whole or not at all, so a full disk never leaves half a line; a file that
+cannot be opened at start-up (a folder that does not exist) stops the server with its path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import datetime
 import hashlib
 import json
 import logging
-import logging.handlers
+import os
 import queue
 import random
 import threading
@@ -45,22 +47,55 @@ QUEUE_SIZE = 1024
 _WARN_EVERY_SECONDS = 60.0
 
 
-class _LineFile(logging.handlers.RotatingFileHandler):
-    """The stdlib's size-rotated file, writing preformatted lines; a failed write is counted, not printed."""
+class _LineFile:
+    """Appends whole lines to a file rotated by size (PATH.1, PATH.2, ...): the lines of one call are written
+    in one piece or not at all. A write the disk cannot take whole (a full disk) is cut back to where it
+    began, so the file never holds half a line, and the next write, once there is room, starts a line."""
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True)
-        self.failed: OSError | None = None
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._fd: int | None = None
+        self._size = 0
+        self._open()  # now, so a folder that does not exist or cannot be written stops the start-up
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        import sys
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._size = os.fstat(self._fd).st_size
+        return self._fd
 
-        error = sys.exc_info()[1]
-        self.failed = error if isinstance(error, OSError) else OSError(str(error))
-        if self.stream is not None:  # reopen on the next line: the disk may have room again
+    def close(self) -> None:
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self.stream.close()
-            self.stream = None
+                os.close(self._fd)
+            self._fd = None
+
+    def _rotate(self) -> None:
+        self.close()
+        for i in range(self.backups - 1, 0, -1):
+            source = self.path.with_name(f"{self.path.name}.{i}")
+            if source.exists():
+                os.replace(source, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def write(self, data: bytes) -> None:
+        """Appends `data` whole, or raises OSError having written none of it."""
+        if self.backups and self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        fd = self._open()
+        start = self._size
+        try:
+            view = memoryview(data)
+            while view:  # a short write (the disk filled up) is followed by one that fails
+                view = view[os.write(fd, view):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            self.close()  # reopened for the next call: the disk may have room then
+            raise
+        self._size = start + len(data)
 
 
 class PayloadLog:
@@ -72,7 +107,7 @@ class PayloadLog:
         self.rate = rate
         self.hash_texts = hash_texts
         self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[Any, ...] | threading.Event | None] = queue.Queue(QUEUE_SIZE)
         self._file = _LineFile(path, max_bytes, backups)
         self._warned_at = 0.0
         self._thread = threading.Thread(target=self._write_all, name="payload-log", daemon=True)
@@ -88,6 +123,15 @@ class PayloadLog:
                                     oov_fractions, trace_id))
         except queue.Full:
             metrics.DEFERRED.add(metrics.count, metrics.PAYLOAD_DROPPED.labels("queue_full"), len(texts))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Waits until what was queued before is written (or dropped); False if `timeout` passed first."""
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Writes what is queued (within `timeout`) and closes the file."""
@@ -120,20 +164,17 @@ class PayloadLog:
 
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             lines = self._lines(item)
-            written = 0
-            for line in lines:
-                self._file.failed = None
-                self._file.emit(logging.makeLogRecord({"msg": line}))
-                if self._file.failed is not None:
-                    self._warn(self._file.failed)
-                    break
-                written += 1
-            if written:
-                metrics.DEFERRED.add(metrics.count, metrics.PAYLOAD_LINES, written)
-            if written < len(lines):
-                metrics.DEFERRED.add(metrics.count, metrics.PAYLOAD_DROPPED.labels("write_error"),
-                                     len(lines) - written)
+            try:
+                self._file.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
+            except OSError as error:
+                self._warn(error)
+                metrics.DEFERRED.add(metrics.count, metrics.PAYLOAD_DROPPED.labels("write_error"), len(lines))
+            else:
+                metrics.DEFERRED.add(metrics.count, metrics.PAYLOAD_LINES, len(lines))
 
     def _warn(self, error: OSError) -> None:
         now = time.monotonic()

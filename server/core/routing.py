@@ -8,18 +8,32 @@ from dataclasses import dataclass
 from tlserve.bundle import check_model_name
 from tlserve.scorer import Scorer
 from tlserve.server.core.batching import DynamicBatcher
+from tlserve.server.core.errors import ErrorCode, ServingError
 
 
 class ModelNotFound(LookupError):
     """No such model, or no such version of it."""
 
 
-@dataclass(frozen=True)
+def parse_version(text: str, where: str) -> int:
+    """A version number written as text (empty: 0, the newest); INVALID_ARGUMENT naming `where` otherwise."""
+    if not text:
+        return 0
+    # isdecimal() alone takes any script's digits ('١', and isdigit() '¹'), which int() may refuse.
+    if not (text.isascii() and text.isdecimal()) or int(text) <= 0:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT,
+                           f"{where} {text!r} is not a version number (1, 2, ...; empty: the newest)")
+    return int(text)
+
+
+@dataclass
 class ServedVersion:
     """One model version taking traffic."""
 
     scorer: Scorer
     batcher: DynamicBatcher
+    held: str | None = None
+    """Why the version is NOT_SERVING while loaded (its store's files in the repository changed), or None."""
 
     @property
     def name(self) -> str:
@@ -60,6 +74,11 @@ class RoutingTable:
         if version not in versions:
             raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {sorted(versions)}")
         return versions[version]
+
+    def serving(self, name: str) -> bool:
+        """Whether `name`'s newest version takes calls (is loaded and not held)."""
+        versions = self.models.get(name)
+        return versions is not None and versions[max(versions)].held is None
 
     def versions(self, name: str) -> list[int]:
         """Served versions of `name`, newest first."""

@@ -31,6 +31,7 @@ from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from tlserve.server.core import observe
 from tlserve.server.core.dataplane import Answer, DataPlane
 from tlserve.server.core.errors import ErrorCode, ServingError
+from tlserve.server.core.routing import parse_version
 from tlserve.server.frontends.grpc_common import add_tolerant_service, deadline_of, grpc_errors, metadata_of
 from tlserve.server.frontends.oip_tensors import (
     INPUT,
@@ -40,7 +41,6 @@ from tlserve.server.frontends.oip_tensors import (
     classification_strings,
     join_bytes_tensor,
     model_metadata,
-    parse_version,
     split_bytes_tensor,
     top_labels,
 )
@@ -52,8 +52,9 @@ EXTENSIONS = ["classification"]
 _INVALID = ErrorCode.INVALID_ARGUMENT
 
 
-def texts_of(request: v2.ModelInferRequest) -> list[str]:
-    """The request's `text` input as strings; every error names the input, field or element."""
+def texts_of(request: v2.ModelInferRequest, plane: DataPlane) -> list[str]:
+    """The request's `text` input as strings; every error names the input, field or element. The count is
+    checked against the limit from the shape, before any element is read."""
     names = [tensor.name for tensor in request.inputs]
     if names != [INPUT]:
         raise ServingError(_INVALID, f"inputs are {names}; the model has one input, '{INPUT}' (BYTES, shape [-1])")
@@ -64,13 +65,14 @@ def texts_of(request: v2.ModelInferRequest) -> list[str]:
     shape = list(tensor.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
         raise ServingError(_INVALID, f"{where}: shape is {shape}; send [n] (or [n, 1]) for n texts")
+    plane.check_count(shape[0], f"{where}: shape {shape}")
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise ServingError(_INVALID, f"raw_input_contents holds {len(request.raw_input_contents)} entries for "
                                          "1 input")
         if tensor.HasField("contents"):
             raise ServingError(_INVALID, f"{where}: both contents and raw_input_contents are set; send one")
-        elements = split_bytes_tensor(request.raw_input_contents[0], "raw_input_contents[0]")
+        elements = split_bytes_tensor(request.raw_input_contents[0], "raw_input_contents[0]", shape[0])
     else:
         elements = list(tensor.contents.bytes_contents)
     if len(elements) != shape[0]:
@@ -149,7 +151,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
                          ) -> v2.ModelReadyResponse:
-        version = parse_version(request.version)  # a malformed version is INVALID_ARGUMENT...
+        version = parse_version(request.version, "version")  # a malformed version is INVALID_ARGUMENT...
         try:
             self.plane.served(request.name, version)
         except ServingError:  # ...an unknown or not yet loaded model is simply not ready
@@ -163,16 +165,17 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelMetadata(self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
                             ) -> v2.ModelMetadataResponse:
-        return model_metadata(self.plane, self.plane.served(request.name, parse_version(request.version)).scorer)
+        served = self.plane.served(request.name, parse_version(request.version, "version"))
+        return model_metadata(self.plane, served.scorer)
 
     @grpc_errors
     async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
                          ) -> v2.ModelInferResponse:
         with observe.observe_call(self.plane.model_label(request.model_name), 0, "ModelInfer",
                                   lambda: metadata_of(context)) as call:
-            version = parse_version(request.model_version)
+            version = parse_version(request.model_version, "model_version")
             call.version = version
-            texts = texts_of(request)
+            texts = texts_of(request, self.plane)
             outputs = requested_outputs(request)
             answer = await self.plane.predict(request.model_name, version, texts, deadline_of(context))
             call.version = answer.scorer.version

@@ -17,23 +17,24 @@ from aiohttp import web
 from tlserve.server.core.dataplane import DataPlane
 from tlserve.server.frontends import openapi
 from tlserve.server.frontends.http_common import BODY_LIMIT, OPEN_PATHS, bearer_token, errors, json_response
+from tlserve.server.frontends.http_connections import CappedRunner, ConnectionCap
 from tlserve.server.frontends.http_native import NativeJsonApi
 from tlserve.server.frontends.http_oip import OpenInferenceRest
 from tlserve.server.frontends.http_page import STATIC_PATHS, StatusPage
-from tlserve.server.settings import ServerSettings, max_request_bytes
+from tlserve.server.settings import ServerSettings
 
 _LOGGER = logging.getLogger(__name__)
+# The listen backlog, which is also how many connections asyncio accepts at one wake-up.
+ACCEPT_BURST = 128
 
 
-def body_limit(settings: ServerSettings) -> int:
-    """Largest request body: the gRPC request limit, doubled for JSON's quoting and escapes."""
-    return 2 * max_request_bytes(settings)
-
-
-def build_app(plane: DataPlane, settings: ServerSettings, token: str | None) -> web.Application:
-    middlewares = [errors, *([bearer_token(token, OPEN_PATHS | STATIC_PATHS)] if token else [])]
-    app = web.Application(client_max_size=body_limit(settings), middlewares=middlewares)
-    app[BODY_LIMIT] = body_limit(settings)
+def build_app(plane: DataPlane, settings: ServerSettings, token: str | None,
+              cap: ConnectionCap | None = None) -> web.Application:
+    middlewares = [*([cap.middleware] if cap else []), errors,
+                   *([bearer_token(token, OPEN_PATHS | STATIC_PATHS)] if token else [])]
+    # The body limit is gRPC's message limit: one number for both ports (JSON spends a little of it on quoting).
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=middlewares)
+    app[BODY_LIMIT] = settings.max_request_bytes
     timeout = settings.http_body_timeout_seconds
     app.add_routes(OpenInferenceRest(plane, timeout).routes())
     app.add_routes(NativeJsonApi(plane, timeout).routes())
@@ -60,13 +61,20 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 async def start_http(plane: DataPlane, settings: ServerSettings, token: str | None,
-                     reuse_port: bool) -> tuple[web.AppRunner, int]:
-    """Binds and starts the HTTP port; returns the runner (for `stop_http`) and the bound port."""
-    runner = web.AppRunner(build_app(plane, settings, token), access_log=None,
-                           shutdown_timeout=settings.grace_seconds)
+                     reuse_port: bool, connections: int) -> tuple[web.AppRunner, int]:
+    """Binds and starts the HTTP port (at most `connections` connections); returns the runner (for
+    `stop_http`) and the bound port."""
+    # asyncio accepts up to `backlog` connections per wake-up before any is closed: the cap leaves room
+    # for one such burst within the port's share of the descriptors.
+    cap = ConnectionCap(max(16, connections - ACCEPT_BURST))
+    # Bodies are inflated by `read_body`, within the request limit: aiohttp's own inflation would fill
+    # memory up to the limit for every request a small compressed upload makes.
+    runner = CappedRunner(build_app(plane, settings, token, cap), cap, access_log=None,
+                          shutdown_timeout=settings.grace_seconds, auto_decompress=False,
+                          keepalive_timeout=settings.connection_idle_seconds or 3600 * 24 * 365)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port, ssl_context=ssl_context(settings),
-                       reuse_port=reuse_port or None, backlog=1024)
+                       reuse_port=reuse_port or None, backlog=ACCEPT_BURST)
     try:
         await site.start()
     except OSError:

@@ -29,6 +29,7 @@ from tlserve.server.core import observe
 from tlserve.server.core.dataplane import Answer, DataPlane
 from tlserve.server.core.errors import ServingError
 from tlserve.server.frontends.http_common import (
+    check_string_count,
     dump_json,
     invalid,
     json_response,
@@ -75,15 +76,20 @@ def metadata_json(message: v2.ModelMetadataResponse) -> dict[str, Any]:
 class InferRequest:
     """An infer request's texts and wanted outputs, from JSON or the binary data extension."""
 
-    def __init__(self, body: bytes, header_length: str | None) -> None:
+    def __init__(self, body: bytes, header_length: str | None, plane: DataPlane) -> None:
+        self.plane = plane
         binary = b""
         if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(body):
+            if not (header_length.isascii() and header_length.isdecimal()) or int(header_length) > len(body):
                 raise invalid(f"{HEADER_LENGTH} is {header_length!r}; it must be the byte length of the JSON "
                               f"header at the start of the body ({len(body)} bytes)")
             body, binary = body[: int(header_length)], body[int(header_length):]
-        document = parse_json(body, 'an inference request, e.g. {"inputs": [{"name": "text", "shape": [1], '
-                                    '"datatype": "BYTES", "data": ["..."]}]}')
+        what = 'an inference request, e.g. {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", ' \
+               '"data": ["..."]}]}'
+        # Its strings are the texts and a few dozen names and parameters at most.
+        check_string_count(body, plane.settings.max_texts_per_request + 64,
+                           f"the limit is max_texts_per_request={plane.settings.max_texts_per_request} texts")
+        document = parse_json(body, what)
         if not isinstance(document, dict):
             raise invalid(f"the body is a JSON {type(document).__name__}; send an inference request object")
         self.id = document.get("id", "")
@@ -113,6 +119,7 @@ class InferRequest:
         if (not isinstance(shape, list) or not all(type(d) is int for d in shape)
                 or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0):
             raise invalid(f"{where} '{INPUT}': shape is {shape!r}; send [n] (or [n, 1]) for n texts")
+        self.plane.check_count(shape[0], f"{where} '{INPUT}': shape {shape}")
         parameters = self._object(tensor.get("parameters", {}), f"{where}.parameters")
         size = parameters.get("binary_data_size")
         if size is not None:
@@ -120,7 +127,7 @@ class InferRequest:
                 raise invalid(f"{where} '{INPUT}': binary_data_size is {size!r} but {len(binary)} bytes follow the "
                               "JSON header")
             texts = []
-            for i, element in enumerate(split_bytes_tensor(binary, f"{where} '{INPUT}' binary data")):
+            for i, element in enumerate(split_bytes_tensor(binary, f"{where} '{INPUT}' binary data", shape[0])):
                 try:
                     texts.append(element.decode("utf-8"))
                 except UnicodeDecodeError as exc:
@@ -258,7 +265,7 @@ class OpenInferenceRest:
             version = version_of(request)
             call.version = version
             body = await read_body(request, self.body_timeout)
-            parsed = InferRequest(body, request.headers.get(HEADER_LENGTH))
+            parsed = InferRequest(body, request.headers.get(HEADER_LENGTH), self.plane)
             answer = await self.plane.predict(name, version, parsed.texts, None)
             call.version = answer.scorer.version
             started = time.perf_counter()

@@ -52,8 +52,11 @@ class StatusPage:
             raise web.HTTPNotFound()
         return web.Response(body=self.files[name], content_type=_TYPES[Path(name).suffix], charset="utf-8",
                             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                                     # Scripts and styles from this server only; no inline script.
-                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:"})
+                                     # Scripts and styles from this server only, no inline script; never
+                                     # inside another site's frame (clickjacking on the classify box).
+                                     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                                                                "frame-ancestors 'none'",
+                                     "X-Frame-Options": "DENY"})
 
     async def index(self, request: web.Request) -> web.Response:
         return self._file("index.html")

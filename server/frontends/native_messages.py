@@ -21,6 +21,7 @@ def model_info(plane: DataPlane, scorer: Scorer) -> pb.ModelInfo:
             max_texts_per_request=settings.max_texts_per_request,
             max_text_bytes=settings.max_text_bytes,
             max_tokens=manifest.preprocessing.max_tokens,
+            max_request_bytes=settings.max_request_bytes,
         ),
         vector_store=pb.VectorStoreInfo(
             fingerprint=store.fingerprint, size=store.size, dimension=store.dimension,

@@ -28,20 +28,15 @@ _INVALID = ErrorCode.INVALID_ARGUMENT
 _LENGTH = struct.Struct("<I")
 
 
-def parse_version(text: str) -> int:
-    """"" is the latest version; otherwise the protocol's version string must be a tlserve version number."""
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) <= 0:
-        raise ServingError(_INVALID, f"model_version {text!r} is not a version number (1, 2, ...; empty = latest)")
-    return int(text)
-
-
-def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
-    """Elements of a BYTES tensor in the protocol's raw form: each one a uint32 LE length and its bytes."""
+def split_bytes_tensor(raw: bytes, where: str, count: int) -> list[bytes]:
+    """The `count` elements of a BYTES tensor in the protocol's raw form (each a uint32 LE length and its
+    bytes); more or fewer is an error, found without reading past the `count`-th."""
     elements: list[bytes] = []
     offset = 0
     while offset < len(raw):
+        if len(elements) == count:
+            raise ServingError(_INVALID, f"{where}: the shape says {count} texts but more follow (offset "
+                                         f"{offset} of {len(raw)} bytes)")
         if offset + 4 > len(raw):
             raise ServingError(_INVALID, f"{where}: {len(raw) - offset} stray bytes at offset {offset}; each "
                                          "BYTES element is a 4-byte little-endian length and that many bytes")
@@ -52,6 +47,8 @@ def split_bytes_tensor(raw: bytes, where: str) -> list[bytes]:
                                          f"{offset - 4} but only {len(raw) - offset} remain")
         elements.append(raw[offset : offset + size])
         offset += size
+    if len(elements) != count:
+        raise ServingError(_INVALID, f"{where}: the shape says {count} texts but {len(elements)} were sent")
     return elements
 
 

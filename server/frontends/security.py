@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from tlserve.server.settings import ServerSettings
 
@@ -29,19 +30,51 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
                                        require_client_auth=client_ca is not None)
 
 
+def authorised(metadata: Any, expected: bytes) -> bool:
+    """Whether the call's metadata carries ``authorization: <expected>``."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            presented = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+            # Constant time: the comparison leaks nothing about how much of the token matched.
+            return hmac.compare_digest(presented, expected)
+    return False
+
+
+class TokenHealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 whose per-model entries need the bearer token: the server's own health stays open
+    for probes, but without a token a caller could learn which models are served by guessing names."""
+
+    def __init__(self, token: str | None, open_services: frozenset[str]) -> None:
+        super().__init__()
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._open = open_services
+
+    async def _check_token(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        if self._expected is None or request.service in self._open:
+            return
+        if not authorised(context.invocation_metadata(), self._expected):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"the health of {request.service!r} needs the bearer token in 'authorization' "
+                                f"(open without it: {sorted(self._open)})")
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> Any:
+        await self._check_token(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        await self._check_token(request, context)
+        await super().Watch(request, context)
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
+    """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED (health excepted: its
+    servicer checks the token for per-model entries itself)."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
     def _authorised(self, metadata: Any) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else bytes(value)
-                # Constant time: the comparison leaks nothing about how much of the token matched.
-                return hmac.compare_digest(presented, self._expected)
-        return False
+        return authorised(metadata, self._expected)
 
     async def intercept_service(
         self,

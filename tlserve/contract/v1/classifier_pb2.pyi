@@ -79,14 +79,16 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class InputLimits(_message.Message):
-    __slots__ = ("max_texts_per_request", "max_text_bytes", "max_tokens")
+    __slots__ = ("max_texts_per_request", "max_text_bytes", "max_tokens", "max_request_bytes")
     MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_texts_per_request: int
     max_text_bytes: int
     max_tokens: int
-    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    max_request_bytes: int
+    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class VectorStoreInfo(_message.Message):
     __slots__ = ("fingerprint", "size", "dimension", "source", "shared")
