@@ -16,9 +16,10 @@ over all of them (scaled replicas share the load).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,27 +140,93 @@ def _results(response: pb.ClassifyResponse) -> list[Classification]:
     ]
 
 
+# The server's defaults, used when its own limits cannot be read (see `_Limits`).
+DEFAULT_MAX_TEXTS = 1024
+DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+# A call this small never asks the server for its limits: it fits any server's.
+_SMALL_TEXTS = 64
+_SMALL_BYTES = 64 << 10
+# Room in a request for everything but the texts (model name, version, top_k, request id).
+_ENVELOPE_BYTES = 1024
+
+
+def _text_bytes(text: str) -> int:
+    """A text's size in a request: its UTF-8 bytes, a field tag and a length of up to 5 bytes."""
+    return (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 6
+
+
+def split(texts: Sequence[str], max_texts: int, max_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of `texts`, in order, each a request of at most `max_texts` texts and `max_bytes`
+    bytes (a single text over the byte limit goes alone, and the server names it)."""
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, _ENVELOPE_BYTES
+    for i, text in enumerate(texts):
+        cost = _text_bytes(text)
+        if i > start and (i - start >= max_texts or size + cost > max_bytes):
+            ranges.append((start, i))
+            start, size = i, _ENVELOPE_BYTES
+        size += cost
+    ranges.append((start, len(texts)))
+    return ranges
+
+
+def _is_small(texts: Sequence[str]) -> bool:
+    return len(texts) <= _SMALL_TEXTS and sum(map(len, texts)) * 4 <= _SMALL_BYTES
+
+
 @dataclass
 class _Options:
     model: str | None
     timeout: float | None
     token: str | None
+    max_texts: int | None
+    max_bytes: int | None
 
     def metadata(self) -> list[tuple[str, str]] | None:
         return [("authorization", f"Bearer {self.token}")] if self.token else None
 
-    def request(self, texts: Sequence[str], model: str | None, version: int, top_k: int, request_id: str = ""
-                ) -> pb.ClassifyRequest:
+    def name(self, model: str | None) -> str:
         name = model or self.model
         if not name:
             raise ValueError("no model given: pass model= here or to the client")
+        return name
+
+    def request(self, texts: Sequence[str], model: str | None, version: int, top_k: int, request_id: str = ""
+                ) -> pb.ClassifyRequest:
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
-        return pb.ClassifyRequest(model=name, version=version, texts=list(texts), top_k=top_k, request_id=request_id)
+        return pb.ClassifyRequest(model=self.name(model), version=version, texts=list(texts), top_k=top_k,
+                                  request_id=request_id)
+
+    def deadline(self, timeout: float | None) -> float | None:
+        seconds = timeout or self.timeout
+        return None if seconds is None else time.monotonic() + seconds
+
+    def limits(self, info: pb.ModelInfo | None) -> tuple[int, int]:
+        """The request limits to split by: given to the client, else the server's, else its defaults."""
+        served = info.limits if info is not None else None
+        return (self.max_texts or (served.max_texts_per_request if served else 0) or DEFAULT_MAX_TEXTS,
+                self.max_bytes or (served.max_request_bytes if served else 0) or DEFAULT_MAX_REQUEST_BYTES)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline`; DEADLINE_EXCEEDED once none are."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ClassifierError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed between its requests")
+    return left
 
 
 class Classifier:
-    """Synchronous client. `target` is host:port (or a gRPC target URI)."""
+    """Synchronous client. `target` is host:port (or a gRPC target URI).
+
+    `classify` takes any number of texts: a list longer than the server's request limits
+    (``max_texts_per_request``, ``max_request_bytes``, read from the server once per model, or
+    given here) goes as several requests, one after another, under the call's one deadline, all
+    to the version that answered the first; the answers come back in order.
+    """
 
     def __init__(
         self,
@@ -174,12 +241,15 @@ class Classifier:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         token: str | None = None,
+        max_texts_per_request: int | None = None,
+        max_request_bytes: int | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self._channel = _open_channel(grpc, target, round_robin, retries, tls, root_certificates, private_key,
                                       certificate_chain, options)
         self._stub = pb_grpc.ClassifierStub(self._channel)
-        self._options = _Options(model, timeout, token)
+        self._options = _Options(model, timeout, token, max_texts_per_request, max_request_bytes)
+        self._limits: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> Classifier:
         return self
@@ -196,11 +266,29 @@ class Classifier:
         except grpc.RpcError as exc:
             raise ClassifierError(exc.code(), exc.details() or "") from None
 
+    def _limits_of(self, name: str) -> tuple[int, int]:
+        if name not in self._limits:
+            try:
+                info = self.model(name) if not (self._options.max_texts and self._options.max_bytes) else None
+            except ClassifierError:
+                info = None  # an older server, say: its defaults
+            self._limits[name] = self._options.limits(info)
+        return self._limits[name]
+
     def classify(self, texts: Sequence[str], *, model: str | None = None, version: int = 0, top_k: int = 0,
                  timeout: float | None = None) -> list[Classification]:
-        """Classifies `texts` in one call; one `Classification` per text, in order."""
+        """Classifies `texts` (any number); one `Classification` per text, in order."""
         request = self._options.request(texts, model, version, top_k)
-        return _results(self._call(self._stub.Classify, request, timeout))
+        if _is_small(texts):
+            return _results(self._call(self._stub.Classify, request, timeout))
+        deadline = self._options.deadline(timeout)
+        results: list[Classification] = []
+        for start, end in split(texts, *self._limits_of(request.model)):
+            part = self._options.request(texts[start:end], model, version, top_k)
+            answered = _results(self._call(self._stub.Classify, part, _remaining(deadline)))
+            version = version or (answered[0].version if answered else 0)  # the rest to the same version
+            results.extend(answered)
+        return results
 
     def classify_stream(self, batches: Iterable[Sequence[str]], *, model: str | None = None, version: int = 0,
                         top_k: int = 0, timeout: float | None = None) -> Iterator[list[Classification]]:
@@ -209,9 +297,7 @@ class Classifier:
         try:
             for response in self._stub.ClassifyStream(requests, timeout=timeout,
                                                       metadata=self._options.metadata()):
-                if response.HasField("error"):
-                    raise ClassifierError(grpc.StatusCode(_code(response.error.code)), response.error.message)
-                yield _results(response)
+                yield _stream_results(response)
         except grpc.RpcError as exc:
             raise ClassifierError(exc.code(), exc.details() or "") from None
 
@@ -223,7 +309,13 @@ class Classifier:
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """SERVING, NOT_SERVING, SERVICE_UNKNOWN (or UNKNOWN), from grpc.health.v1."""
-        return _health(self._channel, service, timeout or self._options.timeout)
+        call = self._channel.unary_unary(_HEALTH_CHECK, request_serializer=None, response_deserializer=None)
+        try:
+            answer: bytes = call(_health_request(service), timeout=timeout or self._options.timeout,
+                                 metadata=self._options.metadata())
+        except grpc.RpcError as exc:
+            return _health_error(exc)
+        return _health_status(answer)
 
     def wait_until_serving(self, timeout: float, service: str = "") -> str:
         """Asks for health until SERVING or `timeout` seconds; returns the last status (or error code)."""
@@ -239,6 +331,12 @@ class Classifier:
             time.sleep(0.05)
 
 
+def _stream_results(response: pb.ClassifyResponse) -> list[Classification]:
+    if response.HasField("error"):
+        raise ClassifierError(grpc.StatusCode(_code(response.error.code)), response.error.message)
+    return _results(response)
+
+
 def _code(number: int) -> tuple[int, str]:
     for code in grpc.StatusCode:
         if code.value[0] == number:
@@ -246,21 +344,25 @@ def _code(number: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value
 
 
-def _health(channel: grpc.Channel, service: str, timeout: float | None) -> str:
-    # The health messages are built by hand from their two fields so the client needs no
-    # grpcio-health-checking package (its protobuf pins are stricter than ours).
+# The health messages are built by hand from their two fields so the client needs no
+# grpcio-health-checking package (its protobuf pins are stricter than ours).
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _health_request(service: str) -> bytes:
     request = service.encode("utf-8")
-    payload = (b"\x0a" + _varint(len(request)) + request) if request else b""
-    call = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
-                               response_deserializer=None)
-    try:
-        answer: bytes = call(payload, timeout=timeout)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return "SERVICE_UNKNOWN"
-        raise ClassifierError(exc.code(), exc.details() or "") from None
+    return (b"\x0a" + _varint(len(request)) + request) if request else b""
+
+
+def _health_status(answer: bytes) -> str:
     status = answer[1] if len(answer) >= 2 and answer[0] == 0x08 else 0
     return {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, "UNKNOWN")
+
+
+def _health_error(exc: grpc.RpcError) -> str:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return "SERVICE_UNKNOWN"
+    raise ClassifierError(exc.code(), exc.details() or "") from None
 
 
 def _varint(value: int) -> bytes:
@@ -276,7 +378,8 @@ def _varint(value: int) -> bytes:
 
 
 class AsyncClassifier:
-    """asyncio client with the same options as `Classifier`."""
+    """asyncio client with the options and methods of `Classifier` (each a coroutine; `classify_stream` an
+    async iterator)."""
 
     def __init__(
         self,
@@ -291,12 +394,15 @@ class AsyncClassifier:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         token: str | None = None,
+        max_texts_per_request: int | None = None,
+        max_request_bytes: int | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self._channel = _open_channel(grpc.aio, target, round_robin, retries, tls, root_certificates, private_key,
                                       certificate_chain, options)
         self._stub = pb_grpc.ClassifierStub(self._channel)
-        self._options = _Options(model, timeout, token)
+        self._options = _Options(model, timeout, token, max_texts_per_request, max_request_bytes)
+        self._limits: dict[str, tuple[int, int]] = {}
 
     async def __aenter__(self) -> AsyncClassifier:
         return self
@@ -307,20 +413,86 @@ class AsyncClassifier:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self._options.timeout, metadata=self._options.metadata())
+        except grpc.RpcError as exc:
+            raise ClassifierError(exc.code(), exc.details() or "") from None
+
+    async def _limits_of(self, name: str) -> tuple[int, int]:
+        if name not in self._limits:
+            try:
+                info = await self.model(name) if not (self._options.max_texts and self._options.max_bytes) else None
+            except ClassifierError:
+                info = None
+            self._limits[name] = self._options.limits(info)
+        return self._limits[name]
+
     async def classify(self, texts: Sequence[str], *, model: str | None = None, version: int = 0, top_k: int = 0,
                        timeout: float | None = None) -> list[Classification]:
+        """Classifies `texts` (any number); one `Classification` per text, in order (see `Classifier`)."""
         request = self._options.request(texts, model, version, top_k)
+        if _is_small(texts):
+            return _results(await self._call(self._stub.Classify, request, timeout))
+        deadline = self._options.deadline(timeout)
+        results: list[Classification] = []
+        for start, end in split(texts, *await self._limits_of(request.model)):
+            part = self._options.request(texts[start:end], model, version, top_k)
+            answered = _results(await self._call(self._stub.Classify, part, _remaining(deadline)))
+            version = version or (answered[0].version if answered else 0)
+            results.extend(answered)
+        return results
+
+    async def classify_stream(self, batches: Iterable[Sequence[str]] | AsyncIterable[Sequence[str]], *,
+                              model: str | None = None, version: int = 0, top_k: int = 0,
+                              timeout: float | None = None) -> AsyncIterator[list[Classification]]:
+        """Streams many requests over one call; yields each request's results in order."""
+
+        async def requests() -> AsyncIterator[pb.ClassifyRequest]:
+            i = 0
+            if isinstance(batches, AsyncIterable):
+                async for texts in batches:
+                    yield self._options.request(texts, model, version, top_k, str(i))
+                    i += 1
+            else:
+                for texts in batches:
+                    yield self._options.request(texts, model, version, top_k, str(i))
+                    i += 1
+
         try:
-            response = await self._stub.Classify(request, timeout=timeout or self._options.timeout,
-                                                 metadata=self._options.metadata())
+            async for response in self._stub.ClassifyStream(requests(), timeout=timeout,
+                                                            metadata=self._options.metadata()):
+                yield _stream_results(response)
         except grpc.RpcError as exc:
             raise ClassifierError(exc.code(), exc.details() or "") from None
-        return _results(response)
 
     async def models(self, timeout: float | None = None) -> list[pb.ModelInfo]:
+        return list((await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)).models)
+
+    async def model(self, name: str, version: int = 0, timeout: float | None = None) -> pb.ModelInfo:
+        result: pb.ModelInfo = await self._call(self._stub.GetModel, pb.GetModelRequest(model=name, version=version),
+                                                timeout)
+        return result
+
+    async def health(self, service: str = "", timeout: float | None = None) -> str:
+        """SERVING, NOT_SERVING, SERVICE_UNKNOWN (or UNKNOWN), from grpc.health.v1."""
+        call = self._channel.unary_unary(_HEALTH_CHECK, request_serializer=None, response_deserializer=None)
         try:
-            response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._options.timeout,
-                                                   metadata=self._options.metadata())
+            answer: bytes = await call(_health_request(service), timeout=timeout or self._options.timeout,
+                                       metadata=self._options.metadata())
         except grpc.RpcError as exc:
-            raise ClassifierError(exc.code(), exc.details() or "") from None
-        return list(response.models)
+            return _health_error(exc)
+        return _health_status(answer)
+
+    async def wait_until_serving(self, timeout: float, service: str = "") -> str:
+        """Asks for health until SERVING or `timeout` seconds; returns the last status (or error code)."""
+        deadline = time.monotonic() + timeout
+        status = "UNKNOWN"
+        while True:
+            try:
+                status = await self.health(service, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            except ClassifierError as exc:
+                status = exc.code.name
+            if status == "SERVING" or time.monotonic() >= deadline:
+                return status
+            await asyncio.sleep(0.05)
