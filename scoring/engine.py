@@ -3,7 +3,8 @@
 Workers are started with "spawn" (onnxruntime sessions and threads do not survive a fork)
 and each opens the model version once; the store's pages are the page cache's, shared by
 every worker. Batches go out in order and come back in order (`imap`), so the output keeps
-the input's row order.
+the input's row order; inside a batch, texts run sorted by length in runs of at most
+`MAX_BATCH_CHARS` characters (`predict_by_length`), as the server bounds its batches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-_SCORER = None
+from tlserve.scorer import Scorer
+
+_SCORER: Scorer | None = None
+# Characters per inference run, as the server's --max-batch-chars.
+MAX_BATCH_CHARS = 65_536
 
 
 @dataclass
@@ -31,8 +36,6 @@ class ScoredBatch:
 
 def _open(version_folder: str, repository: str) -> None:
     global _SCORER
-    from tlserve.scorer import Scorer
-
     _SCORER = Scorer.open(Path(version_folder), Path(repository))
 
 
@@ -56,12 +59,42 @@ def label_names(labels: list[str], indices: np.ndarray) -> list[list[str]]:
     return [[labels[i] for i in row] for row in indices.tolist()]
 
 
+def predict_by_length(scorer: Scorer, texts: list[str], max_chars: int = MAX_BATCH_CHARS
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, token counts and out-of-vocabulary shares of `texts`, in their order, computed in runs of
+    texts of similar length of at most `max_chars` characters (as the server bounds its batches).
+
+    A batch's graph inputs are as wide as its longest text: on texts of mixed lengths, one long text
+    makes every short one pay for its width. Sorted by length, each run pays for texts like its own."""
+    n = len(texts)
+    order = sorted(range(n), key=lambda i: len(texts[i]))
+    probabilities: np.ndarray | None = None
+    counts = np.zeros(n, dtype=np.int32)
+    fractions = np.zeros(n, dtype=np.float32)
+    start = 0
+    while start < n:
+        end, chars = start, 0
+        while end < n and (end == start or chars + len(texts[order[end]]) <= max_chars):
+            chars += len(texts[order[end]])
+            end += 1
+        run = order[start:end]
+        prediction = scorer.predict([texts[i] for i in run])
+        if probabilities is None:
+            probabilities = np.zeros((n, prediction.probabilities.shape[1]), dtype=np.float32)
+        probabilities[run] = prediction.probabilities
+        counts[run] = prediction.token_counts
+        fractions[run] = prediction.oov_fractions
+        start = end
+    assert probabilities is not None or n == 0
+    return (probabilities if probabilities is not None else np.zeros((0, 0), np.float32)), counts, fractions
+
+
 def _score(job: tuple[list[str], int]) -> ScoredBatch:
     texts, k = job
     assert _SCORER is not None
-    prediction = _SCORER.predict(texts)
-    indices, probabilities = top_k(prediction.probabilities, k)
-    return ScoredBatch(indices, probabilities.astype(np.float32), prediction.token_counts, prediction.oov_fractions)
+    probabilities, counts, fractions = predict_by_length(_SCORER, texts)
+    indices, top = top_k(probabilities, k)
+    return ScoredBatch(indices, top.astype(np.float32), counts, fractions)
 
 
 def score_batches(version_folder: Path, repository: Path, batches: Iterable[list[str]], k: int, workers: int

@@ -23,6 +23,7 @@ from typing import Any
 
 from tlserve.bundle import check_model_name, versions_of
 from tlserve.errors import TlserveError
+from tlserve.native_logs import filtered_stderr
 from tlserve.processes import writer_is_gone
 from tlserve.scoring.tables import Record, ScoredWriter, input_format, partial_path, read_records
 
@@ -235,8 +236,8 @@ def _run_ray(job: ScoreJob, folder: Path, repository: Path, records: Iterator[Re
     from tlserve.scoring import ray_engine
 
     # Ray prints its cluster's messages (a lost worker, say) from a thread of its own: to stderr, so
-    # stdout holds only the summary.
-    with contextlib.redirect_stdout(sys.stderr):
+    # stdout holds only the summary; its C++ log lines (auth retries, core worker notices) are dropped.
+    with filtered_stderr(), contextlib.redirect_stdout(sys.stderr):
         for table in ray_engine.score_records(folder, repository, records, job.top_k, job.workers, job.batch_size,
                                               job.address):
             writer.write_table(table)

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.scoring.engine import label_names, top_k
+from tlserve.errors import TlserveError
+from tlserve.scoring.engine import label_names, predict_by_length, top_k
 from tlserve.scoring.tables import Record
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class ScorerActor:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        prediction = self.scorer.predict(batch.column("text").to_pylist())
-        indices, probabilities = top_k(prediction.probabilities, self.k)
+        all_probabilities, counts, fractions = predict_by_length(self.scorer, batch.column("text").to_pylist())
+        indices, probabilities = top_k(all_probabilities, self.k)
         names = label_names(self.labels, indices)
         return pa.table({
             "row": batch.column("row"),
@@ -56,8 +57,8 @@ class ScorerActor:
             "label": pa.array([row[0] for row in names], pa.string()),
             "labels": pa.array(names, pa.list_(pa.string())),
             "probabilities": pa.array(list(probabilities.astype(np.float32)), pa.list_(pa.float32())),
-            "token_count": pa.array(prediction.token_counts, pa.int32()),
-            "oov_fraction": pa.array(prediction.oov_fractions, pa.float32()),
+            "token_count": pa.array(counts, pa.int32()),
+            "oov_fraction": pa.array(fractions, pa.float32()),
         })
 
 
@@ -85,8 +86,7 @@ def score_records(version_folder: Path, repository: Path, records: Iterable[Reco
 
     started_here = not ray.is_initialized()
     if started_here:
-        # Without an address: a Ray instance of this process's own, on this machine.
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        _join(address)
     try:
         # The rows go to Ray's object store shard by shard as they are read (spilled to disk past
         # its size), not held by this process.
@@ -96,11 +96,39 @@ def score_records(version_folder: Path, repository: Path, records: Iterable[Reco
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows come back in file order
         context.enable_progress_bars = False
+        # Ray Data's own lines (execution plans, "progress bars disabled") are for Ray's users, not this
+        # command's; its errors still show.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         scored = ray.data.from_arrow_refs(shards).map_batches(  # type: ignore[arg-type]
             ScorerActor, fn_constructor_args=(str(version_folder.resolve()), str(repository.resolve()), k),
-            batch_size=batch_size, batch_format="pyarrow", concurrency=actors, num_cpus=1,
+            batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
         )  # Ray Data's default for actor pools: a lost actor is replaced and its batches run again
         yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _join(address: str | None) -> None:
+    """Starts a Ray instance of this process's own (no address), or joins the cluster at `address`;
+    TlserveError says what to do when it cannot."""
+    import ray
+    import ray.exceptions
+
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        causes: list[BaseException] = []
+        error: BaseException | None = exc
+        while error is not None and len(causes) < 10:
+            causes.append(error)
+            error = error.__cause__ or error.__context__
+        if any(isinstance(cause, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(cause)
+               for cause in causes):
+            raise TlserveError(
+                f"cannot join the Ray cluster at {address}: it asks for its token. Set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to it; `ray get-auth-token` on the head node shows it"
+            ) from None
+        raise TlserveError(f"cannot join the Ray cluster at {address}: {exc} (is `ray start --head` running "
+                           "there, and is the address its GCS address, HOST:6379 by default?)") from None

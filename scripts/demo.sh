@@ -5,7 +5,7 @@
 #   wait for health SERVING -> classify a handful of texts with the client (gRPC) and one with
 #   curl (HTTP/JSON) -> stop the server.
 # Environment: TLSERVE_PORT (default 50051), TLSERVE_HTTP_PORT (default 8080), TLSERVE_METRICS_PORT (default 9090),
-# MODE (finetune|frozen),
+# MODE (finetune|frozen), RETRAIN (set: train a new version even if data/models/wordnet has one),
 # POOLING (mean: what 4-fold CV on the glosses' training labels chose, so the demo trains one model instead of
 # trying both poolings as --pooling auto does).
 set -euo pipefail
@@ -20,9 +20,13 @@ mode=${MODE:-finetune}
 echo "== 1/4 data: GloVe 6B 50d and WordNet noun glosses (cached in data/)"
 tlserve data --root data --tasks wordnet
 
-echo "== 2/4 train: $mode model 'wordnet' into data/models"
-tlserve --log-level WARNING train --data data/tasks/wordnet-nouns-top10.csv --vectors data/stores/glove-6b-50d \
-  --repository data/models --model wordnet --mode "$mode" --pooling "${POOLING:-mean}" --no-progress 2> >(grep -v -E "^(I0000|E0000|W0000)" >&2)
+if [ -d data/models/wordnet ] && [ -z "${RETRAIN:-}" ] && ls data/models/wordnet/*/manifest.json >/dev/null 2>&1; then
+  echo "== 2/4 train: data/models/wordnet is there already (RETRAIN=1 trains a new version)"
+else
+  echo "== 2/4 train: $mode model 'wordnet' into data/models (about a minute on 2 cores)"
+  tlserve --log-level WARNING train --data data/tasks/wordnet-nouns-top10.csv --vectors data/stores/glove-6b-50d \
+    --repository data/models --model wordnet --mode "$mode" --pooling "${POOLING:-mean}"
+fi
 
 echo "== 3/4 serve on 127.0.0.1:$port (gRPC), :$http_port (HTTP/JSON and the status page), :$metrics_port (metrics)"
 tlserve serve --repository data/models --port "$port" --http-port "$http_port" --metrics-port "$metrics_port" \
@@ -55,3 +59,11 @@ kill -TERM $server
 wait $server
 trap - EXIT
 echo "server stopped cleanly; log in data/server.log"
+cat <<EOF
+
+Next: the commands in the README's "Using it" section, with the venv active:
+  source .venv/bin/activate
+  tlserve serve --repository data/models          # the model just trained, on :$port (gRPC) and :$http_port (HTTP)
+  tlserve test --model data/models/wordnet --data data/tasks/wordnet-nouns-top10.csv
+The tests: bash scripts/test.sh
+EOF

@@ -7,7 +7,7 @@
 # Extra arguments go to pytest. pytest's exit code 5 (no tests ran) counts as a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --dev
 export PATH="$PWD/.venv/bin:$PATH"
 marker="not slow and not browser"
 if [ "${1:-}" = "--slow" ]; then marker="slow"; shift; fi
@@ -28,7 +28,9 @@ contracts=$(mktemp -d)
 trap 'rm -rf "$contracts" "$contracts.log"' EXIT
 pip install -q --disable-pip-version-check --no-deps --no-compile --target "$contracts" . >"$contracts.log" 2>&1 \
   || { cat "$contracts.log" >&2; exit 1; }
-(cd "$contracts" && PYTHONPATH="$contracts" lint-imports "$OLDPWD/pyproject.toml" | grep -E "KEPT|BROKEN|^Contracts|not allowed|->")
+# A wide console, so that no contract's name is wrapped; the banner is left out.
+(cd "$contracts" && PYTHONPATH="$contracts" COLUMNS=200 lint-imports --no-cache "$OLDPWD/pyproject.toml" \
+  | grep -E "KEPT|BROKEN|^Contracts:|not allowed|->|^Analyzed")
 echo "== pytest -m '$marker'"
 set +e
 pytest -m "$marker" "$@"

@@ -205,9 +205,9 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_repository(folder: Path, store: Path, *names: str) -> Path:
     """A repository in `folder` with one tiny model (lexical channel) per name, all over `store`."""
-    from tiny_models import make_model
-
     from tlserve.vector_store import VectorStore
+
+    from tiny_models import make_model
 
     opened = VectorStore(store)
     for name in names or ("tiny",):

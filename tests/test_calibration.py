@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tlserve.evaluation import expected_calibration_error, reliability
 from tlserve.trainer.calibration import apply_temperature, fit_temperature, log_loss
-from tlserve.trainer.evaluation import expected_calibration_error, reliability
 
 from conftest import WORDNET_SAMPLE
 

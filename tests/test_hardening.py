@@ -530,7 +530,7 @@ def test_streams_share_one_batch_of_texts_in_flight() -> None:
 
 
 def test_csv_row_spanning_lines_is_reported_with_its_first_line(tmp_path: Path) -> None:
-    from tlserve.trainer.datasets import load_labelled
+    from tlserve.labelled import load_labelled
 
     lines = ["text,label"] + [f"text number {i},{'a' if i % 2 else 'b'}" for i in range(1, 300)]
     lines[150] = '"a stray quote opens here,a'  # line 151 of the file
@@ -543,7 +543,7 @@ def test_csv_row_spanning_lines_is_reported_with_its_first_line(tmp_path: Path) 
 
 
 def test_tsv_quotes_are_plain_characters(tmp_path: Path) -> None:
-    from tlserve.trainer.datasets import load_labelled
+    from tlserve.labelled import load_labelled
 
     lines = ["text\tlabel"] + [f"text {i}\t{'a' if i % 2 else 'b'}" for i in range(1, 300)]
     lines[21] = '"a stray quote\ta'  # line 22 of the file
@@ -555,7 +555,7 @@ def test_tsv_quotes_are_plain_characters(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("label", ["1", "1.0", "null", "true", "[1, 2]", '{"a": 1}'])
 def test_jsonl_labels_must_be_strings(label: str, tmp_path: Path) -> None:
-    from tlserve.trainer.datasets import load_labelled
+    from tlserve.labelled import load_labelled
 
     path = tmp_path / "labels.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ' + label + "}\n")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tlserve.errors import InputFileError
-from tlserve.trainer.datasets import load_labelled, make_splits
+from tlserve.labelled import load_labelled
+from tlserve.trainer.datasets import make_splits
 from tlserve.trainer.vectors import import_vectors
 from tlserve.vector_store import VectorStore
 

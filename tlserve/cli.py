@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extra each verb needs beyond the client, for the one-line answer when it is missing.
+EXTRA_OF_VERB = {"serve": "server", "test": "server", "predict": "server", "score": "scoring", "train": "trainer",
+                 "evaluate": "trainer", "vectors": "trainer", "data": "trainer", "bench": "dev", "soak": "dev"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_VERB.get(args.verb)
+        if extra is None or (exc.name or "tlserve").split(".")[0] == "tlserve":
+            raise
+        print(f"tlserve {args.verb}: needs the {extra} extra ({exc.name} is not installed): "
+              f"pip install 'tlserve[{extra}]'", file=sys.stderr)
+        return 2
     except TlserveError as exc:
         print(f"tlserve {args.verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tlserve.help_format import HelpFormatter
 from tlserve.trainer.config import HeadConfig, TrainConfig
 
 TRAIN_EXAMPLES = """examples:
@@ -53,7 +58,7 @@ def register(verbs: Any) -> None:
     adapt.add_argument("--min-count", type=int, default=3, help="leave out rarer corpus words (default: 3)")
     adapt.add_argument("--learning-rate", type=float, default=0.0025,
                        help="word2vec's starting learning rate (default 0.0025: keeps the pretrained geometry)")
-    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--seed", type=int, default=0, help="seed of word2vec's initialisation and sampling")
     adapt.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     adapt.set_defaults(run=_run_adapt)
 
@@ -71,7 +76,7 @@ def register(verbs: Any) -> None:
 
     train = verbs.add_parser(
         "train", help="train a classifier and publish a versioned ONNX bundle",
-        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EXAMPLES, formatter_class=HelpFormatter,
     )
     train.add_argument("--repository", type=Path, required=True, help="model repository to publish into")
     train.add_argument("--model", required=True, help="model name")
@@ -82,12 +87,12 @@ def register(verbs: Any) -> None:
                        help="also train the peers and ablations on the same split and report them")
     train.add_argument("--no-learning-curve", dest="learning_curve", action="store_false",
                        help="with --compare: skip the learning curve (the slowest part)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no stage lines on standard error")
     train.set_defaults(run=_run_train)
 
     evaluate = verbs.add_parser(
         "evaluate", help="tlserve and its peers on several seeded splits: mean +- sd, paired differences",
-        epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EVALUATE_EXAMPLES, formatter_class=HelpFormatter,
     )
     evaluate.add_argument("--repeats", type=int, default=5, help="seeded splits (default: 5)")
     evaluate.add_argument("--modes", nargs="+", choices=["frozen", "finetune"], default=["finetune", "frozen"],
@@ -102,12 +107,14 @@ def register(verbs: Any) -> None:
 
 def _add_training_arguments(train: argparse.ArgumentParser) -> None:
     """The arguments `train` and `evaluate` share: data, vectors, splits, features, head."""
+    train.add_argument("--verbose", action="store_true",
+                       help="show what TensorFlow, Keras and tf2onnx print (their logs, every epoch)")
     train.add_argument("--data", type=Path, required=True, help="labelled file: .csv, .tsv, .jsonl or fastText .txt")
     train.add_argument("--vectors", type=Path, required=True, help="vector store folder")
     train.add_argument("--format", dest="data_format", choices=["csv", "tsv", "jsonl", "fasttext"],
                        help="data format (default: from the suffix)")
-    train.add_argument("--text-column", default="text")
-    train.add_argument("--label-column", default="label")
+    train.add_argument("--text-column", default="text", help="CSV/TSV column (or JSONL field) of the texts")
+    train.add_argument("--label-column", default="label", help="CSV/TSV column (or JSONL field) of the labels")
     train.add_argument("--empty", choices=["skip", "error"], default="skip",
                        help="empty texts: skip and count, or fail")
     train.add_argument("--unlabelled", choices=["error", "skip"], default="error",
@@ -115,13 +122,17 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                             "lines nobody has labelled yet)")
     train.add_argument("--validation-data", type=Path, help="own validation file instead of a split")
     train.add_argument("--test-data", type=Path, help="own test file instead of a split")
-    train.add_argument("--test-fraction", type=float, default=TrainConfig.test_fraction)
-    train.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction)
+    train.add_argument("--test-fraction", type=float, default=TrainConfig.test_fraction,
+                       help="share of each label held out as the test split (seeded, stratified), first")
+    train.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction,
+                       help="share of the rest held out for early stopping, the mixture and calibration")
     train.add_argument("--train-fraction", type=float, default=TrainConfig.train_fraction,
                        help="use this stratified share of the training labels (learning-curve studies)")
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
-    train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin")
-    train.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the splits and of training")
+    train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin",
+                       help="latin: runs of letters and digits, CJK characters one by one; jieba: Chinese words")
+    train.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens,
+                       help="tokens read from each text (the rest is ignored, and counted in the report)")
     train.add_argument("--pooling", choices=["auto", "mean", "mean_max"], default=TrainConfig.pooling,
                        help="auto: mean_max for frozen; for finetune, a mean and a mean_max model mixed with "
                        "weights chosen on validation log-loss")
@@ -131,18 +142,21 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--no-static", dest="static", action="store_false",
                        help="finetune: no frozen channel of pooled shared-store vectors beside the trained rows")
     train.add_argument("--random-vectors", action="store_true", help="replace the vectors by random ones (ablation)")
-    train.add_argument("--hidden", type=int, default=HeadConfig.hidden)
-    train.add_argument("--dropout", type=float, default=HeadConfig.dropout)
-    train.add_argument("--l2", type=float, default=HeadConfig.l2)
-    train.add_argument("--learning-rate", type=float, default=HeadConfig.learning_rate)
-    train.add_argument("--epochs", type=int, default=HeadConfig.epochs)
+    train.add_argument("--hidden", type=int, default=HeadConfig.hidden, help="units of the hidden layer")
+    train.add_argument("--dropout", type=float, default=HeadConfig.dropout, help="dropout rate after the hidden layer")
+    train.add_argument("--l2", type=float, default=HeadConfig.l2, help="L2 penalty on the hidden layer's weights")
+    train.add_argument("--learning-rate", type=float, default=HeadConfig.learning_rate, help="Adam's step size")
+    train.add_argument("--epochs", type=int, default=HeadConfig.epochs,
+                       help="most passes over the training split (early stopping usually ends sooner)")
     train.add_argument("--batch-size", type=int, default=HeadConfig.batch_size,
                        help="examples per step (0: about 100 steps per epoch, 16 to 256)")
-    train.add_argument("--patience", type=int, default=HeadConfig.patience)
+    train.add_argument("--patience", type=int, default=HeadConfig.patience,
+                       help="epochs without improvement before early stopping")
     train.add_argument("--monitor", choices=["auto", "val_loss", "val_accuracy"], default=HeadConfig.monitor,
                        help="what early stopping watches (auto: loss for frozen, accuracy for finetune)")
     train.add_argument("--class-weights", action="store_true", help="weight classes against imbalance")
-    train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout)
+    train.add_argument("--word-dropout", type=float, default=HeadConfig.word_dropout,
+                       help="finetune: share of a training text's tokens dropped at random each step")
     train.add_argument("--no-lexical", dest="lexical", action="store_false",
                        help="no lexical channel (TF-IDF n-grams + logistic regression) beside the vectors")
     train.add_argument("--lexicon-size", type=int, default=TrainConfig.lexicon_size,
@@ -228,11 +242,29 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from tlserve.trainer.train import train
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[None]:
+    """Stage lines on standard error, the libraries' own output dropped unless --verbose."""
+    from tlserve.native_logs import filtered_stderr
+    from tlserve.trainer import progress
 
+    if args.verbose:
+        with progress.reporting(progress.Progress(None if getattr(args, "no_progress", False) else sys.stderr)):
+            yield
+        return
+    progress.quiet_libraries()
+    with filtered_stderr() as stderr, \
+            progress.reporting(progress.Progress(None if getattr(args, "no_progress", False) else stderr)):
+        yield
+
+
+def _run_train(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
-    target = train(_train_config(args)).path
+    with _progress(args):
+        from tlserve.trainer.train import train
+
+        started = time.perf_counter()
+        target = train(_train_config(args)).path
     from tlserve.bundle import REPORT_MD, Bundle
 
     manifest = Bundle.open(target, verify=False).manifest
@@ -243,6 +275,7 @@ def _run_train(args: argparse.Namespace) -> int:
           f"OOV {metrics['test_oov_share']:.1%}")
     print(f"{'onnx parity':<12}max |dp| {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.2%}")
     print(f"{'report':<12}{target / REPORT_MD}")
+    print(f"{'time':<12}{time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -251,7 +284,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, not {args.repeats}")
-    result = run(EvaluateConfig(_train_config(args), args.repeats, list(args.modes), list(args.peers)))
+    with _progress(args):
+        result = run(EvaluateConfig(_train_config(args), args.repeats, list(args.modes), list(args.peers)))
     write(result, args.out)
     print(markdown(result))
     print(f"results: {args.out} and {args.out.with_suffix('.md')}")

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from tlserve.evaluation import Evaluation, evaluate
+from tlserve.labelled import is_chinese
 from tlserve.trainer import peers
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import Splits, is_chinese, subsample
-from tlserve.trainer.evaluation import Evaluation, evaluate
+from tlserve.trainer.datasets import Splits, subsample
 from tlserve.trainer.fitting import fit_model, predict, random_like
 from tlserve.vector_store import VectorStore
 

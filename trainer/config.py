@@ -94,6 +94,13 @@ class TrainConfig:
             return self.pooling
         return "mean_max" if self.mode == "frozen" else "mean"
 
+    def __post_init__(self) -> None:
+        # Paths may be given as strings (from Python); the trainer works with Path objects.
+        for name in ("data", "vectors", "repository", "validation_data", "test_data"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, Path(value))
+
     def pooling_candidates(self) -> list[str]:
         if self.pooling == "auto" and self.mode == "finetune":
             return ["mean", "mean_max"]

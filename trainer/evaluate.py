@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from tlserve.evaluation import evaluate, expected_calibration_error
+from tlserve.labelled import is_chinese
 from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import is_chinese
-from tlserve.trainer.evaluation import evaluate, expected_calibration_error
 from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)

@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from tlserve.features import FIRST_TRAINED_ID, EncodedBatch, FeatureConfig, Featurizer
+from tlserve.labelled import is_chinese
 from tlserve.lexicon import Lexicon, Units, units_of
 from tlserve.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.trainer import calibration
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import Splits, is_chinese
+from tlserve.trainer.datasets import Splits
+from tlserve.trainer.progress import Stage, current, keras_epochs
 from tlserve.trainer.quantization import dequantize_columns, quantize_columns
 from tlserve.vector_store import VectorStore
 
@@ -77,41 +79,60 @@ def random_like(store: VectorStore, seed: int) -> np.ndarray:
 
 
 def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
-              matrix: np.ndarray | None = None, verbose: int = 0) -> FittedModel:
+              matrix: np.ndarray | None = None) -> FittedModel:
     """Fits the model of `config.mode` and, with `config.lexical`, the lexical channel; mixes the members
-    with weights chosen on validation, then fits a temperature on validation (`config.calibrate`)."""
+    with weights chosen on validation, then fits a temperature on validation (`config.calibrate`). Each
+    stage is reported to `tlserve.trainer.progress.current()`."""
     from tlserve.trainer import models
 
+    progress = current()
     candidates = config.pooling_candidates()
-    members = [_fit_one(replace(config, pooling=pooling), splits, store, labels, matrix, verbose)
-               for pooling in candidates]
-    names = list(candidates)
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index.get(label, 0) for label in splits.validation.labels])
-    validation = [predict(member, splits.validation.texts)[0] for member in members]
+    members: list[FittedModel] = []
+    validation: list[np.ndarray] = []
+    for number, pooling in enumerate(candidates, start=1):
+        name = f"{config.mode} {pooling}" + (f" ({number}/{len(candidates)})" if len(candidates) > 1 else "")
+        with progress.stage(name) as stage:
+            member = _fit_one(replace(config, pooling=pooling), splits, store, labels, matrix, stage=stage)
+            members.append(member)
+            validation.append(predict(member, splits.validation.texts)[0])
+            stage.note(f"{member.history.best_epoch + 1} epochs kept of {len(member.history.loss)}, validation "
+                       f"accuracy {float(np.mean(validation[-1].argmax(1) == truth)):.4f}")
+    names = list(candidates)
     lexical = None
     if config.lexical:
-        lexical = fit_lexical(config, splits, members[0].featurizer.preprocessor, labels, truth)
+        with progress.stage("lexical channel") as stage:
+            lexical = fit_lexical(config, splits, members[0].featurizer.preprocessor, labels, truth)
+            stage.note(f"{len(lexical.lexicon):,} {lexical.lexicon.units[:-1]} n-grams, C={lexical.chosen['C']:g}, "
+                       f"validation accuracy {float(np.mean(lexical.validation.argmax(1) == truth)):.4f}")
         validation.append(lexical.validation)
         names.append("lexical")
     transfer = None
     if config.transfer_check and matrix is None:
-        transfer = transfer_check(config, splits, store, labels, truth, validation[0] if config.mode == "frozen"
-                                  else None, lexical.validation if lexical else None)
+        with progress.stage("transfer check") as stage:
+            transfer = transfer_check(config, splits, store, labels, truth,
+                                      validation[0] if config.mode == "frozen" else None,
+                                      lexical.validation if lexical else None)
+            stage.note(f"frozen head on the vectors {transfer['pretrained']:.4f}, on random vectors "
+                       f"{transfer['random']:.4f}")
     held_out, held_out_truth = validation, truth
     if (min(config.calibration_folds, len(splits.train)) > 1 and len(truth) < config.calibration_min_examples
             and (config.calibrate or len(validation) > 1)):
         index_of = {label: i for i, label in enumerate(labels)}
         y_train = np.array([index_of[label] for label in splits.train.labels])
-        folds = out_of_fold(config, splits, store, labels, candidates, members, lexical, matrix)
+        with progress.stage("out-of-fold answers") as stage:
+            folds = out_of_fold(config, splits, store, labels, candidates, members, lexical, matrix)
+            stage.note(f"{config.calibration_folds} folds of the {len(splits.train):,} training texts, for the "
+                       "mixture and calibration")
         held_out = [np.concatenate([f, v]) for f, v in zip(folds, validation, strict=True)]
         held_out_truth = np.concatenate([y_train, truth])
-        _LOGGER.info("mixture and temperature fitted on %d validation texts and %d out-of-fold training texts",
+        _LOGGER.debug("mixture and temperature fitted on %d validation texts and %d out-of-fold training texts",
                      len(truth), len(y_train))
     weights = calibration.mixture_weights(held_out, held_out_truth)
     for name, probabilities, weight in zip(names, validation, weights, strict=True):
-        _LOGGER.info("%s: validation accuracy %.4f, weight %.2f", name,
-                     float(np.mean(probabilities.argmax(1) == truth)), weight)
+        _LOGGER.debug("%s: validation accuracy %.4f, weight %.2f", name,
+                      float(np.mean(probabilities.argmax(1) == truth)), weight)
     mixed = calibration.mix(validation, weights)
     if transfer is not None and lexical is not None:
         # What the vectors add to the task's own words: the mix against the lexical channel alone.
@@ -145,8 +166,8 @@ def fit_model(config: TrainConfig, splits: Splits, store: VectorStore, labels: l
         featurizer = Featurizer(replace(featurizer.config, lexical=True, lexical_units=lexical.lexicon.units),
                                 featurizer.preprocessor, featurizer.index, featurizer.matrix,
                                 featurizer.sif_weights, lexical.lexicon, featurizer.trained)
-    _LOGGER.info("mixture %s, temperature %.3f x (max p)^%.3f", " + ".join(f"{w:.2f} x {n}" for n, w in mixture),
-                 temperature, exponent)
+    progress.line(f"{'mixture':<24} {' + '.join(f'{w:.2f} x {n}' for n, w in mixture)}, temperature "
+                  f"{temperature:.3f} x (max p)^{exponent:.3f}")
     keras_model = models.build_mixture(graph_members, graph_weights, temperature, exponent)
     # Every finetune member trained the same rows (those of the training texts); the graph holds each one's.
     return FittedModel(keras_model, featurizer, kept_members[0].history, mixture,
@@ -286,9 +307,10 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
 
 
 def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: list[str],
-             matrix: np.ndarray | None = None, verbose: int = 0, epochs: int | None = None) -> FittedModel:
+             matrix: np.ndarray | None = None, epochs: int | None = None, stage: Stage | None = None
+             ) -> FittedModel:
     """Encodes the splits and fits one model; `matrix` replaces the store's vectors. With `epochs`, trains that
-    many epochs without looking at the validation split."""
+    many epochs without looking at the validation split; its epochs are shown on `stage`."""
     from tlserve.trainer import models
 
     models.seed_everything(config.seed)
@@ -325,8 +347,8 @@ def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: li
         x_val = None if epochs else featurizer.encode(splits.validation.texts).inputs
         keras_model = models.build_finetune(embedding, len(labels), config.resolved_pooling, config.head,
                                             x_train.get("features"), name=f"finetune_{config.resolved_pooling}")
-    history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, verbose=verbose,
-                         epochs=epochs)
+    history = models.fit(keras_model, x_train, y_train, x_val, y_val, len(labels), config.head, epochs=epochs,
+                         progress=keras_epochs(stage, epochs or config.head.epochs) if stage is not None else None)
     if config.mode == "finetune":
         # From here on the model is the one a server runs: its trained rows in int8.
         keras_model = models.quantized_finetune(keras_model, len(labels), config.resolved_pooling, config.head,

@@ -395,8 +395,8 @@ def fit(
     y_val: np.ndarray | None,
     n_classes: int,
     config: HeadConfig,
-    verbose: int = 0,
     epochs: int | None = None,
+    progress: Any = None,
 ) -> History:
     """Trains with (lazy) Adam and early stopping on validation loss; restores the best weights.
 
@@ -418,6 +418,8 @@ def fit(
         monitor=monitor, patience=config.patience, restore_best_weights=True, verbose=0,
         mode="max" if monitor == "val_accuracy" else "min",
     )]
+    if progress is not None:  # a Keras callback that reports the epochs (tlserve.trainer.progress)
+        callbacks.append(progress)
     validation_data: Any = None
     if x_val is not None and y_val is not None and epochs is None:
         validation_data = (x_val, y_val)
@@ -429,7 +431,7 @@ def fit(
             validation_data=_token_batches(validation_data[0], validation_data[1], 1024, seed=0, sample_weight=None,
                                            shuffle=False)
             if validation_data else None,
-            epochs=epochs or config.epochs, callbacks=callbacks, verbose=verbose,
+            epochs=epochs or config.epochs, callbacks=callbacks, verbose=0,
             shuffle=False,  # the batches are shuffled (and length-sorted) by the pipeline itself
         )
     else:
@@ -441,7 +443,7 @@ def fit(
             shuffle=True,
             callbacks=callbacks,
             class_weight=class_weight,
-            verbose=verbose,
+            verbose=0,
         )
     h = result.history
     if not validation_data:

@@ -17,7 +17,7 @@ import numpy as np
 
 from tlserve import bundle
 from tlserve.bundle import BundleManifest
-from tlserve.trainer.evaluation import Evaluation
+from tlserve.evaluation import Evaluation
 
 OOV_WARNING = 0.2
 
@@ -91,7 +91,7 @@ def _confusion_record(evaluation: Evaluation) -> dict[str, Any]:
     return {"labels": evaluation.labels, "cells": cells, "most_confused": confused_pairs(evaluation)}
 
 
-def _figure_curves(history: Any, path: Path) -> None:
+def _figure_curves(history: Any, path: Path, member: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,6 +99,7 @@ def _figure_curves(history: Any, path: Path) -> None:
 
     epochs = range(1, len(history.loss) + 1)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig.suptitle(f"training curves of {member}")
     left.plot(epochs, history.loss, label="train")
     left.plot(epochs, history.val_loss, label="validation")
     left.axvline(history.best_epoch + 1, color="grey", linestyle=":", label="best (restored)")
@@ -128,6 +129,10 @@ def _figure_reliability(calibration: dict[str, Any], path: Path) -> None:
                                         f"(ECE {calibration['ece_after']:.3f})", "o")):
         bins = calibration[key]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker=marker, label=label)
+        if key == "bins":  # how many test texts each point stands on
+            for b in bins:
+                ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7, color="grey")
     ax.set_xlabel("confidence (top label)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -218,10 +223,11 @@ def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None,
 
 def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, history: Any,
           comparison: dict[str, Any] | None, transfer: dict[str, Any] | None = None,
-          calibration: dict[str, Any] | None = None) -> None:
-    """Writes report.json, report.md and the figures into the version folder being staged."""
+          calibration: dict[str, Any] | None = None, member: str = "the model") -> None:
+    """Writes report.json, report.md and the figures into the version folder being staged; `member` names the
+    network whose training `history` is (of a mixture, its first member)."""
     _figure_confusion(evaluation, folder / bundle.CONFUSION_FIGURE)
-    _figure_curves(history, folder / bundle.CURVES_FIGURE)
+    _figure_curves(history, folder / bundle.CURVES_FIGURE, member)
     findings = diagnosis(evaluation, comparison, manifest, transfer)
     if comparison and comparison.get("learning_curve"):
         figure_learning_curve(comparison["learning_curve"], folder / bundle.LEARNING_CURVE_FIGURE)
@@ -287,6 +293,8 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         f"argmax agreement {parity.argmax_agreement:.2%}.",
         "",
         f"![confusion]({bundle.CONFUSION_FIGURE})",
+        "",
+        f"Training curves of {member}:",
         "",
         f"![training curves]({bundle.CURVES_FIGURE})",
         "",

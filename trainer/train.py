@@ -25,14 +25,16 @@ import numpy as np
 
 from tlserve import __version__, bundle
 from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
+from tlserve.evaluation import evaluate, expected_calibration_error, reliability
 from tlserve.features import OUTPUT
+from tlserve.labelled import LabelledData, load_labelled
 from tlserve.memory import release_memory
 from tlserve.preprocessing import Preprocessor
 from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
-from tlserve.trainer.datasets import LabelledData, Splits, load_labelled, make_splits
-from tlserve.trainer.evaluation import evaluate, expected_calibration_error, reliability
+from tlserve.trainer.datasets import Splits, make_splits
 from tlserve.trainer.fitting import FittedModel, fit_model, pooling_name, predict, random_like
+from tlserve.trainer.progress import current
 from tlserve.vector_store import MANIFEST, VectorStore, copy_store, write_store
 
 _LOGGER = logging.getLogger(__name__)
@@ -124,20 +126,25 @@ def train(config: TrainConfig) -> TrainResult:
     from tlserve.trainer import compare, export, report
 
     bundle.check_model_name(config.model)
-    store = VectorStore(config.vectors)
-    splits = load_splits(config)
-    labels = sorted(set(splits.train.labels))
-    _LOGGER.info("data: %d train / %d validation / %d test, %d classes; %s", len(splits.train),
-                 len(splits.validation), len(splits.test), len(labels), "; ".join(splits.notes) or "")
+    progress = current()
+    with progress.stage("data") as stage:
+        store = VectorStore(config.vectors)
+        splits = load_splits(config)
+        labels = sorted(set(splits.train.labels))
+        stage.note(f"{len(splits.train):,} train / {len(splits.validation):,} validation / {len(splits.test):,} "
+                   f"test texts, {len(labels)} labels" + "".join(f"; {note}" for note in splits.notes))
     matrix = random_like(store, config.seed) if config.random_vectors else None
-    fitted = fit_model(config, splits, store, labels, matrix, verbose=2 if config.progress else 0)
+    fitted = fit_model(config, splits, store, labels, matrix)
     del matrix
     # Each phase's peak (fitting, conversion, parity) starts from what the one before gave back.
     release_memory()
-    _import_export_libraries()
-    truncated = count_truncated(fitted.featurizer.preprocessor, splits.train.texts)
-    probabilities, encoded = predict(fitted, splits.test.texts)
-    evaluation = evaluate(splits.test.labels, probabilities, labels, encoded)
+    with progress.stage("test split") as stage:
+        _import_export_libraries()
+        truncated = count_truncated(fitted.featurizer.preprocessor, splits.train.texts)
+        probabilities, encoded = predict(fitted, splits.test.texts)
+        evaluation = evaluate(splits.test.labels, probabilities, labels, encoded)
+        headline = evaluation.headline()
+        stage.note(f"accuracy {headline['test_accuracy']:.4f}, macro-F1 {headline['test_macro_f1']:.4f}")
 
     model_dir = config.repository / config.model
     for folder in bundle.remove_stale_staging(config.repository)[0]:
@@ -147,9 +154,12 @@ def train(config: TrainConfig) -> TrainResult:
     staging = bundle.staging_folder(model_dir)
     try:
         onnx_path = staging / bundle.MODEL_FILE
-        export.to_onnx(fitted.keras_model, encoded.inputs, onnx_path)
-        release_memory()
-        parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
+        with progress.stage("ONNX export") as stage:
+            export.to_onnx(fitted.keras_model, encoded.inputs, onnx_path)
+            release_memory()
+            parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
+            stage.note(f"checked against Keras on {parity.examples:,} test texts: max |dp| {parity.max_abs_diff:.1e}, "
+                       f"same top label on {parity.argmax_agreement:.2%}")
         (staging / bundle.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
         (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")
         if fitted.featurizer.sif_weights is not None:
@@ -191,15 +201,25 @@ def train(config: TrainConfig) -> TrainResult:
                              "temperature_exponent": fitted.temperature_exponent},
             library_versions=library_versions(),
         )
-        report.write(staging, manifest, evaluation, fitted.history, comparison, fitted.transfer,
-                     calibration_record(probabilities, splits.test.labels, labels, fitted.temperature,
-                                        fitted.temperature_exponent))
+        with progress.stage("report") as stage:
+            report.write(staging, manifest, evaluation, fitted.history, comparison, fitted.transfer,
+                         calibration_record(probabilities, splits.test.labels, labels, fitted.temperature,
+                                            fitted.temperature_exponent), member_name(config, fitted))
+            stage.note("report.md, report.json and figures")
         target = bundle.publish_version(staging, model_dir, manifest)
     except BaseException:
         bundle.discard(staging)
         raise
-    _LOGGER.info("published %s", target)
+    _LOGGER.debug("published %s", target)
     return TrainResult(target, fitted, evaluation)
+
+
+def member_name(config: TrainConfig, fitted: FittedModel) -> str:
+    """The network whose training curves the report shows: the model's own, or a mixture's first member."""
+    if fitted.mixture:
+        first = fitted.mixture[0][0]
+        return f"the {config.mode} {first} member (of {', '.join(name for name, _ in fitted.mixture)})"
+    return f"the {config.mode} {fitted.featurizer.config.pooling} network"
 
 
 def _place_stores(config: TrainConfig, fitted: FittedModel, store: VectorStore, staging: Path) -> StoreRef:

@@ -26,15 +26,22 @@ def _registry() -> Any:
     return REGISTRY
 
 
+# Statuses that say the caller's request was wrong (or given up), not that the server failed it: the
+# 4xx of HTTP, and a caller's cancellation.
+CALLER_ERRORS = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "CANCELLED", "RESOURCE_EXHAUSTED"})
+
+
 def snapshot() -> dict[str, Any]:
-    """Per model: calls and failed calls, the latency histogram (bucket bounds in seconds and
-    cumulative counts), texts per batch (sum and count) and tokens (all and out of vocabulary)."""
+    """Per model: calls, calls the server failed (its errors: INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, ...)
+    and calls it refused as the caller's mistake (INVALID_ARGUMENT, NOT_FOUND, ...), the latency
+    histogram (bucket bounds in seconds and cumulative counts), texts per batch (sum and count) and
+    tokens (all and out of vocabulary)."""
     metrics.DEFERRED.flush()  # calls answered so far, including this process's pending updates
     models: dict[str, dict[str, Any]] = {}
 
     def model(name: str) -> dict[str, Any]:
-        return models.setdefault(name, {"calls": 0.0, "failed": 0.0, "latency": {}, "batch_sum": 0.0,
-                                        "batches": 0.0, "tokens": 0.0, "oov_tokens": 0.0})
+        return models.setdefault(name, {"calls": 0.0, "failed": 0.0, "refused": 0.0, "latency": {},
+                                        "batch_sum": 0.0, "batches": 0.0, "tokens": 0.0, "oov_tokens": 0.0})
 
     for family in _registry().collect():
         for sample in family.samples:
@@ -45,7 +52,10 @@ def snapshot() -> dict[str, Any]:
             if sample.name == "tlserve_requests_total":
                 entry = model(name)
                 entry["calls"] += value
-                if labels.get("code") != "OK":
+                code = labels.get("code")
+                if code in CALLER_ERRORS:
+                    entry["refused"] += value
+                elif code != "OK":
                     entry["failed"] += value
             elif sample.name == "tlserve_request_seconds_bucket":
                 buckets = model(name)["latency"]

@@ -30,7 +30,9 @@ FIGURES = (bundle.CONFUSION_FIGURE, bundle.CURVES_FIGURE, bundle.LEARNING_CURVE_
 _TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
 _FILES = ("index.html", "page.css", "page.js")
 # The static shell: no data in it, so it is open like the health paths; its reads need the token.
-STATIC_PATHS = frozenset({"/", *(f"/ui/{name}" for name in _FILES)})
+STATIC_PATHS = frozenset({"/", "/favicon.ico", *(f"/ui/{name}" for name in _FILES)})
+_ICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+         b'fill="#2d6a4f"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#fff">t</text></svg>')
 
 
 class StatusPage:
@@ -41,6 +43,7 @@ class StatusPage:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/", self.index),
+            web.get("/favicon.ico", self.favicon),
             web.get("/ui/{name}", self.static),
             web.get("/ui/api/models/{model}/versions/{version}/report", self.report),
             web.get("/ui/api/models/{model}/versions/{version}/figures/{name}", self.figure),
@@ -57,6 +60,10 @@ class StatusPage:
                                      "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
                                                                 "frame-ancestors 'none'",
                                      "X-Frame-Options": "DENY"})
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        """A small icon (browsers ask for it; a 404 in every page load's log helps nobody)."""
+        return web.Response(body=_ICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     async def index(self, request: web.Request) -> web.Response:
         return self._file("index.html")

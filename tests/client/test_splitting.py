@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inprocess import running
 
 from tlserve.client import AsyncClassifier, Classifier
 from tlserve.client.classifier import split
@@ -17,6 +16,7 @@ from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
 from conftest import tiny_repository
+from inprocess import running
 
 
 def _texts(n: int) -> list[str]:

@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from tiny_models import sample_texts
 
 from conftest import ROOT, tiny_repository, wait_until
+from tiny_models import sample_texts
 
 
 def _score(repository: Path, source: Path, out: Path, *extra: str) -> subprocess.Popen[str]:

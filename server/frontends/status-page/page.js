@@ -205,7 +205,7 @@ async function refreshLive() {
       const counts = windowed ? m.latency.cumulative.map((c, i) => c - p.latency.cumulative[i]) : m.latency.cumulative;
       const batches = windowed && m.batches > p.batches ? [m.batch_sum - p.batch_sum, m.batches - p.batches] : [m.batch_sum, m.batches];
       const tokens = windowed && m.tokens > p.tokens ? [m.oov_tokens - p.oov_tokens, m.tokens - p.tokens] : [m.oov_tokens, m.tokens];
-      rows.push([name, p && seconds ? ((m.calls - p.calls) / seconds).toFixed(1) : "–", String(m.failed),
+      rows.push([name, p && seconds ? ((m.calls - p.calls) / seconds).toFixed(1) : "–", String(m.failed), String(m.refused),
                  ms(quantile(m.latency.bounds, counts, 0.5)), ms(quantile(m.latency.bounds, counts, 0.99)),
                  batches[1] ? (batches[0] / batches[1]).toFixed(1) : "–", tokens[1] ? percent(tokens[0] / tokens[1]) : "–",
                  String(m.calls)]);

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import make_model, make_store, sample_texts
 
 from tlserve.client import Classifier, ClassifierError
 from tlserve.vector_store import VECTORS, VectorStore
 
 from conftest import ServerProcess, metric, start_server, wait_until
+from tiny_models import make_model, make_store, sample_texts
 
 
 def _two_stores(tmp_path: Path) -> tuple[Path, VectorStore, VectorStore]:
