@@ -12,8 +12,9 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version))" >&2; exit 1; }
 hash=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
-read -r have_kind have_hash < .venv/.tlserve-stamp 2>/dev/null || true
-if [ -x .venv/bin/python ] && [ "${have_hash:-}" = "$hash" ] && { [ "$have_kind" = "$kind" ] || [ "$have_kind" = dev ]; }; then
+have_kind="" have_hash=""
+[ -f .venv/.tlserve-stamp ] && read -r have_kind have_hash < .venv/.tlserve-stamp
+if [ -x .venv/bin/python ] && [ "$have_hash" = "$hash" ] && { [ "$have_kind" = "$kind" ] || [ "$have_kind" = dev ]; }; then
   exit 0
 fi
 started=$(date +%s)
@@ -26,8 +27,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
 # An editable install, so the repository's folders are the installed package; setuptools warns about
 # the folder named like the package, which is how this repository is meant to be laid out.
+# pip's notes about index locations of a local pip.conf that do not exist are left out, its errors kept.
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --disable-pip-version-check \
-  --progress-bar off -c constraints.txt -e ".[$extras]" \
+  --progress-bar off -c constraints.txt -e ".[$extras]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2) \
   | { grep --line-buffered -E "^(Collecting|Successfully installed)" || true; } | sed -u 's/^/  /' >&2
 echo "$kind $hash" > .venv/.tlserve-stamp
 echo "setup: done in $(( $(date +%s) - started )) s ($(du -sh .venv | cut -f1) in .venv)" >&2

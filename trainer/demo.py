@@ -19,6 +19,7 @@ import email
 import email.policy
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -77,12 +78,15 @@ def fetch_wordnet(downloads: Path) -> Path:
     if (data / "data.noun").is_file():
         return data
     downloads.mkdir(parents=True, exist_ok=True)
+    # As root, apt drops to its _apt user to download, which cannot write into this folder: it says so
+    # and downloads as root anyway; asking for root from the start spares the warning.
+    download = ["apt-get", *(["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []), "download", WORDNET_DEB]
     try:
-        _run(["apt-get", "download", WORDNET_DEB], downloads)
+        _run(download, downloads)
     except (subprocess.CalledProcessError, FileNotFoundError):
-        # A new machine may have empty package lists (DATA.md): refresh once, retry.
+        # A new machine may have empty package lists: refresh once, retry.
         _run(["apt-get", "update", "-q"], downloads)
-        _run(["apt-get", "download", WORDNET_DEB], downloads)
+        _run(download, downloads)
     deb = next(downloads.glob("wordnet-base_*.deb"))
     _run(["dpkg", "-x", str(deb), str(target)], downloads)
     deb.unlink()
