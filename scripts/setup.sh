@@ -24,7 +24,7 @@ else
   echo "setup: installing tlserve's trainer and server into .venv (TensorFlow is a 250 MB download; a few minutes the first time)" >&2
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -U pip 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 # An editable install, so the repository's folders are the installed package; setuptools warns about
 # the folder named like the package, which is how this repository is meant to be laid out.
 # pip's notes about index locations of a local pip.conf that do not exist are left out, its errors kept.
