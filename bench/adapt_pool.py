@@ -29,10 +29,10 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tlserve.core.vector_store import VectorStore
     from tlserve.trainer import commands
     from tlserve.trainer.evaluate import EvaluateConfig, run_split
     from tlserve.trainer.train import load_splits
-    from tlserve.vector_store import VectorStore
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from tlserve.scorer import Prediction, Scorer
+from tlserve.core.scorer import Prediction, Scorer
 
 _predict = Scorer.predict
 _answers: dict[tuple[int, int], Prediction] = {}

@@ -120,7 +120,7 @@ def server_us(before: Timings, after: Timings) -> dict[str, float]:
 def back_to_back_us(bundle: Path, calls: int = 3000) -> dict[str, float]:
     """Median microseconds of encoding and onnxruntime for one text, `Scorer.predict` called back to back in
     this process: the model's own cost with its code and data in the caches."""
-    from tlserve.scorer import Scorer
+    from tlserve.core.scorer import Scorer
 
     scorer = Scorer.open(bundle)
     encode, inference = [], []

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.preprocessing import Preprocessor
-from tlserve.scorer import Scorer
+from tlserve.core.preprocessing import Preprocessor
+from tlserve.core.scorer import Scorer
 
 CAPS = (256, 4096)
 

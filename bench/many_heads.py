@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tlserve.bench.memory import rollup
+from tlserve.bench.memory_footprint import rollup
 from tlserve.bench.systems import start_tlserve
-from tlserve.bundle import STORES_DIR
-from tlserve.vector_store import MANIFEST
+from tlserve.core.bundle import STORES_DIR
+from tlserve.core.vector_store import MANIFEST
 
 TEXTS = ["a small domesticated feline", "a hand tool for driving nails", "a person who writes poems",
          "the act of running fast", "a large body of salt water"]

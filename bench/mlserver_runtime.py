@@ -19,7 +19,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 class TlserveRuntime(MLModel):
     async def load(self) -> bool:
-        from tlserve.scorer import Scorer
+        from tlserve.core.scorer import Scorer
 
         self.runtime = Scorer.open(Path(self.settings.parameters.uri))
         return True

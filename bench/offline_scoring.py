@@ -54,7 +54,7 @@ def make_backlog(task: Path, rows: int, out: Path) -> None:
 def compute_ceiling(folder: Path, repository: Path, backlog: Path, batch_size: int) -> dict[str, float]:
     import pyarrow.parquet as pq
 
-    from tlserve.scorer import Scorer
+    from tlserve.core.scorer import Scorer
 
     scorer = Scorer.open(folder, repository)
     texts = pq.read_table(backlog, columns=["text"]).column("text").to_pylist()
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pyarrow.parquet as pq
 
-    from tlserve.scoring.job import resolve_model
+    from tlserve.offline.job import resolve_model
 
     args.work.mkdir(parents=True, exist_ok=True)
     backlog = args.work / f"backlog-{args.rows}.parquet"

@@ -1,4 +1,4 @@
-"""What the benchmark's own gRPC servers (the no-op ceiling, the seed's approach) share."""
+"""What the benchmark's own gRPC servers (the no-op ceiling, the naive approach) share."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The systems the benchmark compares: started and stopped on 127.0.0.1, or measured in-process.
 
 Served over gRPC: tlserve (N workers; native API and its KServe V2 endpoint), the gRPC
-ceiling (`tlserve.bench.ceiling`), the seed's approach (`tlserve.bench.seed_server`) and
+ceiling (`tlserve.bench.ceiling`), the naive approach (`tlserve.bench.naive_server`) and
 MLServer 1.7.1 with a custom runtime over the same bundle, in its own venv. In-process:
 the compute ceiling (tlserve's preprocessing + onnxruntime, no RPC) and fastText `predict`.
 """
@@ -123,12 +123,12 @@ def start_ceiling(name: str, workers: int, labels: int, logs: Path) -> Running:
     return _wait(running, lambda: _classify_works(running.target, "noop"), 60)
 
 
-def start_seed(store: Path, data: Path, model: str, logs: Path) -> Running:
+def start_naive(store: Path, data: Path, model: str, logs: Path) -> Running:
     port = free_port()
-    process, log = _spawn("seed", [sys.executable, "-m", "tlserve.bench.seed_server", "--port", str(port),
+    process, log = _spawn("naive", [sys.executable, "-m", "tlserve.bench.naive_server", "--port", str(port),
                                    "--store", str(store), "--data", str(data)], logs,
                           env={"TF_CPP_MIN_LOG_LEVEL": "3"})
-    running = Running("seed", f"127.0.0.1:{port}", process, log)
+    running = Running("naive", f"127.0.0.1:{port}", process, log)
     return _wait(running, lambda: _classify_works(running.target, model), 300)
 
 
@@ -188,7 +188,7 @@ def start_mlserver(bundle: Path, model: str, workdir: Path, logs: Path, max_batc
 
 def compute_ceiling(bundle: Path, texts: list[str], batch: int, seconds: float) -> dict[str, float]:
     """tlserve's preprocessing + onnxruntime in this process, no RPC: texts/s and time per call."""
-    from tlserve.scorer import Scorer
+    from tlserve.core.scorer import Scorer
 
     runtime = Scorer.open(bundle)
     runtime.warm_up("warm up")

@@ -27,6 +27,7 @@ import grpc
 
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.contract.wire import varint
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -219,14 +220,10 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-class Classifier:
-    """Synchronous client. `target` is host:port (or a gRPC target URI).
+class _ClientBase:
+    """The options and channel of both clients (`_GRPC`: grpc for the blocking one, grpc.aio for asyncio)."""
 
-    `classify` takes any number of texts: a list longer than the server's request limits
-    (``max_texts_per_request``, ``max_request_bytes``, read from the server once per model, or
-    given here) goes as several requests, one after another, under the call's one deadline, all
-    to the version that answered the first; the answers come back in order.
-    """
+    _GRPC: Any = grpc
 
     def __init__(
         self,
@@ -245,11 +242,21 @@ class Classifier:
         max_request_bytes: int | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self._channel = _open_channel(grpc, target, round_robin, retries, tls, root_certificates, private_key,
+        self._channel = _open_channel(self._GRPC, target, round_robin, retries, tls, root_certificates, private_key,
                                       certificate_chain, options)
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._options = _Options(model, timeout, token, max_texts_per_request, max_request_bytes)
         self._limits: dict[str, tuple[int, int]] = {}
+
+
+class Classifier(_ClientBase):
+    """Synchronous client. `target` is host:port (or a gRPC target URI).
+
+    `classify` takes any number of texts: a list longer than the server's request limits
+    (``max_texts_per_request``, ``max_request_bytes``, read from the server once per model, or
+    given here) goes as several requests, one after another, under the call's one deadline, all
+    to the version that answered the first; the answers come back in order.
+    """
 
     def __enter__(self) -> Classifier:
         return self
@@ -351,7 +358,7 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 def _health_request(service: str) -> bytes:
     request = service.encode("utf-8")
-    return (b"\x0a" + _varint(len(request)) + request) if request else b""
+    return (b"\x0a" + varint(len(request)) + request) if request else b""
 
 
 def _health_status(answer: bytes) -> str:
@@ -365,44 +372,11 @@ def _health_error(exc: grpc.RpcError) -> str:
     raise ClassifierError(exc.code(), exc.details() or "") from None
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-class AsyncClassifier:
+class AsyncClassifier(_ClientBase):
     """asyncio client with the options and methods of `Classifier` (each a coroutine; `classify_stream` an
     async iterator)."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        model: str | None = None,
-        timeout: float | None = 10.0,
-        retries: int = 3,
-        round_robin: bool = False,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        token: str | None = None,
-        max_texts_per_request: int | None = None,
-        max_request_bytes: int | None = None,
-        options: Iterable[tuple[str, Any]] = (),
-    ) -> None:
-        self._channel = _open_channel(grpc.aio, target, round_robin, retries, tls, root_certificates, private_key,
-                                      certificate_chain, options)
-        self._stub = pb_grpc.ClassifierStub(self._channel)
-        self._options = _Options(model, timeout, token, max_texts_per_request, max_request_bytes)
-        self._limits: dict[str, tuple[int, int]] = {}
+    _GRPC = grpc.aio
 
     async def __aenter__(self) -> AsyncClassifier:
         return self

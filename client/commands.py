@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 CLASSIFY_EXAMPLES = """examples:
@@ -63,39 +64,41 @@ def _client(args: argparse.Namespace, model: str | None = None) -> Any:
                       token=args.token)
 
 
-def _run_classify(args: argparse.Namespace) -> int:
+def _print_lines(args: argparse.Namespace, model: str | None, lines: Callable[[Any], Iterable[dict[str, Any]]]
+                 ) -> int:
+    """Prints each JSON object `lines(client)` yields; a server's error ends the verb with its message, exit 1."""
     from tlserve.client import ClassifierError
 
+    with _client(args, model) as client:
+        try:
+            for line in lines(client):
+                print(json.dumps(line, ensure_ascii=False))
+        except ClassifierError as exc:
+            print(f"tlserve {args.verb}: error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _run_classify(args: argparse.Namespace) -> int:
     texts = args.texts
     batches = [texts] if texts else None
     if batches is None:
         lines = [line.rstrip("\n") for line in sys.stdin]
         batches = [lines[i : i + args.batch] for i in range(0, len(lines), args.batch)]
-    with _client(args, args.model) as client:
-        try:
-            for batch in batches:
-                for text, result in zip(batch, client.classify(batch, version=args.version, top_k=args.top_k),
-                                        strict=True):
-                    print(json.dumps({"text": text, **result.to_dict()}, ensure_ascii=False))
-        except ClassifierError as exc:
-            print(f"tlserve classify: error: {exc}", file=sys.stderr)
-            return 1
-    return 0
+
+    def results(client: Any) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            answers = client.classify(batch, version=args.version, top_k=args.top_k)
+            for text, result in zip(batch, answers, strict=True):
+                yield {"text": text, **result.to_dict()}
+
+    return _print_lines(args, args.model, results)
 
 
 def _run_models(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from tlserve.client import ClassifierError
-
-    with _client(args) as client:
-        try:
-            for info in client.models():
-                print(json.dumps(MessageToDict(info), ensure_ascii=False))
-        except ClassifierError as exc:
-            print(f"tlserve models: error: {exc}", file=sys.stderr)
-            return 1
-    return 0
+    return _print_lines(args, None, lambda client: (MessageToDict(info) for info in client.models()))
 
 
 def _run_health(args: argparse.Namespace) -> int:

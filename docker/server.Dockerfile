@@ -17,7 +17,7 @@ COPY server ./server
 COPY trainer ./trainer
 COPY client ./client
 COPY bench ./bench
-COPY scoring ./scoring
+COPY offline ./offline
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server,tracing]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*

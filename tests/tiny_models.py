@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tlserve import bundle
-from tlserve.bundle import BundleManifest, OnnxInfo, ParityRecord, StoreRef, TrainingDataRecord
-from tlserve.features import (
+from tlserve.core import bundle
+from tlserve.core.bundle import BundleManifest, OnnxInfo, ParityRecord, StoreRef, TrainingDataRecord
+from tlserve.core.features import (
     FROZEN_INPUT,
     LEXICON_IDS_INPUT,
     LEXICON_WEIGHTS_INPUT,
     OUTPUT,
     FeatureConfig,
 )
-from tlserve.lexicon import Lexicon
-from tlserve.preprocessing import PreprocessingConfig
-from tlserve.vector_store import VectorStore, copy_store, write_store
+from tlserve.core.lexicon import Lexicon
+from tlserve.core.preprocessing import PreprocessingConfig
+from tlserve.core.vector_store import VectorStore, copy_store, write_store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WORDNET_SAMPLE = FIXTURES / "wordnet-sample.csv"
@@ -82,40 +82,33 @@ def _graph(labels: int, lexicon_rows: int | None, seed: int) -> bytes:
 
 
 def make_model(repository: Path, name: str, store: VectorStore, labels: list[str] | None = None,
-               lexical: bool = True, lexicon_rows: int | None = None, seed: int = 0) -> Path:
+               lexical: bool = True, lexicon_rows: int | None = None, seed: int = 0,
+               lexicon: Lexicon | None = None) -> Path:
     """Publishes a version of `name` over `store` into `repository`; returns its folder.
 
-    With `lexical`, the lexicon holds the sample's 200 most common word n-grams and the graph's
+    With `lexical`, the lexicon (`lexicon`, or the sample's 200 most common word n-grams) and the graph's
     table `lexicon_rows` rows (default: one per n-gram plus the padding row, as training makes it).
     """
     labels = labels or LABELS
     copy_store(store, repository / bundle.STORES_DIR / store.fingerprint)
-    staging = bundle.staging_folder(repository / name)
     preprocessing = PreprocessingConfig()
     features = FeatureConfig(mode="frozen", lexical=lexical)
-    lexicon = None
-    if lexical:
-        lexicon = Lexicon.fit([text.lower().split() for text in sample_texts()], 200)
-        lexicon.save(staging)
-        lexicon_rows = len(lexicon) + 1 if lexicon_rows is None else lexicon_rows
-    (staging / bundle.MODEL_FILE).write_bytes(_graph(len(labels), lexicon_rows if lexical else None, seed))
     inputs = {name: "float32" for name in features.input_names}
-    if lexical:
-        inputs[LEXICON_IDS_INPUT] = "int64"
-    manifest = BundleManifest(
-        model=name, version=0, mode="frozen", created_at="2026-01-01T00:00:00+00:00", labels=list(labels),
-        preprocessing=preprocessing, features=features, vector_store=StoreRef(
-            fingerprint=store.fingerprint, size=len(store), dimension=store.dimension, case=store.manifest.case,
-            source_name=store.manifest.source_name, source_sha256=store.manifest.source_sha256,
-            created_at=store.manifest.created_at, format=store.manifest.format, shared=True),
-        onnx=OnnxInfo(file=bundle.MODEL_FILE, opset=17, inputs=inputs, output=OUTPUT),
-        parity=ParityRecord(examples=0, max_abs_diff=0.0, argmax_agreement=1.0, tolerance=1e-5, ok=True),
-        metrics={"test_accuracy": 0.5}, training_data=TrainingDataRecord(
-            fingerprint="0" * 64, source="tiny", examples={"train": 0, "validation": 0, "test": 0}, class_counts={},
-            skipped_empty=0, seed=seed, train_fraction=1.0),
-        hyperparameters={}, library_versions={})
-    import json
-
-    (staging / bundle.LABELS_FILE).write_text(json.dumps(labels) + "\n", encoding="utf-8")
-    (staging / bundle.PREPROCESSING_FILE).write_text(preprocessing.to_json() + "\n", encoding="utf-8")
-    return bundle.publish_version(staging, repository / name, manifest)
+    with bundle.BundleWriter(repository, name) as writer:
+        if lexical:
+            lexicon = lexicon or Lexicon.fit([text.lower().split() for text in sample_texts()], 200)
+            writer.lexicon(lexicon)
+            lexicon_rows = len(lexicon) + 1 if lexicon_rows is None else lexicon_rows
+            inputs[LEXICON_IDS_INPUT] = "int64"
+        writer.graph(_graph(len(labels), lexicon_rows if lexical else None, seed))
+        writer.labels(list(labels))
+        writer.preprocessing(preprocessing)
+        return writer.publish(BundleManifest(
+            model=name, version=0, mode="frozen", created_at="2026-01-01T00:00:00+00:00", labels=list(labels),
+            preprocessing=preprocessing, features=features, vector_store=StoreRef.of(store.manifest),
+            onnx=OnnxInfo(file=bundle.MODEL_FILE, opset=17, inputs=inputs, output=OUTPUT),
+            parity=ParityRecord(examples=0, max_abs_diff=0.0, argmax_agreement=1.0, tolerance=1e-5, ok=True),
+            metrics={"test_accuracy": 0.5}, training_data=TrainingDataRecord(
+                fingerprint="0" * 64, source="tiny", examples={"train": 0, "validation": 0, "test": 0},
+                class_counts={}, skipped_empty=0, seed=seed, train_fraction=1.0),
+            hyperparameters={}, library_versions={}))

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from tlserve import __version__
-from tlserve.errors import TlserveError
+from tlserve.core.errors import TlserveError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from tlserve.bench import commands as bench_commands
     from tlserve.client import commands as client_commands
-    from tlserve.scoring import commands as scoring_commands
+    from tlserve.offline import commands as scoring_commands
     from tlserve.server import commands as server_commands
     from tlserve.trainer import commands as trainer_commands
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The extra each verb needs beyond the client, for the one-line answer when it is missing.
 EXTRA_OF_VERB = {"serve": "server", "test": "server", "predict": "server", "score": "scoring", "train": "trainer",
-                 "evaluate": "trainer", "vectors": "trainer", "data": "trainer", "bench": "dev", "soak": "dev"}
+                 "evaluate": "trainer", "vectors": "trainer", "data": "trainer", "bench": "dev", "soak": "dev",
+                 "request-path": "server"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlserve.errors import InputFileError
-from tlserve.preprocessing import PreprocessingConfig, Preprocessor
-from tlserve.vector_store import StoreManifest, VectorStore, check_store_target, sha256_file, write_store
+from tlserve.core.errors import InputFileError
+from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.core.vector_store import StoreManifest, VectorStore, check_store_target, sha256_file, write_store
 
 _LOGGER = logging.getLogger(__name__)
 

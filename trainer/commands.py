@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tlserve.help_format import HelpFormatter
+from tlserve.core.help_format import HelpFormatter
 from tlserve.trainer.config import HeadConfig, TrainConfig
 
 TRAIN_EXAMPLES = """examples:
@@ -122,12 +122,11 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                             "lines nobody has labelled yet)")
     train.add_argument("--validation-data", type=Path, help="own validation file instead of a split")
     train.add_argument("--test-data", type=Path, help="own test file instead of a split")
-    train.add_argument("--test-fraction", type=float, default=TrainConfig.test_fraction,
-                       help="share of each label held out as the test split (seeded, stratified), first")
-    train.add_argument("--validation-fraction", type=float, default=TrainConfig.validation_fraction,
-                       help="share of the rest held out for early stopping, the mixture and calibration")
-    train.add_argument("--train-fraction", type=float, default=TrainConfig.train_fraction,
-                       help="use this stratified share of the training labels (learning-curve studies)")
+    for split, share in (("test", "share of each label held out as the test split (seeded, stratified), first"),
+                         ("validation", "share of the rest held out for early stopping, the mixture and calibration"),
+                         ("train", "use this stratified share of the training labels (learning-curve studies)")):
+        train.add_argument(f"--{split}-fraction", type=float, default=getattr(TrainConfig, f"{split}_fraction"),
+                           help=share)
     train.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the splits and of training")
     train.add_argument("--tokenizer", choices=["latin", "jieba"], default="latin",
                        help="latin: runs of letters and digits, CJK characters one by one; jieba: Chinese words")
@@ -197,14 +196,14 @@ def _run_adapt(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from tlserve.vector_store import VectorStore
+    from tlserve.core.vector_store import VectorStore
 
     print(json.dumps(VectorStore(args.store).manifest.__dict__, indent=2))
     return 0
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from tlserve.trainer.demo import prepare
+    from tlserve.trainer.fetch_data import prepare
 
     for name, path in prepare(args.root, args.tasks).items():
         print(f"{name}: {path}")
@@ -245,7 +244,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 @contextlib.contextmanager
 def _progress(args: argparse.Namespace) -> Iterator[None]:
     """Stage lines on standard error, the libraries' own output dropped unless --verbose."""
-    from tlserve.native_logs import filtered_stderr
+    from tlserve.core.native_logs import filtered_stderr
     from tlserve.trainer import progress
 
     if args.verbose:
@@ -265,7 +264,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         target = train(_train_config(args)).path
-    from tlserve.bundle import REPORT_MD, Bundle
+    from tlserve.core.bundle import REPORT_MD, Bundle
 
     manifest = Bundle.open(target, verify=False).manifest
     metrics, parity = manifest.metrics, manifest.parity

@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.evaluation import Evaluation, evaluate
-from tlserve.labelled import is_chinese
+from tlserve.core.evaluation import Evaluation, evaluate
+from tlserve.core.labelled import is_chinese
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer import peers
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits, subsample
 from tlserve.trainer.fitting import fit_model, predict, random_like
-from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 

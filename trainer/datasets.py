@@ -1,4 +1,4 @@
-"""Seeded stratified splits of labelled texts (read by `tlserve.labelled`): test first, then the label budget,
+"""Seeded stratified splits of labelled texts (read by `tlserve.core.labelled`): test first, then the label budget,
 then validation.
 """
 
@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tlserve.errors import InputFileError
-from tlserve.labelled import LabelledData
+from tlserve.core.errors import InputFileError
+from tlserve.core.labelled import LabelledData
 
 
 def check_splittable(data: LabelledData, minimum: int) -> None:

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.evaluation import evaluate, expected_calibration_error
-from tlserve.labelled import is_chinese
+from tlserve.core.evaluation import evaluate, expected_calibration_error
+from tlserve.core.labelled import is_chinese
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
-from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.bundle import ParityRecord
-from tlserve.errors import TlserveError
-from tlserve.features import OUTPUT
+from tlserve.core.bundle import ParityRecord
+from tlserve.core.errors import TlserveError
+from tlserve.core.features import OUTPUT
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Fitting the models of `tlserve train`: the semantic members of each mode, the lexical channel, one graph.
 
-`fit_model` encodes the splits with the shared `tlserve.features` (so serving sees the same
+`fit_model` encodes the splits with the shared `tlserve.core.features` (so serving sees the same
 numbers), builds the model of `config.mode` (one per pooling candidate) and trains it with
 early stopping on the validation split; it fits the lexical channel (logistic regression
 on TF-IDF n-grams); it mixes the members' probabilities with weights chosen on validation
@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from tlserve.features import FIRST_TRAINED_ID, EncodedBatch, FeatureConfig, Featurizer
-from tlserve.labelled import is_chinese
-from tlserve.lexicon import Lexicon, Units, units_of
-from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.core.features import FIRST_TRAINED_ID, EncodedBatch, FeatureConfig, Featurizer
+from tlserve.core.labelled import is_chinese
+from tlserve.core.lexicon import Lexicon, Units
+from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer import calibration
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits
 from tlserve.trainer.progress import Stage, current, keras_epochs
 from tlserve.trainer.quantization import dequantize_columns, quantize_columns
-from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -264,13 +264,13 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
     from sklearn.linear_model import LogisticRegression
 
     units: Units = "chars" if is_chinese(splits.train.texts) else "words"
-    train_units = units_of(units, preprocessor, splits.train.texts)
+    train_units = preprocessor.batch_units(splits.train.texts, units)
     # Weights take n-grams x classes floats in the graph: bounded, so 1,000 labels stay small.
     size = max(1000, min(config.lexicon_size, LEXICON_WEIGHT_BUDGET // len(labels)))
     # A character bigram is most often a Chinese word: all are kept (THUCNews lost accuracy without the rare ones).
     lexicon = Lexicon.fit(train_units, size, units, min_bigram_texts=MIN_BIGRAM_TEXTS if units == "words" else 1)
     x_train = _tfidf_matrix(lexicon, train_units)
-    x_validation = _tfidf_matrix(lexicon, units_of(units, preprocessor, splits.validation.texts))
+    x_validation = _tfidf_matrix(lexicon, preprocessor.batch_units(splits.validation.texts, units))
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
     # SAGA from the previous C's solution (weaker regularisation continues from stronger): the

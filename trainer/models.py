@@ -85,14 +85,14 @@ def build_finetune(table: np.ndarray, n_classes: int, pooling: str, config: Head
     """Token ids, the pooled shared vectors of untrained words (and, with `static_features`, the shared
     store's pooled vectors) -> probabilities.
 
-    `table` holds the rows of `tlserve.features`' token ids: zeros for padding, for a word read
+    `table` holds the rows of `tlserve.core.features`' token ids: zeros for padding, for a word read
     from the shared store and for an untrained hashed row, then the trained rows. Only trained
     ids occur in training texts, so the three zero rows never get a gradient and stay zero.
     """
     import keras
     from keras import ops
 
-    from tlserve.features import BASE_ID, BASE_MAX_INPUT, BASE_SUM_INPUT, FINETUNE_INPUT, PADDING_ID
+    from tlserve.core.features import BASE_ID, BASE_MAX_INPUT, BASE_SUM_INPUT, FINETUNE_INPUT, PADDING_ID
 
     class WordDropout(keras.layers.Layer):
         """Zeroes (pads out) each token id with probability `rate`, in training only."""

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.datasets import Splits
-from tlserve.vector_store import VectorStore
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Library code reports through `current()`, which is silent unless a command turne
 (`reporting`), so notebooks and tests see nothing they did not ask for.
 
 TensorFlow writes its C++ log straight to the process's standard error, past Python's logging:
-the commands run training inside `tlserve.native_logs.filtered_stderr`, unless ``--verbose``.
+the commands run training inside `tlserve.core.native_logs.filtered_stderr`, unless ``--verbose``.
 """
 
 from __future__ import annotations

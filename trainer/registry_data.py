@@ -153,15 +153,15 @@ def zh_corpus(root: Path) -> Path:
 
 def zh_vectors(root: Path) -> Path:
     """Word2vec (gensim, CBOW, 100 dimensions) on the registries' Chinese text, as a store."""
+    from tlserve.core.vector_store import MANIFEST
     from tlserve.trainer.vectors import import_vectors
-    from tlserve.vector_store import MANIFEST
 
     store = root / "stores" / "zh-registry-w2v-100d"
     if (store / MANIFEST).is_file():
         return store
     from gensim.models import Word2Vec
 
-    from tlserve.preprocessing import PreprocessingConfig, Preprocessor
+    from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
 
     preprocessor = Preprocessor(PreprocessingConfig(tokenizer="jieba", max_tokens=100_000))
     corpus = zh_corpus(root)

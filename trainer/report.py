@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from tlserve import bundle
-from tlserve.bundle import BundleManifest
-from tlserve.evaluation import Evaluation
+from tlserve.core import bundle
+from tlserve.core.bundle import BundleManifest
+from tlserve.core.evaluation import Evaluation
 
 OOV_WARNING = 0.2
 
@@ -221,18 +221,18 @@ def diagnosis(evaluation: Evaluation, comparison: dict[str, Any] | None,
     return notes
 
 
-def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, history: Any,
+def write(writer: bundle.BundleWriter, manifest: BundleManifest, evaluation: Evaluation, history: Any,
           comparison: dict[str, Any] | None, transfer: dict[str, Any] | None = None,
           calibration: dict[str, Any] | None = None, member: str = "the model") -> None:
-    """Writes report.json, report.md and the figures into the version folder being staged; `member` names the
+    """Writes report.json, report.md and the figures into the version `writer` stages; `member` names the
     network whose training `history` is (of a mixture, its first member)."""
-    _figure_confusion(evaluation, folder / bundle.CONFUSION_FIGURE)
-    _figure_curves(history, folder / bundle.CURVES_FIGURE, member)
+    _figure_confusion(evaluation, writer.file(bundle.CONFUSION_FIGURE))
+    _figure_curves(history, writer.file(bundle.CURVES_FIGURE), member)
     findings = diagnosis(evaluation, comparison, manifest, transfer)
     if comparison and comparison.get("learning_curve"):
-        figure_learning_curve(comparison["learning_curve"], folder / bundle.LEARNING_CURVE_FIGURE)
+        figure_learning_curve(comparison["learning_curve"], writer.file(bundle.LEARNING_CURVE_FIGURE))
     if calibration is not None:
-        _figure_reliability(calibration, folder / bundle.RELIABILITY_FIGURE)
+        _figure_reliability(calibration, writer.file(bundle.RELIABILITY_FIGURE))
     parity = manifest.parity
     payload = {
         "model": manifest.model,
@@ -251,7 +251,7 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         "calibration": calibration,
         "findings": findings,
     }
-    (folder / bundle.REPORT_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    writer.file(bundle.REPORT_JSON).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     lines = [
         f"# {manifest.model} ({manifest.mode})",
         "",
@@ -299,4 +299,4 @@ def write(folder: Path, manifest: BundleManifest, evaluation: Evaluation, histor
         f"![training curves]({bundle.CURVES_FIGURE})",
         "",
     ]
-    (folder / bundle.REPORT_MD).write_text("\n".join(lines))
+    writer.file(bundle.REPORT_MD).write_text("\n".join(lines))

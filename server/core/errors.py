@@ -34,3 +34,10 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def too_many_texts(where: str, count: int, limit: int) -> ServingError:
+    """The refusal of a request of `count` texts over max_texts_per_request, told before any text is read."""
+    return ServingError(ErrorCode.INVALID_ARGUMENT,
+                        f"{where} holds {count} texts; the limit is max_texts_per_request={limit} (tlserve's "
+                        "clients split long lists themselves)")

@@ -1,7 +1,7 @@
 """Model lifecycle: scan the repository, load, verify and warm new versions, swap them in, unload.
 
 Every model and version under the repository root is served according to the version
-policy. Vector stores are memory-mapped once per fingerprint (`tlserve.scorer.StoreCache`)
+policy. Vector stores are memory-mapped once per fingerprint (`tlserve.core.scorer.StoreCache`)
 and shared by every model and, through the page cache, every worker process; a finetune
 model adds only the rows its training changed.
 """
@@ -9,20 +9,21 @@ model adds only the rows its training changed.
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlserve.bundle import MANIFEST, incomplete_versions, model_names, remove_stale_staging, versions_of
-from tlserve.errors import BundleError
-from tlserve.scorer import Scorer, StoreCache, session_options
-from tlserve.server.core import metrics, observe
+from tlserve.core.bundle import MANIFEST, incomplete_versions, model_names, remove_stale_staging, versions_of
+from tlserve.core.errors import BundleError
+from tlserve.core.scorer import Scorer, StoreCache, session_options
+from tlserve.core.snapshots import Snapshots
+from tlserve.server.core import metrics
 from tlserve.server.core.batching import DynamicBatcher
+from tlserve.server.core.limits import RequestLimits
 from tlserve.server.core.routing import RoutingTable, ServedVersion
-from tlserve.server.settings import ServerSettings
-from tlserve.snapshots import Snapshots
+from tlserve.server.settings import MODEL_SETTINGS_FILE, BatchingSettings, ServerSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,11 +58,15 @@ class ReloadResult:
         return bool(self.loaded or self.unloaded or self.held or self.released)
 
 
-def _manifest_stamp(path: Path) -> float:
-    try:
-        return (path / MANIFEST).stat().st_mtime
-    except OSError:
-        return -1.0
+def _stamp(path: Path) -> tuple[float, float]:
+    """When the version's manifest and its model's settings last changed: a refused version is tried again then."""
+    times = []
+    for file in (path / MANIFEST, path.parent / MODEL_SETTINGS_FILE):
+        try:
+            times.append(file.stat().st_mtime)
+        except OSError:
+            times.append(-1.0)
+    return times[0], times[1]
 
 
 class ModelLifecycle:
@@ -71,11 +76,12 @@ class ModelLifecycle:
         self.root = settings.repository
         self.settings = settings
         self.table = table
+        self.limits = RequestLimits(settings.max_texts_per_request, settings.max_text_bytes)
         self.stores = StoreCache(snapshots=snapshots)
         self.options = session_options(settings.intra_op_threads, settings.inter_op_threads,
                                        settings.allow_spinning)
         self._lock = asyncio.Lock()
-        self._refused: dict[tuple[str, int], float] = {}
+        self._refused: dict[tuple[str, int], tuple[float, float]] = {}
         self._reported: set[Path] = set()
 
     def desired(self) -> dict[str, list[int]]:
@@ -125,22 +131,19 @@ class ModelLifecycle:
                     if name in self.table.models and version in self.table.models[name]:
                         continue
                     path = self.root / name / str(version)
-                    stamp = _manifest_stamp(path)
+                    stamp = _stamp(path)
                     if self._refused.get((name, version)) == stamp:
                         continue
                     try:
+                        batching = self.batching_of(name)
                         scorer = await asyncio.to_thread(self._load_and_warm, path)
-                    except Exception as exc:  # any bad bundle: refuse it, keep serving the rest
+                    except Exception as exc:  # any bad bundle (or model settings): refuse it, keep serving the rest
                         self._refused[(name, version)] = stamp
                         metrics.LOAD_FAILURES.labels(type(exc).__name__).inc()
                         _LOGGER.error("refused %s: %s", path, exc)
                         result.refused.append(f"{path}: {exc}")
                         continue
-                    batcher = DynamicBatcher(scorer, self.settings.max_batch_size, self.settings.max_queue_delay_us,
-                                             self.settings.max_queue_size,
-                                             functools.partial(observe.record_batch, scorer.name, scorer.version),
-                                             self.settings.inline_batch_texts, self.settings.adaptive_delay_us,
-                                             self.settings.max_batch_chars)
+                    batcher = DynamicBatcher(scorer, batching, self.limits)
                     batcher.start()
                     self.table.add(ServedVersion(scorer, batcher))  # from here on, calls can reach it
                     result.loaded.append(scorer.describe())
@@ -177,6 +180,17 @@ class ModelLifecycle:
                               "server keeps running on its verified copy: %s", label, problem)
                 result.held.append(label)
             served.held = held
+
+    def batching_of(self, name: str) -> BatchingSettings:
+        """The server's batching settings, with those of the model's own `serving.json` (if it has one)."""
+        path = self.root / name / MODEL_SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return self.settings.batching()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not readable JSON: {exc}") from None
+        return self.settings.batching().overridden(data, path)
 
     def _load_and_warm(self, path: Path) -> Scorer:
         scorer = Scorer.open(path, self.root, self.stores, self.options)

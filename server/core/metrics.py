@@ -27,7 +27,7 @@ class Aggregate:
     Applying n observations of one histogram child costs one bucket search each in
     Python and one locked add per touched bucket, instead of n full `observe` calls.
     It writes the child's `_sum` and `_buckets` values, attributes prometheus_client has
-    kept since its first releases (tests/test_metrics_deferred.py compares the exposition
+    kept since its first releases (tests/server/core/test_metrics_deferred.py compares the exposition
     with `observe`'s, so an upgrade that changes them fails there).
     """
 

@@ -1,18 +1,15 @@
 """Observation of calls and batches, the same for every front end: counts, latencies, statistics.
 
-Every front end wraps a call in `observe_call(...)`; the batcher reports each batch through
-`record_batch`. Both queue their metric updates (`metrics.DEFERRED`), which are applied
-off the hot path.
+The data plane reports each call once it is over (`call_finished`), with the batches that
+computed it; the updates are queued (`metrics.DEFERRED`) and applied off the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
-from tlserve.scorer import Prediction
+from tlserve.core.scorer import Prediction
 from tlserve.server.core import metrics, tracing
 from tlserve.server.core.batching import BatchStats
 from tlserve.server.core.errors import ServingError
@@ -23,69 +20,36 @@ CANCELLED = "CANCELLED"
 UNKNOWN = "UNKNOWN"
 
 
-class CallObserver:
-    """Counts the call by status code and times it, whichever API it came through.
-
-    A class rather than @contextlib.contextmanager: it runs on every call, and a plain
-    __enter__/__exit__ costs a fraction of a generator-based one.
-    """
-
-    __slots__ = ("carrier", "method", "model", "span", "started", "version")
-
-    def __init__(self, model: str, version: int, method: str,
-                 carrier: Callable[[], Mapping[str, str]] | None = None) -> None:
-        self.model = model
-        self.version = version
-        """Set by the call once it knows which version answered."""
-        self.method = method
-        self.carrier = carrier
-        """The call's metadata or headers (read only when tracing is on: `traceparent`)."""
-        self.span: Any = None
-        self.started = 0.0
-
-    def __enter__(self) -> CallObserver:
-        self.started = time.perf_counter()
-        if tracing.TRACER is not None:
-            self.span = tracing.start_call(self.method, self.model, self.carrier, self.started)
-        return self
-
-    def responded(self, model: str, prediction: Prediction, texts: int, respond_started: float) -> None:
-        """The answer is built: times the response (and lays out the call's trace)."""
-        ended = time.perf_counter()
-        metrics.DEFERRED.add(metrics.observe, metrics.for_model(model).respond, ended - respond_started)
-        if self.span is not None:
-            tracing.call_stages(self.span, self.started, prediction, respond_started, ended, self.version, texts)
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
-        if kind is None:
-            code = OK
-        elif isinstance(error, ServingError):
-            code = error.code.value
-        elif isinstance(error, asyncio.CancelledError):
-            code = CANCELLED
-        else:
-            code = UNKNOWN
-        ended = time.perf_counter()
-        metrics.DEFERRED.add(_count_call, self.model, self.version, self.method, code, ended - self.started)
-        if self.span is not None:
-            tracing.end_call(self.span, code, ended)
+def call_finished(model: str, version: int, method: str, error: BaseException | None, started: float,
+                  respond_started: float, ended: float, prediction: Prediction | None, texts: int, span: Any) -> None:
+    """Records one call once it is over: its count by status code and its latency, the time its answer took to
+    encode, the batches that computed it (each batch is reported with the first call it answered), and its
+    trace's stages. One entry per call; the metric updates are queued (`metrics.DEFERRED`)."""
+    if error is None:
+        code = OK
+    elif isinstance(error, ServingError):
+        code = error.code.value
+    elif isinstance(error, asyncio.CancelledError):
+        code = CANCELLED
+    else:
+        code = UNKNOWN
+    batches = prediction.batches if prediction is not None else ()
+    metrics.DEFERRED.add(_apply_call, model, version, method, code, ended - started,
+                         ended - respond_started if prediction is not None else None, batches)
+    if span is not None:
+        if prediction is not None:
+            tracing.call_stages(span, started, prediction, respond_started, ended, version, texts)
+        tracing.end_call(span, code, ended)
 
 
-def observe_call(model_label: str, version: int, method: str,
-                 carrier: Callable[[], Mapping[str, str]] | None = None) -> CallObserver:
-    """The observer of one call; `model_label` comes from `DataPlane.model_label` (served names only);
-    `carrier` gives the call's metadata or headers, for a caller's trace context."""
-    return CallObserver(model_label, version, method, carrier)
-
-
-def _count_call(aggregate: metrics.Aggregate, model: str, version: int, method: str, code: str,
-                seconds: float) -> None:
+def _apply_call(aggregate: metrics.Aggregate, model: str, version: int, method: str, code: str, seconds: float,
+                respond_seconds: float | None, batches: tuple[BatchStats, ...]) -> None:
     aggregate.inc(metrics.request_counter(model, str(version or "latest"), method, code))
     aggregate.observe(metrics.request_latency(model, method), seconds)
-
-
-def record_batch(model: str, version: int, stats: BatchStats) -> None:
-    metrics.DEFERRED.add(_apply_batch_stats, model, version, stats)
+    if respond_seconds is not None:
+        aggregate.observe(metrics.for_model(model).respond, respond_seconds)
+    for stats in batches:
+        _apply_batch_stats(aggregate, model, version, stats)
 
 
 def _apply_batch_stats(aggregate: metrics.Aggregate, model_name: str, version: int, stats: BatchStats) -> None:
@@ -121,7 +85,7 @@ class QueueSampler:
         totals: dict[str, int] = {}
         for versions in self.table.models.values():
             for served in versions.values():
-                totals[served.name] = totals.get(served.name, 0) + served.batcher.queued_texts
+                totals[served.name] = totals.get(served.name, 0) + served.batcher.queue.texts
         for name in self._last.keys() - totals.keys():
             totals[name] = 0  # unloaded: its queue is gone
         for name, total in totals.items():

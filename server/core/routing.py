@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tlserve.bundle import check_model_name
-from tlserve.scorer import Scorer
+from tlserve.core.bundle import check_model_name
+from tlserve.core.scorer import Scorer
 from tlserve.server.core.batching import DynamicBatcher
 from tlserve.server.core.errors import ErrorCode, ServingError
-
-
-class ModelNotFound(LookupError):
-    """No such model, or no such version of it."""
 
 
 def parse_version(text: str, where: str) -> int:
@@ -26,6 +22,16 @@ def parse_version(text: str, where: str) -> int:
     return int(text)
 
 
+class LabelSet:
+    """A served version's labels, in the order of its probability columns: one object per version, so
+    front ends can cache what they build from it (a response encoder) by identity."""
+
+    __slots__ = ("__weakref__", "names")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+
 @dataclass
 class ServedVersion:
     """One model version taking traffic."""
@@ -34,14 +40,15 @@ class ServedVersion:
     batcher: DynamicBatcher
     held: str | None = None
     """Why the version is NOT_SERVING while loaded (its store's files in the repository changed), or None."""
+    labels: LabelSet = field(init=False)
+    # Fields, not properties: the serving core reads them on every call.
+    name: str = field(init=False)
+    version: int = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return self.scorer.name
-
-    @property
-    def version(self) -> int:
-        return self.scorer.version
+    def __post_init__(self) -> None:
+        self.labels = LabelSet(list(self.scorer.labels))
+        self.name = self.scorer.name
+        self.version = self.scorer.version
 
 
 class RoutingTable:
@@ -60,19 +67,24 @@ class RoutingTable:
             self.models.pop(name, None)
         return served
 
-    def get(self, name: str, version: int = 0) -> ServedVersion:
-        """The served `name` at `version` (0: the newest); ModelNotFound says what is served instead."""
+    def get(self, name: str, version: int | str = 0, where: str = "version") -> ServedVersion:
+        """The served `name` at `version` (0 or "": the newest; a string is parsed as a protocol writes a version,
+        `where` naming it in the error); NOT_FOUND says what is served instead."""
+        if isinstance(version, str):
+            version = parse_version(version, where)
         versions = self.models.get(name)
         if not versions:
             try:
                 check_model_name(name)
             except ValueError as exc:
-                raise ModelNotFound(str(exc)) from None
-            raise ModelNotFound(f"model {name!r} is not served; served: {sorted(self.models) or 'none'}")
+                raise ServingError(ErrorCode.NOT_FOUND, str(exc)) from None
+            raise ServingError(ErrorCode.NOT_FOUND,
+                               f"model {name!r} is not served; served: {sorted(self.models) or 'none'}")
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {sorted(versions)}")
+            raise ServingError(ErrorCode.NOT_FOUND,
+                               f"model {name!r} has no version {version}; served versions: {sorted(versions)}")
         return versions[version]
 
     def serving(self, name: str) -> bool:

@@ -1,32 +1,24 @@
-"""tlserve.v1 messages built from the serving core, shared by the gRPC front end and the JSON mirror."""
+"""tlserve.v1 messages built from the serving core's descriptions, shared by the gRPC front end and the JSON
+mirror."""
 
 from __future__ import annotations
 
 from tlserve.contract.v1 import classifier_pb2 as pb
-from tlserve.scorer import Scorer
-from tlserve.server.core.dataplane import DataPlane
+from tlserve.server.core.dataplane import ModelDescription
 
 
-def model_info(plane: DataPlane, scorer: Scorer) -> pb.ModelInfo:
-    manifest = scorer.bundle.manifest
-    store = manifest.vector_store
-    settings = plane.settings
+def model_info(model: ModelDescription) -> pb.ModelInfo:
     return pb.ModelInfo(
-        name=scorer.name,
-        version=scorer.version,
-        versions=plane.table.versions(scorer.name),
-        labels=scorer.labels,
-        mode=manifest.features.mode,
-        limits=pb.InputLimits(
-            max_texts_per_request=settings.max_texts_per_request,
-            max_text_bytes=settings.max_text_bytes,
-            max_tokens=manifest.preprocessing.max_tokens,
-            max_request_bytes=settings.max_request_bytes,
-        ),
+        name=model.name,
+        version=model.version,
+        versions=model.versions,
+        labels=model.labels,
+        mode=model.mode,
+        limits=pb.InputLimits(**model.limits),
         vector_store=pb.VectorStoreInfo(
-            fingerprint=store.fingerprint, size=store.size, dimension=store.dimension,
-            source=store.source_name, shared=store.shared,
+            fingerprint=model.store["fingerprint"], size=model.store["size"], dimension=model.store["dimension"],
+            source=model.store["source"], shared=model.store["shared"],
         ),
-        metrics={k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float)},
-        created_at=manifest.created_at,
+        metrics=model.metrics,
+        created_at=model.created_at,
     )

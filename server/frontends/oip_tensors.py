@@ -12,11 +12,8 @@ import json
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
-from tlserve.scorer import Scorer
-from tlserve.server.core.dataplane import DataPlane
+from tlserve.server.core.dataplane import ModelDescription
 from tlserve.server.core.errors import ErrorCode, ServingError
 
 INPUT = "text"
@@ -52,10 +49,6 @@ def split_bytes_tensor(raw: bytes, where: str, count: int) -> list[bytes]:
     return elements
 
 
-def join_bytes_tensor(elements: list[bytes]) -> bytes:
-    return b"".join(_LENGTH.pack(len(element)) + element for element in elements)
-
-
 @dataclass(frozen=True)
 class RequestedOutput:
     name: str
@@ -63,45 +56,34 @@ class RequestedOutput:
     """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
 
 
-def classification_strings(probabilities: np.ndarray, labels: list[str], k: int) -> tuple[list[bytes], int]:
-    """Triton's classification extension: per text the k best "probability:index:label", best first."""
-    k = min(k, probabilities.shape[1])
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    values = np.take_along_axis(probabilities, order, axis=1)
-    elements = [f"{p:f}:{j}:{labels[j]}".encode()
-                for row, probs in zip(order.tolist(), values.tolist(), strict=True)
-                for j, p in zip(row, probs, strict=True)]
-    return elements, k
-
-
-def top_labels(probabilities: np.ndarray, labels: list[str]) -> list[bytes]:
-    """The most probable label of each text, UTF-8."""
-    return [labels[j].encode() for j in probabilities.argmax(axis=1).tolist()]
+def classification_k(outputs: list[RequestedOutput]) -> int:
+    """The ranking a call needs: the largest classification k asked for (0: none, the top label only)."""
+    return max((output.classification for output in outputs), default=0)
 
 
 def _string(value: str) -> v2.InferParameter:
     return v2.InferParameter(string_param=value)
 
 
-def model_metadata(plane: DataPlane, runtime: Scorer) -> v2.ModelMetadataResponse:
+def model_metadata(model: ModelDescription) -> v2.ModelMetadataResponse:
     tensor = v2.ModelMetadataResponse.TensorMetadata
-    n_labels = len(runtime.labels)
+    labels = json.dumps(model.labels, ensure_ascii=False)
     return v2.ModelMetadataResponse(
-        name=runtime.name,
-        versions=[str(v) for v in plane.table.versions(runtime.name)],
+        name=model.name,
+        versions=[str(v) for v in model.versions],
         platform=PLATFORM,
         # content_type "str" is how MLServer's codecs recognise UTF-8 text.
         inputs=[tensor(name=INPUT, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")})],
         outputs=[
-            tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels],
-                   parameters={"labels": _string(json.dumps(runtime.labels, ensure_ascii=False))}),
+            tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, len(model.labels)],
+                   parameters={"labels": _string(labels)}),
             tensor(name=LABEL, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")}),
         ],
         parameters={
-            "labels": _string(json.dumps(runtime.labels, ensure_ascii=False)),
-            "version": _string(str(runtime.version)),
-            "mode": _string(runtime.bundle.features.mode),
-            "max_texts_per_request": v2.InferParameter(int64_param=plane.settings.max_texts_per_request),
-            "max_text_bytes": v2.InferParameter(int64_param=plane.settings.max_text_bytes),
+            "labels": _string(labels),
+            "version": _string(str(model.version)),
+            "mode": _string(model.mode),
+            "max_texts_per_request": v2.InferParameter(int64_param=model.limits["max_texts_per_request"]),
+            "max_text_bytes": v2.InferParameter(int64_param=model.limits["max_text_bytes"]),
         },
     )

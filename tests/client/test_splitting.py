@@ -14,9 +14,9 @@ from tlserve.client import AsyncClassifier, Classifier
 from tlserve.client.classifier import split
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
+from tlserve.server.in_thread import running
 
 from conftest import tiny_repository
-from inprocess import running
 
 
 def _texts(n: int) -> list[str]:

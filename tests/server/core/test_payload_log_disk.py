@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tlserve.labelled import load_labelled
+from tlserve.core.labelled import load_labelled
 
 SCRIPT = textwrap.dedent("""
     import resource, signal, sys

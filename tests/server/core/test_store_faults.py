@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tlserve.client import Classifier, ClassifierError
-from tlserve.vector_store import VECTORS, VectorStore
+from tlserve.core.vector_store import VECTORS, VectorStore
 
 from conftest import ServerProcess, metric, start_server, wait_until
 from tiny_models import make_model, make_store, sample_texts
@@ -120,7 +120,7 @@ def test_no_answer_path_sends_a_non_finite_probability(tmp_path: Path) -> None:
     words = ["a", "dog", "small", "tree"]
     vectors = np.ones((4, 16), dtype=np.float32)
     vectors[1] = np.nan
-    from tlserve.vector_store import write_store
+    from tlserve.core.vector_store import write_store
 
     write_store(tmp_path / "store", words, vectors, case="lower", source_name="nan", source_sha256="0" * 64)
     repository = tmp_path / "repo"

@@ -1,0 +1,1 @@
+"""The gRPC front ends: tlserve.v1.Classifier (native), the Open Inference Protocol, health, security."""

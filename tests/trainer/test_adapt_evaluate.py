@@ -1,0 +1,78 @@
+"""`tlserve vectors adapt` (gensim on the user's own text) and `tlserve evaluate` (repeated seeded splits)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlserve.core.vector_store import VectorStore
+
+from conftest import WORDNET_SAMPLE
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_adapt_moves_corpus_words_adds_new_ones_and_keeps_the_rest(glove_store: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    # In-domain text: "zorblat" is a new word used like "cat"; "the" and "cat" are known words.
+    lines = [f"the {a} zorblat chased the {b} cat" for a in ("small", "big", "old") for b in ("grey", "young")]
+    corpus.write_text("\n".join(lines * 40) + "\n", encoding="utf-8")
+    out = tmp_path / "adapted"
+    done = _cli("vectors", "adapt", "--vectors", str(glove_store), "--corpus", str(corpus), "--out", str(out),
+                "--min-count", "2", "--epochs", "3")
+    assert done.returncode == 0, done.stderr
+    before, after = VectorStore(glove_store), VectorStore(out)
+    assert len(after) == len(before) + 1 and after.vocabulary[-1] == "zorblat"
+    rows_before, rows_after = before.index.lookup(["cat", "dog"]), after.index.lookup(["cat", "dog"])
+    assert not np.allclose(before.matrix[rows_before[0]], after.matrix[rows_after[0]])  # in the corpus: moved
+    assert np.array_equal(before.matrix[rows_before[1]], after.matrix[rows_after[1]])  # not in it: kept
+    assert np.isfinite(np.asarray(after.matrix)).all()
+    assert "adapted on corpus.txt" in after.manifest.source_name
+    again = _cli("vectors", "adapt", "--vectors", str(glove_store), "--corpus", str(corpus), "--out", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing store is never replaced silently
+
+
+def test_adapt_names_a_corpus_line_that_is_not_utf8(glove_store: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"fine text\nmore fine text\nbad \xff byte\n")
+    done = _cli("vectors", "adapt", "--vectors", str(glove_store), "--corpus", str(corpus),
+                "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "corpus.txt:3:" in done.stderr and "not UTF-8" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer(glove_store: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "results" / "wn.json"
+    done = _cli("evaluate", "--data", str(WORDNET_SAMPLE), "--vectors", str(glove_store), "--repeats", "2",
+                "--modes", "frozen", "--peers", "tfidf_logreg", "--hidden", "32", "--epochs", "6",
+                "--train-fraction", "0.4", "--calibration-folds", "2",
+                "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [split["seed"] for split in result["splits"]] == [0, 1]
+    first, second = (split["systems"]["tfidf_logreg"]["accuracy"] for split in result["splits"])
+    assert first != second  # different splits, not one split twice
+    for split in result["splits"]:
+        scores = split["systems"]["tlserve_frozen"]
+        assert 0.3 < scores["accuracy"] <= 1.0 and 0.0 <= scores["ece"] <= 1.0 and scores["seconds"] > 0
+    summary = result["summary"]
+    accuracy = summary["systems"]["tlserve_frozen"]["accuracy"]
+    values = [split["systems"]["tlserve_frozen"]["accuracy"] for split in result["splits"]]
+    assert accuracy["mean"] == pytest.approx(np.mean(values))
+    assert accuracy["sd"] == pytest.approx(np.std(values, ddof=1))
+    paired = summary["paired"]
+    assert paired["best_peer"] == "tfidf_logreg" and paired["splits"] == 2
+    assert paired["mean"] == pytest.approx(np.mean([s["systems"]["tlserve_frozen"]["accuracy"]
+                                                    - s["systems"]["tfidf_logreg"]["accuracy"]
+                                                    for s in result["splits"]]))
+    assert "| tlserve_frozen |" in out.with_suffix(".md").read_text()
