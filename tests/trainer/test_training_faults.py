@@ -94,8 +94,8 @@ def test_many_classes_train_with_bounded_figures_and_report(glove_store: Path, t
 
 def _train_args(store: Path, repository: Path, *extra: str) -> list[str]:
     return ["--log-level", "WARNING", "train", "--data", str(WORDNET_SAMPLE), "--vectors", str(store),
-            "--repository", str(repository), "--model", "wn", "--mode", "frozen", "--epochs", "3",
-            "--patience", "3", "--hidden", "32", "--train-fraction", "0.2", "--calibration-folds", "2",
+            "--repository", str(repository), "--model", "wn", "--mode", "frozen", "--epochs", "1",
+            "--patience", "1", "--hidden", "32", "--train-fraction", "0.2", "--calibration-folds", "2",
             "--no-progress", *extra]
 
 
@@ -128,7 +128,7 @@ def test_killed_training_leaves_no_debris_and_a_blocking_folder_is_skipped(glove
     # A numbered folder without a manifest (here 5/) must not block publishing.
     (repository / "wn" / "5").mkdir(parents=True)
     (repository / "wn" / "5" / "model.onnx").write_bytes(b"half a copy")
-    result = cli(*_train_args(glove_store, repository, "--epochs", "2"))
+    result = cli(*_train_args(glove_store, repository))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (repository / "wn" / "6" / "manifest.json").is_file()
     assert "removed" in result.stderr and str(left[0]) in result.stderr
