@@ -335,7 +335,7 @@ def _with_idle_connections(target: str, model: str, pid: int, seconds: float, co
         result["idle_connections"] = len(held)
         result["rss_end_mb"] = round(_rss_mb(pid), 1)
         if http_port:
-            time.sleep(12.0)  # past the idle time the benchmark sets (10 s)
+            time.sleep(IDLE_SECONDS + 2.0)  # past the idle time the benchmark sets
             closed = 0
             for sock in held:
                 sock.setblocking(False)
@@ -352,6 +352,9 @@ def _with_idle_connections(target: str, model: str, pid: int, seconds: float, co
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
+
+IDLE_SECONDS = 10.0
+"""The server's --connection-idle-seconds in these runs."""
 
 # Texts of 16 KB per request at the request size limit (4 MiB): 255 fit a gRPC message, 250 a JSON body.
 MAX_SIZE_TEXTS = 255
@@ -402,7 +405,10 @@ def run(repository: Path, model: str, seconds: float, out: Path | None, extra: l
     if server_nofile:
         launcher = ["prlimit", f"--nofile={server_nofile}:{server_nofile}"]  # soft and hard: as `ulimit -n`
     http_port = free_port() if system == "tlserve" else 0
-    command = ([*tlserve_serve_command(repository, port, http_port=http_port), *extra]
+    # Idle connections close after 10 s (the server's default is 300 s), so that the idle scenarios can see it.
+    idle = [] if any(arg.startswith("--connection-idle-seconds") for arg in extra) else [
+        "--connection-idle-seconds", str(IDLE_SECONDS)]
+    command = ([*tlserve_serve_command(repository, port, http_port=http_port), *idle, *extra]
                if system == "tlserve" else [sys.executable, "-m", "tlserve.bench.ceiling", "--port", str(port)])
     server = subprocess.Popen(launcher + command)
     try:
