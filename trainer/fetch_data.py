@@ -20,6 +20,7 @@ import email.policy
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -49,7 +50,12 @@ WORDNET_CATEGORIES = (
 
 def _run(command: list[str], cwd: Path) -> None:
     _LOGGER.info("running %s", " ".join(command))
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # pip's notes about index locations a local pip.conf names but this machine lacks say nothing about the data.
+    notes = [line for line in result.stderr.splitlines() if not re.match(r"WARNING: Location .* is ignored", line)]
+    if notes:
+        print("\n".join(notes), file=sys.stderr)
+    result.check_returncode()
 
 
 def fetch_glove(downloads: Path) -> Path:
