@@ -220,15 +220,19 @@ def _score_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str
             good.append(batch)
             yield [r.text or "" for r in batch]
 
-    for scored in score_batches(folder, repository, batches(), job.top_k, job.workers):
-        check()
-        batch = good.pop(0)
-        names = label_names(labels, scored.indices)
-        writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
-                      "label": [row[0] for row in names], "labels": names,
-                      "probabilities": scored.probabilities.tolist(),
-                      "token_count": scored.token_counts.tolist(), "oov_fraction": scored.oov_fractions.tolist()})
-        progress(len(batch))
+    # Closed on the way out, stop or error: the worker pool ends here and now, not when the generator is
+    # collected (at interpreter exit a pool's threads are gone and ending it can hang).
+    with contextlib.closing(score_batches(folder, repository, batches(), job.top_k, job.workers)) as scored_batches:
+        for scored in scored_batches:
+            check()
+            batch = good.pop(0)
+            names = label_names(labels, scored.indices)
+            writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
+                          "label": [row[0] for row in names], "labels": names,
+                          "probabilities": scored.probabilities.tolist(),
+                          "token_count": scored.token_counts.tolist(),
+                          "oov_fraction": scored.oov_fractions.tolist()})
+            progress(len(batch))
 
 
 def _run_ray(job: ScoreJob, folder: Path, repository: Path, records: Iterator[Record], writer: ScoredWriter,

@@ -114,8 +114,9 @@ def test_versions_increase_and_ignore_staging(trained: Trained, glove_store: Pat
     model_dir = trained.repository / "wn-frozen"
     (model_dir / ".staging-leftover").mkdir(exist_ok=True)
     assert versions_of(model_dir) == [1]
-    second = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", pooling="mean", train_fraction=0.3)
-    third = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", pooling="mean", train_fraction=0.3)
+    small = {"pooling": "mean", "train_fraction": 0.3, "calibration_folds": 1}
+    second = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", **small)
+    third = _train(glove_store, tmp_path, "wn-frozen-v", "frozen", **small)
     assert (second.path.name, third.path.name) == ("1", "2")  # type: ignore[attr-defined]
     # Same seed, same data: the same weights (reproducible on CPU); only graph names differ.
     import onnx
@@ -180,9 +181,11 @@ def test_compare_runs_peers_and_ablations_on_the_same_split(glove_store: Path, t
 
     from conftest import _train
 
-    # A fifth of the training labels: every system on the same (smaller) split, in a fraction of the time.
+    # A fifth of the training labels: every system on the same (smaller) split, in a fraction of the time;
+    # calibration on the validation split only (out-of-fold answers are the subject of test_calibration).
     result = _train(glove_store, tmp_path, "wn-compare", "frozen", compare=True, learning_curve=False,
-                    train_fraction=0.2, head=HeadConfig(hidden=32, epochs=2, batch_size=64, patience=2))
+                    train_fraction=0.2, calibration_folds=1,
+                    head=HeadConfig(hidden=32, epochs=2, batch_size=64, patience=2))
     path = result.path  # type: ignore[attr-defined]
     report = json.loads((path / "report.json").read_text())
     systems = report["comparison"]["systems"]

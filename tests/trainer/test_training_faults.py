@@ -95,7 +95,7 @@ def test_many_classes_train_with_bounded_figures_and_report(glove_store: Path, t
 def _train_args(store: Path, repository: Path, *extra: str) -> list[str]:
     return ["--log-level", "WARNING", "train", "--data", str(WORDNET_SAMPLE), "--vectors", str(store),
             "--repository", str(repository), "--model", "wn", "--mode", "frozen", "--epochs", "1",
-            "--patience", "1", "--hidden", "32", "--train-fraction", "0.2", "--calibration-folds", "2",
+            "--patience", "1", "--hidden", "32", "--train-fraction", "0.2", "--calibration-folds", "1",
             "--no-progress", *extra]
 
 

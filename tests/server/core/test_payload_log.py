@@ -113,7 +113,7 @@ def test_the_log_trains_the_next_version(trained: Trained, glove_store: Path, tm
     repository = tmp_path / "next"
     command = [sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "train", "--data", str(path),
                "--vectors", str(glove_store), "--repository", str(repository), "--model", "relabelled",
-               "--mode", "frozen", "--epochs", "4", "--no-progress"]
+               "--mode", "frozen", "--epochs", "4", "--calibration-folds", "1", "--no-progress"]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and f"{path}:1: field 'label' is null" in refused.stderr, refused.stderr
     done = subprocess.run([*command, "--unlabelled", "skip"], capture_output=True, text=True, timeout=600)
