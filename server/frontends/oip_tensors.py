@@ -56,9 +56,9 @@ class RequestedOutput:
     """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
 
 
-def classification_k(outputs: list[RequestedOutput]) -> int:
-    """The ranking a call needs: the largest classification k asked for (0: none, the top label only)."""
-    return max((output.classification for output in outputs), default=0)
+def labels_needed(outputs: list[tuple[RequestedOutput, bool]]) -> int:
+    """The labels per text a call's answer needs: the largest classification asked for, else the top one."""
+    return max((output.classification for output, _ in outputs), default=0) or 1
 
 
 def _string(value: str) -> v2.InferParameter:

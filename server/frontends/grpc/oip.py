@@ -31,7 +31,14 @@ from tlserve.server.core.dataplane import ClassifyCall, DataPlane
 from tlserve.server.core.errors import ErrorCode, ServingError, too_many_texts
 from tlserve.server.frontends.grpc.common import add_tolerant_service, grpc_errors, metadata_of
 from tlserve.server.frontends.grpc.oip_messages import infer_response
-from tlserve.server.frontends.oip_tensors import INPUT, OUTPUTS, RequestedOutput, model_metadata, split_bytes_tensor
+from tlserve.server.frontends.oip_tensors import (
+    INPUT,
+    OUTPUTS,
+    RequestedOutput,
+    labels_needed,
+    model_metadata,
+    split_bytes_tensor,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -133,7 +140,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             self.plane.refused(request.model_name, "ModelInfer", exc)
             raise
         call = ClassifyCall(request.model_name, request.model_version, texts, "ModelInfer",
-                            max((output.classification for output, _ in outputs), default=0) or 1, request.id,
+                            labels_needed(outputs), request.id,
                             context.time_remaining(), lambda: metadata_of(context), version_field="model_version")
         return await self.plane.classify(call, partial(infer_response, request.id, outputs))
 

@@ -31,7 +31,14 @@ from tlserve.server.frontends.http.answers import HEADER_LENGTH
 from tlserve.server.frontends.http.body import invalid, read_json_header
 from tlserve.server.frontends.http.common import HttpApi, model_routes
 from tlserve.server.frontends.http.json_bodies import json_response
-from tlserve.server.frontends.oip_tensors import INPUT, OUTPUTS, RequestedOutput, model_metadata, split_bytes_tensor
+from tlserve.server.frontends.oip_tensors import (
+    INPUT,
+    OUTPUTS,
+    RequestedOutput,
+    labels_needed,
+    model_metadata,
+    split_bytes_tensor,
+)
 
 METHOD = "http:ModelInfer"
 EXTENSIONS = ["classification", "binary_tensor_data"]
@@ -70,8 +77,7 @@ class InferRequest:
         self.binary_output = parameters.get("binary_data_output") is True
         self.texts = self._texts(document.get("inputs"), binary)
         self.outputs = self._outputs(document.get("outputs"))
-        self.top_k = max((output.classification for output, _ in self.outputs), default=0) or 1
-        """The labels per text the answer needs: the largest classification asked for, else the top one."""
+        self.top_k = labels_needed(self.outputs)
 
     @staticmethod
     def _object(value: Any, where: str) -> dict[str, Any]:
