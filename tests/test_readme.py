@@ -98,7 +98,7 @@ def test_tlserve_test_gives_the_training_reports_test_figures(tmp_path: Path) ->
                     "--no-progress"], check=True, capture_output=True)
     subprocess.run([*cli, "train", "--data", str(train), "--test-data", str(held_out), "--vectors",
                     str(tmp_path / "store"), "--repository", str(tmp_path / "models"), "--model", "m", "--no-progress",
-                    "--mode", "frozen"], check=True, capture_output=True)
+                    "--mode", "frozen", "--epochs", "4", "--calibration-folds", "1"], check=True, capture_output=True)
     manifest = json.loads((tmp_path / "models" / "m" / "1" / "manifest.json").read_text())
     tested = subprocess.run([*cli, "test", "--model", str(tmp_path / "models" / "m"), "--data", str(held_out),
                              "--json"], check=True, capture_output=True, text=True)
