@@ -79,7 +79,8 @@ def test_many_classes_train_with_bounded_figures_and_report(glove_store: Path, t
             writer.writerow([rows[i % len(rows)], f"class {i // 3}"])
     result = cli("--log-level", "WARNING", "train", "--data", str(data), "--vectors", str(glove_store),
                  "--repository", str(tmp_path / "repo"), "--model", "many", "--mode", "frozen", "--epochs", "2",
-                 "--hidden", "16", "--calibration-folds", "1", "--no-progress", "--test-fraction", "0.34", "--validation-fraction", "0.5")
+                 "--hidden", "16", "--calibration-folds", "1", "--no-progress", "--test-fraction", "0.34",
+                 "--validation-fraction", "0.5")
     assert result.returncode == 0, result.stderr[-2000:]
     version = tmp_path / "repo" / "many" / "1"
     with Image.open(version / "confusion.png") as figure:
