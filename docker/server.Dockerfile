@@ -1,11 +1,18 @@
 # The tlserve server image: the server and tracing extras (onnxruntime, grpcio, aiohttp, numpy,
-# OpenTelemetry), no TensorFlow,
-# no compilers, running as a non-root user.
+# OpenTelemetry) and the compiled encoder, no TensorFlow, no compilers (the encoder is built in the
+# build stage, which has one), running as a non-root user.
 #   docker build -f docker/server.Dockerfile --build-arg BASE_IMAGE=python:3.11-slim -t tlserve-server .
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
+# A C compiler for the compiled encoder; Python's headers too where the base image's Python comes
+# from Debian packages (the official images carry them).
+RUN apt-get update -q \
+ && headers=$(python -c 'import os, sysconfig; print(os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h"))') \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev \
+      $([ "$headers" = True ] || echo python3-dev) >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/tlserve
 # Dependencies first, in their own layer: a code change does not reinstall them.
 COPY constraints.txt pyproject.toml docker/requirements.py ./
@@ -18,7 +25,10 @@ COPY trainer ./trainer
 COPY client ./client
 COPY bench ./bench
 COPY offline ./offline
+COPY setup.py ./
+# TLSERVE_ENCODER=native: the build fails here, not at run time, if the encoder was not compiled.
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server,tracing]' \
+ && TLSERVE_ENCODER=native /opt/tlserve/bin/python -c "import tlserve.core.encoders as e; e.chosen_encoder()" \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*
 

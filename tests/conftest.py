@@ -58,8 +58,10 @@ def tlserve_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     side must not build it at the same time."""
     with made_once(tmp_path_factory, "wheel") as (dist, make):
         if make:
+            # Pure Python: what the wheel serves here (the client, the import contracts) needs no compiled encoder.
             subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-                            "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
+                            "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300,
+                           env={**os.environ, "TLSERVE_PURE_PYTHON": "1"})
             shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' leftovers in the checkout
     (wheel,) = dist.glob("tlserve-*.whl")
     return wheel

@@ -123,3 +123,41 @@ def test_the_client_installs_as_the_readme_says_and_runs_its_snippet(source: str
     # The console script is there and its client verbs work without the server extra.
     helped = subprocess.run([tlserve, "classify", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--model" in helped.stdout, helped.stderr
+
+
+@pytest.mark.parametrize("how", ["no compiler", "TLSERVE_PURE_PYTHON=1"])
+def test_without_a_compiler_tlserve_installs_as_pure_python_and_encodes(how: str, tmp_path: Path) -> None:
+    """Where the compiled encoder cannot be built (no C compiler) or is not wanted, the install still succeeds
+    and features come from the Python encoder."""
+    # A copy of the tracked files: a build writes into its source tree, which other tests build from.
+    source = tmp_path / "source"
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    env = dict(os.environ)
+    if how == "no compiler":
+        env["CC"] = "false"  # every compile fails, as on a machine without one
+    else:
+        env["TLSERVE_PURE_PYTHON"] = "1"
+    target = tmp_path / "site"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                "--no-deps", "--no-compile", "--target", str(target), str(source)],
+                               capture_output=True, text=True, timeout=600, env=env)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert not list(target.rglob("_encoder*.so")), "a compiled encoder was installed"
+    snippet = ("from tlserve.core.features import FeatureConfig, Featurizer\n"
+               "from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor\n"
+               "from tlserve.core.vector_store import VocabularyIndex\n"
+               "import numpy as np\n"
+               "f = Featurizer(FeatureConfig(), Preprocessor(PreprocessingConfig()), VocabularyIndex.build(['cat']),"
+               " np.ones((1, 2), np.float32))\n"
+               "print(f.encoder, f.encode(['a cat']).inputs['features'].tolist())\n")
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split(maxsplit=1) == ["python", "[[1.0, 1.0]]\n"]
+    version = subprocess.run([sys.executable, "-m", "tlserve.cli", "--version"], capture_output=True, text=True,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert "encoder: python (no compiled encoder (pure-Python install))" in version.stdout

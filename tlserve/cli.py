@@ -16,6 +16,19 @@ from tlserve import __version__
 from tlserve.core.errors import TlserveError
 
 
+class _Version(argparse.Action):
+    """`--version`: the version and which encoder makes features here (imported only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from tlserve.core.encoders import chosen_encoder, compiled_available
+
+        built = "compiled encoder installed" if compiled_available() else "no compiled encoder (pure-Python install)"
+        parser.exit(message=f"tlserve {__version__}; encoder: {chosen_encoder()} ({built})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tlserve.bench import commands as bench_commands
     from tlserve.client import commands as client_commands
@@ -27,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tlserve",
         description="Transfer-learning text classification: train from pretrained word vectors, serve over gRPC.",
     )
-    parser.add_argument("--version", action="version", version=f"tlserve {__version__}")
+    parser.add_argument("--version", action=_Version, help="show tlserve's version and the encoder it runs, and exit")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     trainer_commands.register(verbs)

@@ -147,6 +147,7 @@ class ModelLifecycle:
                     batcher.start()
                     self.table.add(ServedVersion(scorer, batcher))  # from here on, calls can reach it
                     result.loaded.append(scorer.describe())
+                    metrics.ENCODER.labels(scorer.name, str(scorer.version), scorer.featurizer.encoder).set(1)
                     _LOGGER.info("serving %s", scorer.describe())
             for served in list(self.table.all_versions()):
                 if served.version in desired.get(served.name, ()):
@@ -154,6 +155,7 @@ class ModelLifecycle:
                 self.table.remove(served.name, served.version)  # no new call reaches it...
                 await served.batcher.close()  # ...and the calls already queued finish
                 result.unloaded.append(f"{served.name}/{served.version}")
+                metrics.ENCODER.remove(served.name, str(served.version), served.scorer.featurizer.encoder)
                 _LOGGER.info("unloaded %s/%d", served.name, served.version)
             self._hold_broken(await asyncio.to_thread(self.stores.check), result)
             metrics.MODELS_LOADED.set(sum(1 for _ in self.table.all_versions()))

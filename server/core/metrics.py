@@ -153,6 +153,10 @@ PAYLOAD_DROPPED = Counter(
     "tlserve_payload_log_dropped", "Payload log lines dropped: its queue was full, or the file could not be written",
     ["reason"],
 )
+ENCODER = Gauge(
+    "tlserve_model_encoder", "1 for each served version, labelled with the encoder that makes its features: "
+    "native (compiled) or python", ["model", "version", "encoder"], multiprocess_mode="max",
+)
 MODELS_LOADED = Gauge("tlserve_models_loaded", "Model versions loaded and serving", multiprocess_mode="max")
 LOAD_FAILURES = Counter("tlserve_model_load_failures", "Model versions refused at load", ["reason"])
 STORE_BROKEN = Gauge(

@@ -31,7 +31,7 @@ def _batch_path(featurizer: Featurizer, texts: list[str]) -> features.EncodedBat
     """The vectorised path over `texts` plus one more text, so no one-text shortcut is taken."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(features, "FEW_TOKENS", -1)
-        encoded = featurizer.encode([*texts, "the small dog"])
+        encoded = featurizer.encode_python([*texts, "the small dog"])
     n = len(texts)
     return features.EncodedBatch({name: array[:n] for name, array in encoded.inputs.items()},
                                  encoded.token_counts[:n], encoded.oov_counts[:n])
@@ -53,9 +53,9 @@ def test_few_tokens_encode_to_the_batch_paths_bits(pooling: str, sif: bool, text
     featurizer = _featurizer(pooling, sif)
     assert sum(len(featurizer.preprocessor.tokens(t)) for t in texts) <= features.FEW_TOKENS  # the path under test
     expected = _batch_path(featurizer, texts)
-    _assert_same_bits(featurizer.encode(texts), expected)
+    _assert_same_bits(featurizer.encode_python(texts), expected)
     for i, text in enumerate(texts):  # one text alone: the shortest path
-        alone = featurizer.encode([text])
+        alone = featurizer.encode_python([text])
         _assert_same_bits(alone, features.EncodedBatch({k: v[i : i + 1] for k, v in expected.inputs.items()},
                                                        expected.token_counts[i : i + 1],
                                                        expected.oov_counts[i : i + 1]))

@@ -35,10 +35,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tlserve.core.lexicon import Lexicon
+from tlserve.core.encoders import EncoderName, chosen_encoder, native_encoder
+from tlserve.core.lexicon import Lexicon, many_weights
 from tlserve.core.preprocessing import Preprocessor
 from tlserve.core.ragged import pad
-from tlserve.core.vector_store import VocabularyIndex
+from tlserve.core.vector_store import MAX_PROBES, VocabularyIndex
 
 Mode = Literal["frozen", "finetune"]
 Pooling = Literal["mean", "mean_max"]
@@ -171,12 +172,19 @@ def _bucket(key: str, buckets: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % buckets
 
 
+# What the compiled encoder is built from (see `Featurizer.__setattr__`).
+_ENCODER_INPUTS = frozenset({"config", "index", "matrix", "sif_weights", "lexicon", "trained"})
+_NOT_BUILT = object()
+
+
 class Featurizer:
     """Encodes texts into model inputs.
 
     `index` and `matrix` are the shared store's vocabulary index and table. A finetuned model
     also needs its `trained` rows; the lexical channel, its `lexicon`.
     """
+
+    _native: Any  # the compiled encoder, built on first use; _NOT_BUILT until then
 
     def __init__(
         self,
@@ -197,6 +205,52 @@ class Featurizer:
         self.sif_weights = sif_weights
         self.lexicon = lexicon
         self.trained = trained
+        self.prefer_native = chosen_encoder() == "native"
+        """Whether `encode` runs the compiled encoder (where this featurizer's arrays suit it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The compiled encoder reads this featurizer's arrays: one set anew (the trainer sets the trained rows
+        # and SIF weights once it has them) makes it build the encoder again on the next call.
+        super().__setattr__(name, value)
+        if name in _ENCODER_INPUTS:
+            super().__setattr__("_native", _NOT_BUILT)
+
+    @property
+    def native(self) -> Any:
+        """The compiled encoder `encode` runs, or None (the Python encoder runs)."""
+        if not self.prefer_native:
+            return None
+        if self._native is _NOT_BUILT:
+            super().__setattr__("_native", self._native_encoder())
+        return self._native
+
+    @property
+    def encoder(self) -> EncoderName:
+        """The encoder `encode` runs: "native" (compiled) or "python"."""
+        return "native" if self.native is not None else "python"
+
+    def _native_encoder(self) -> Any:
+        """The compiled encoder over this featurizer's arrays, or None where they are not in the layout it reads
+        (then `encode` runs the Python encoder)."""
+        index, matrix, sif = self.index, self.matrix, self.sif_weights
+        if self.config.mode == "finetune" and self.trained is None:
+            return None  # the Python encoder names what is missing
+        if index.slots is None or matrix.dtype != np.float32 or matrix.ndim != 2 \
+                or not matrix.flags.c_contiguous or (sif is not None and sif.dtype != np.float32):
+            return None
+        lexicon = self.lexicon if self.config.lexical else None
+        trained = self.trained
+        return native_encoder(
+            frozen=self.config.mode == "frozen", mean_max=self.config.pooling == "mean_max",
+            static=self.config.static, buckets=self.config.buckets, bigrams=self.config.bigrams,
+            words=index.words, rows=index.rows, slots=index.slots, max_probes=MAX_PROBES, search=index.search_bytes,
+            matrix=matrix, sif=None if sif is None else np.ascontiguousarray(sif),
+            store_rows=None if trained is None else np.ascontiguousarray(trained.store_rows, dtype=np.int32),
+            trained_buckets=None if trained is None else np.ascontiguousarray(trained.buckets, dtype=np.int32),
+            gram_hashes=None if lexicon is None else lexicon.hashes,
+            gram_ids=None if lexicon is None else lexicon.ids,
+            idf=None if lexicon is None else lexicon.idf,
+            joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights)
 
     @property
     def feature_size(self) -> int:
@@ -214,10 +268,21 @@ class Featurizer:
         return tokens, self.index.lookup(flat), _counts(tokens)
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
+        """Model inputs of `texts`, by the compiled encoder where this install has it (the same numbers)."""
+        if self.native is None:
+            return self.encode_python(texts)
+        tokens, chars = self._tokens_and_chars(texts)
+        inputs, token_counts, oov_counts = self.native.encode(tokens, chars or tokens)
+        return EncodedBatch(inputs, token_counts, oov_counts)
+
+    def _tokens_and_chars(self, texts: Sequence[str]) -> tuple[list[list[str]], list[list[str]] | None]:
         # One pass of preprocessing for every channel: the tokens, and a character channel's characters.
         lexical = self.lexicon if self.config.lexical else None
-        tokens, chars = self.preprocessor.batch_tokens_and_chars(texts, lexical is not None
-                                                                 and lexical.units == "chars")
+        return self.preprocessor.batch_tokens_and_chars(texts, lexical is not None and lexical.units == "chars")
+
+    def encode_python(self, texts: Sequence[str]) -> EncodedBatch:
+        """`encode` in Python: the reference the compiled encoder is checked against, and its fallback."""
+        tokens, chars = self._tokens_and_chars(texts)
         flat = [token for text_tokens in tokens for token in text_tokens]
         if len(flat) <= FEW_TOKENS:
             row_list = self.index.lookup_few(flat)

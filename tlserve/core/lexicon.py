@@ -39,7 +39,7 @@ import numpy as np
 from tlserve.core.preprocessing import Units
 from tlserve.core.ragged import pad
 
-__all__ = ["Lexicon", "Units", "ngrams"]
+__all__ = ["Lexicon", "Units", "many_weights", "ngrams"]
 # Up to this many n-grams, lookups and a text's weights are computed in plain Python.
 _PYTHON_ARITHMETIC_MAX = 64
 
@@ -53,6 +53,14 @@ def _hashes(grams: Sequence[str]) -> list[int]:
     """64-bit hash of each n-gram's UTF-8 bytes (see the module docstring for why not of the str)."""
     # surrogatepass: a lone surrogate (JSON can spell one) still has bytes of its own.
     return [hash(gram.encode("utf-8", "surrogatepass")) for gram in grams]
+
+
+def many_weights(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """L2-normalised ``(1 + ln tf) * idf`` (float64) of a text of many n-grams; the compiled encoder calls
+    this very function for such texts, so both get NumPy's rounding."""
+    array = (1.0 + np.log(tf)) * idf
+    result: np.ndarray = array / np.sqrt(np.dot(array, array))
+    return result
 
 
 class Lexicon:
@@ -82,6 +90,16 @@ class Lexicon:
 
     def __len__(self) -> int:
         return len(self.idf)
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """int64, sorted: the n-grams' hashes (see the module docstring)."""
+        return self._hashes
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int32: the id of the n-gram of each of `hashes`."""
+        return self._ids
 
     def ids_of(self, grams: Sequence[str]) -> np.ndarray:
         """int64 ids of `grams`, 0 for those not in the lexicon."""
@@ -145,12 +163,15 @@ class Lexicon:
             # that text alone, so it gets the same weights alone and in any batch.
             if count > _PYTHON_ARITHMETIC_MAX:
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
-                array = (1.0 + np.log(tf)) * idf[position : position + count]
-                weights.extend((array / np.sqrt(np.dot(array, array))).tolist())
+                weights.extend(many_weights(tf, idf[position : position + count]).tolist())
             else:
                 text_idf = idf_list[position : position + count]
                 text_weights = [(1.0 + math.log(tf)) * w for tf, w in zip(counts.values(), text_idf, strict=True)]
-                norm = math.sqrt(sum(w * w for w in text_weights))
+                # A plain running sum: the same on every Python (3.12's sum() compensates) and in C.
+                square = 0.0
+                for w in text_weights:
+                    square += w * w
+                norm = math.sqrt(square)
                 weights.extend(w / norm for w in text_weights)
         width = max(1, max(lengths, default=1))
         if len(lengths) == 1 and lengths[0] == width:  # the lone text of a serving call: no padding to place

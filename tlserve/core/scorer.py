@@ -339,4 +339,4 @@ class Scorer:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "version": self.version, "mode": self.bundle.features.mode,
-                "labels": len(self.labels), "store": self.store.fingerprint[:12]}
+                "labels": len(self.labels), "store": self.store.fingerprint[:12], "encoder": self.featurizer.encoder}

@@ -48,7 +48,7 @@ INDEX_HASH = "index_hash.npy"
 STORE_FILES = frozenset({MANIFEST, VECTORS, VOCAB, INDEX_WORDS, INDEX_ROWS, INDEX_HASH})
 _HASH_CHUNK = 1 << 20
 # Longest probe run a lookup follows; at load <= 0.5 real runs are far shorter.
-_MAX_PROBES = 256
+MAX_PROBES = 256
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class VocabularyIndex:
         encoded = self._encode(tokens)
         if self._slots_view is not None:
             return np.array(self._probe(encoded), dtype=np.int32)
-        return self._search(encoded)
+        return self.search_bytes(encoded)
 
     def lookup_few(self, tokens: Sequence[str]) -> list[int]:
         """`lookup` as a list, for the few tokens of a short text (no array round trip)."""
@@ -168,7 +168,7 @@ class VocabularyIndex:
         encoded = self._encode(tokens)
         if self._slots_view is not None:
             return self._probe(encoded)
-        return self._search(encoded).tolist()
+        return self.search_bytes(encoded).tolist()
 
     def _probe(self, encoded: list[bytes]) -> list[int]:
         """Rows through the hash table: about three cache lines per token.
@@ -183,7 +183,7 @@ class VocabularyIndex:
         out = []
         for key in encoded:
             slot = zlib.crc32(key) & mask
-            for _ in range(_MAX_PROBES):
+            for _ in range(MAX_PROBES):
                 position = slots[slot]
                 if position < 0:
                     out.append(-1)
@@ -193,10 +193,10 @@ class VocabularyIndex:
                     break
                 slot = (slot + 1) & mask
             else:  # a damaged table must not hang the server: search instead
-                out.append(int(self._search([key])[0]))
+                out.append(int(self.search_bytes([key])[0]))
         return out
 
-    def _search(self, encoded: list[bytes]) -> np.ndarray:
+    def search_bytes(self, encoded: list[bytes]) -> np.ndarray:
         """Rows through one vectorised binary search over the sorted words."""
         # A token wider than every word cannot match, and casting it truncates it into
         # a possible false match, so such tokens are masked out after the search.
