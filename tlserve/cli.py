@@ -26,7 +26,8 @@ class _Version(argparse.Action):
         from tlserve.core.encoders import chosen_encoder, compiled_available
 
         built = "compiled encoder installed" if compiled_available() else "no compiled encoder (pure-Python install)"
-        parser.exit(message=f"tlserve {__version__}; encoder: {chosen_encoder()} ({built})\n")
+        print(f"tlserve {__version__}; encoder: {chosen_encoder()} ({built})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
