@@ -38,12 +38,14 @@ def extensions() -> list[Extension]:
     if os.environ.get("TLSERVE_PURE_PYTHON", "") not in ("", "0"):
         return []
     try:
+        import numpy
         from Cython.Build import cythonize
-    except ImportError:  # building from a source tree without Cython: pure Python
+    except ImportError:  # building from a source tree without Cython (or NumPy): pure Python
         return []
     # -ffp-contract=off: no fused multiply-add, so sums round as NumPy's do (bit-identical features).
     flags = [] if sys.platform == "win32" else ["-O2", "-ffp-contract=off"]
-    encoder = Extension("tlserve.core._encoder", ["tlserve/core/_encoder.pyx"], extra_compile_args=flags)
+    encoder = Extension("tlserve.core._encoder", ["tlserve/core/_encoder.pyx"], include_dirs=[numpy.get_include()],
+                        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=flags)
     return cythonize([encoder], compiler_directives={"language_level": "3"}, quiet=True)
 
 

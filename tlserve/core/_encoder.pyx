@@ -12,6 +12,7 @@ Built with ``-ffp-contract=off``, so no compiler fuses a multiply and an add int
 
 import numpy as np
 
+cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -39,6 +40,8 @@ cdef float NO_BASE = -1e9
 # Up to this many n-grams, a text's weights are computed here; beyond, by the lexicon's NumPy function.
 cdef Py_ssize_t PYTHON_ARITHMETIC_MAX = 64
 
+cnp.import_array()
+
 cdef uint32_t CRC_TABLE[256]
 
 
@@ -63,16 +66,16 @@ cdef inline uint32_t _crc_update(uint32_t state, const char* data, Py_ssize_t si
     return state
 
 
-cdef inline Py_ssize_t _position(const int32_t[::1] values, int64_t value) noexcept nogil:
-    """Position of `value` in sorted `values`, -1 if absent."""
-    cdef Py_ssize_t low = 0, high = values.shape[0], middle
+cdef inline Py_ssize_t _position(const int32_t* values, Py_ssize_t size, int64_t value) noexcept nogil:
+    """Position of `value` in the `size` sorted `values`, -1 if absent."""
+    cdef Py_ssize_t low = 0, high = size, middle
     while low < high:
         middle = (low + high) >> 1
         if values[middle] < value:
             low = middle + 1
         else:
             high = middle
-    if low < values.shape[0] and values[low] == value:
+    if low < size and values[low] == value:
         return low
     return -1
 
@@ -124,50 +127,69 @@ cdef void _sum_max(const float* vectors, Py_ssize_t count, Py_ssize_t dim, float
                     maximum[j] = x
 
 
-cdef class _Buffer:
-    """A growable C array of int64 (codes, ids, counts) owned by one `encode` call."""
-    cdef int64_t* data
-    cdef Py_ssize_t size, capacity
+cdef struct Vec:
+    # A growable C array of int64 owned by one `encode` call (freed in its `finally`).
+    int64_t* data
+    Py_ssize_t size
+    Py_ssize_t capacity
 
-    def __cinit__(self, Py_ssize_t capacity):
-        self.capacity = max(capacity, 16)
-        self.size = 0
-        self.data = <int64_t*>malloc(self.capacity * sizeof(int64_t))
-        if self.data == NULL:
+
+cdef int _push(Vec* vec, int64_t value) except -1:
+    cdef int64_t* grown
+    cdef Py_ssize_t capacity
+    if vec.size == vec.capacity:
+        capacity = max(16, 2 * vec.capacity)
+        grown = <int64_t*>realloc(vec.data, capacity * sizeof(int64_t))
+        if grown == NULL:
             raise MemoryError()
+        vec.data, vec.capacity = grown, capacity
+    vec.data[vec.size] = value
+    vec.size += 1
+    return 0
 
-    def __dealloc__(self):
-        free(self.data)
 
-    cdef int push(self, int64_t value) except -1:
-        cdef int64_t* grown
-        if self.size == self.capacity:
-            grown = <int64_t*>realloc(self.data, 2 * self.capacity * sizeof(int64_t))
-            if grown == NULL:
-                raise MemoryError()
-            self.data = grown
-            self.capacity *= 2
-        self.data[self.size] = value
-        self.size += 1
-        return 0
+cdef int _reserve(Vec* vec, Py_ssize_t capacity) except -1:
+    cdef int64_t* grown
+    if vec.capacity < capacity:
+        grown = <int64_t*>realloc(vec.data, capacity * sizeof(int64_t))
+        if grown == NULL:
+            raise MemoryError()
+        vec.data, vec.capacity = grown, capacity
+    return 0
+
+
+cdef inline cnp.ndarray _zeros2(Py_ssize_t rows, Py_ssize_t columns, int kind):
+    cdef cnp.npy_intp shape[2]
+    shape[0], shape[1] = rows, columns
+    return cnp.PyArray_ZEROS(2, shape, kind, 0)
+
+
+cdef inline cnp.ndarray _zeros1(Py_ssize_t size, int kind):
+    cdef cnp.npy_intp shape[1]
+    shape[0] = size
+    return cnp.PyArray_ZEROS(1, shape, kind, 0)
 
 
 cdef class NativeEncoder:
     """One model's encoder: the arrays of its featurizer, read in place (never copied)."""
 
     cdef readonly bint frozen, mean_max, static, bigrams, lexical, joiner_space
-    cdef Py_ssize_t buckets, dim, n_words, width, max_probes
+    cdef Py_ssize_t buckets, dim, n_words, width, max_probes, n_store_rows, n_trained_buckets, n_grams
     cdef uint32_t mask
-    cdef const uint8_t[:, ::1] words
-    cdef const int32_t[::1] rows, slots, store_rows, trained_buckets
-    cdef const float[:, ::1] matrix
-    cdef const float[::1] sif
     cdef bint has_sif
-    cdef const int64_t[::1] gram_hashes
-    cdef const int32_t[::1] gram_ids
-    cdef const float[::1] idf
+    # The arrays, held so that the pointers below stay valid.
+    cdef object arrays
+    cdef const uint8_t* words
+    cdef const int32_t* rows
+    cdef const int32_t* slots
+    cdef const int32_t* store_rows
+    cdef const int32_t* trained_buckets
+    cdef const float* matrix
+    cdef const float* sif
+    cdef const int64_t* gram_hashes
+    cdef const int32_t* gram_ids
+    cdef const float* idf
     cdef object search, many_weights
-    cdef bytearray scratch
 
     def __init__(self, *, bint frozen, bint mean_max, bint static, Py_ssize_t buckets, bint bigrams,
                  words, rows, slots, int max_probes, search, matrix, sif=None, store_rows=None,
@@ -177,27 +199,46 @@ cdef class NativeEncoder:
         self.buckets, self.bigrams = buckets, bigrams
         self.n_words = len(words)
         self.width = words.dtype.itemsize
-        self.words = words.view(np.uint8).reshape(self.n_words, self.width) if self.n_words \
-            else np.zeros((0, 1), dtype=np.uint8)
-        self.rows = rows
-        self.slots = slots
         self.mask = <uint32_t>(len(slots) - 1)
         self.max_probes = max_probes
         self.search = search
-        self.matrix = matrix
-        self.dim = matrix.shape[1]
-        self.has_sif = sif is not None
-        self.sif = sif if sif is not None else np.zeros(0, dtype=np.float32)
-        empty = np.zeros(0, dtype=np.int32)
-        self.store_rows = store_rows if store_rows is not None else empty
-        self.trained_buckets = trained_buckets if trained_buckets is not None else empty
-        self.lexical = gram_hashes is not None
-        self.gram_hashes = gram_hashes if gram_hashes is not None else np.zeros(0, dtype=np.int64)
-        self.gram_ids = gram_ids if gram_ids is not None else empty
-        self.idf = idf if idf is not None else np.zeros(0, dtype=np.float32)
-        self.joiner_space = joiner == " "
         self.many_weights = many_weights
-        self.scratch = bytearray(256)
+        self.joiner_space = joiner == " "
+        self.has_sif = sif is not None
+        self.lexical = gram_hashes is not None
+        self.dim = matrix.shape[1]
+        empty32 = np.zeros(1, dtype=np.int32)
+        arrays = {
+            "words": np.ascontiguousarray(words).view(np.uint8) if self.n_words else np.zeros(1, np.uint8),
+            "rows": rows, "slots": slots, "matrix": matrix,
+            "sif": sif if sif is not None else np.zeros(1, np.float32),
+            "store_rows": store_rows if store_rows is not None and len(store_rows) else empty32,
+            "trained_buckets": trained_buckets if trained_buckets is not None and len(trained_buckets) else empty32,
+            "gram_hashes": gram_hashes if gram_hashes is not None and len(gram_hashes) else np.zeros(1, np.int64),
+            "gram_ids": gram_ids if gram_ids is not None and len(gram_ids) else empty32,
+            "idf": idf if idf is not None and len(idf) else np.zeros(1, np.float32),
+        }
+        kinds = {"words": np.uint8, "rows": np.int32, "slots": np.int32, "matrix": np.float32, "sif": np.float32,
+                 "store_rows": np.int32, "trained_buckets": np.int32, "gram_hashes": np.int64,
+                 "gram_ids": np.int32, "idf": np.float32}
+        for name, kind in kinds.items():
+            array = arrays[name]
+            if array.dtype != kind or not array.flags.c_contiguous:
+                raise ValueError(f"{name}: expected C-contiguous {np.dtype(kind)}, got {array.dtype}")
+        self.arrays = arrays
+        self.n_store_rows = 0 if store_rows is None else len(store_rows)
+        self.n_trained_buckets = 0 if trained_buckets is None else len(trained_buckets)
+        self.n_grams = 0 if gram_hashes is None else len(gram_hashes)
+        self.words = <const uint8_t*>cnp.PyArray_DATA(arrays["words"])
+        self.rows = <const int32_t*>cnp.PyArray_DATA(arrays["rows"])
+        self.slots = <const int32_t*>cnp.PyArray_DATA(arrays["slots"])
+        self.matrix = <const float*>cnp.PyArray_DATA(arrays["matrix"])
+        self.sif = <const float*>cnp.PyArray_DATA(arrays["sif"])
+        self.store_rows = <const int32_t*>cnp.PyArray_DATA(arrays["store_rows"])
+        self.trained_buckets = <const int32_t*>cnp.PyArray_DATA(arrays["trained_buckets"])
+        self.gram_hashes = <const int64_t*>cnp.PyArray_DATA(arrays["gram_hashes"])
+        self.gram_ids = <const int32_t*>cnp.PyArray_DATA(arrays["gram_ids"])
+        self.idf = <const float*>cnp.PyArray_DATA(arrays["idf"])
 
     # --- vocabulary -------------------------------------------------------------------------------------------
 
@@ -206,6 +247,7 @@ cdef class NativeEncoder:
         cdef uint32_t slot
         cdef int32_t position
         cdef Py_ssize_t probe
+        cdef const uint8_t* word
         if self.n_words == 0:
             return -1
         slot = (_crc_update(0xFFFFFFFFu, key, size) ^ 0xFFFFFFFFu) & self.mask
@@ -213,8 +255,9 @@ cdef class NativeEncoder:
             position = self.slots[slot]
             if position < 0:
                 return -1
-            if (position < self.n_words and size <= self.width and memcmp(&self.words[position, 0], key, size) == 0
-                    and (size == self.width or self.words[position, size] == 0)):
+            word = self.words + position * self.width
+            if (position < self.n_words and size <= self.width and memcmp(word, key, size) == 0
+                    and (size == self.width or word[size] == 0)):
                 return self.rows[position]
             slot = (slot + 1) & self.mask
         # A damaged table must not hang the server: the index's binary search, as in Python.
@@ -225,50 +268,54 @@ cdef class NativeEncoder:
     def encode(self, list tokens, list units):
         """Graph inputs (dict, in the Python encoder's order), token counts and unknown-token counts per text;
         `units` are the lexical channel's units (the tokens, or characters)."""
-        cdef Py_ssize_t n = len(tokens), total = 0, t, k, size
+        cdef Py_ssize_t n = len(tokens), total = 0, t, k, size, longest = 1
         cdef list text_tokens
         cdef const char* key
         for text_tokens in tokens:
             total += len(text_tokens)
-        rows_array = np.empty(total, dtype=np.int32)
-        counts_array = np.empty(n, dtype=np.int32)
-        oov_array = np.zeros(n, dtype=np.int32)
-        cdef int32_t[::1] rows = rows_array
-        cdef int32_t[::1] counts = counts_array
-        cdef int32_t[::1] oov = oov_array
-        k = 0
-        for t in range(n):
-            text_tokens = tokens[t]
-            counts[t] = len(text_tokens)
-            for token in text_tokens:
-                key = PyUnicode_AsUTF8AndSize(token, &size)
-                rows[k] = self._row(key, size)
-                if rows[k] < 0:
-                    oov[t] += 1
-                k += 1
-        inputs = {}
-        if self.frozen:
-            inputs["features"] = self._pool(rows, counts)
-        else:
-            inputs.update(self._finetune(tokens, rows, counts))
-            if self.static:
-                inputs["features"] = self._pool(rows, counts)
+            longest = max(longest, len(text_tokens))
+        counts_array = _zeros1(n, cnp.NPY_INT32)
+        oov_array = _zeros1(n, cnp.NPY_INT32)
+        cdef int32_t* counts = <int32_t*>cnp.PyArray_DATA(counts_array)
+        cdef int32_t* oov = <int32_t*>cnp.PyArray_DATA(oov_array)
+        cdef int32_t* rows = <int32_t*>malloc(max(total, 1) * sizeof(int32_t))
+        if rows == NULL:
+            raise MemoryError()
+        try:
+            k = 0
+            for t in range(n):
+                text_tokens = tokens[t]
+                counts[t] = len(text_tokens)
+                for token in text_tokens:
+                    key = PyUnicode_AsUTF8AndSize(token, &size)
+                    rows[k] = self._row(key, size)
+                    if rows[k] < 0:
+                        oov[t] += 1
+                    k += 1
+            inputs = {}
+            if self.frozen:
+                inputs["features"] = self._pool(rows, counts, n, longest)
+            else:
+                self._finetune(inputs, tokens, rows, counts, n, longest)
+                if self.static:
+                    inputs["features"] = self._pool(rows, counts, n, longest)
+        finally:
+            free(rows)
         if self.lexical:
-            inputs["lexicon_ids"], inputs["lexicon_weights"] = self._lexicon(units)
+            self._lexicon(inputs, units)
         return inputs, counts_array, oov_array
 
     # --- pooling ----------------------------------------------------------------------------------------------
 
-    def _pool(self, const int32_t[::1] rows, const int32_t[::1] counts):
+    cdef cnp.ndarray _pool(self, const int32_t* rows, const int32_t* counts, Py_ssize_t n, Py_ssize_t longest):
         """Mean (and max) of each text's known rows, SIF-weighted where the model has weights."""
-        cdef Py_ssize_t n = counts.shape[0], dim = self.dim, t, i, j, k = 0, known, longest = 1
+        cdef Py_ssize_t dim = self.dim, width, t, i, j, k = 0, known
         cdef bint mean_max = self.mean_max, has_sif = self.has_sif
-        out_array = np.zeros((n, 2 * dim if mean_max else dim), dtype=np.float32)
-        cdef float[:, ::1] out = out_array
+        width = 2 * dim if mean_max else dim
+        out_array = _zeros2(n, width, cnp.NPY_FLOAT32)
+        cdef float* out = <float*>cnp.PyArray_DATA(out_array)
         cdef float weight
         cdef int32_t row
-        for t in range(n):
-            longest = max(longest, counts[t])
         cdef float* vectors = <float*>malloc(longest * dim * sizeof(float))
         if vectors == NULL:
             raise MemoryError()
@@ -281,51 +328,48 @@ cdef class NativeEncoder:
                         if has_sif:
                             weight = self.sif[row]
                             for j in range(dim):
-                                vectors[known * dim + j] = self.matrix[row, j] * weight
+                                vectors[known * dim + j] = self.matrix[row * dim + j] * weight
                         else:
-                            memcpy(&vectors[known * dim], &self.matrix[row, 0], dim * sizeof(float))
+                            memcpy(&vectors[known * dim], &self.matrix[row * dim], dim * sizeof(float))
                         known += 1
                 k += counts[t]
                 if known:
-                    _sum_max(vectors, known, dim, &out[t, 0], &out[t, dim] if mean_max else NULL)
+                    _sum_max(vectors, known, dim, &out[t * width], &out[t * width + dim] if mean_max else NULL)
                     for j in range(dim):
-                        out[t, j] = out[t, j] / <float>known
+                        out[t * width + j] = out[t * width + j] / <float>known
         free(vectors)
         return out_array
 
     # --- finetune ---------------------------------------------------------------------------------------------
 
-    cdef uint32_t _bucket_of(self, str word) except? 0xFFFFFFFF:
-        cdef Py_ssize_t size
-        cdef const char* key = PyUnicode_AsUTF8AndSize(word, &size)
-        return (_crc_update(0xFFFFFFFFu, key, size) ^ 0xFFFFFFFFu) % <uint32_t>self.buckets
+    cdef inline Py_ssize_t _trained_bucket(self, uint32_t state) noexcept:
+        """Position among the trained hashed rows of the row a crc32 state reaches, -1 if untrained."""
+        return _position(self.trained_buckets, self.n_trained_buckets,
+                         (state ^ 0xFFFFFFFFu) % <uint32_t>self.buckets)
 
-    cdef uint32_t _bigram_bucket(self, str first, str second) except? 0xFFFFFFFF:
-        cdef Py_ssize_t a, b
-        cdef const char* left = PyUnicode_AsUTF8AndSize(first, &a)
-        cdef const char* right = PyUnicode_AsUTF8AndSize(second, &b)
-        cdef uint32_t state = _crc_update(0xFFFFFFFFu, left, a)
-        state = _crc_update(state, b"\x1f", 1)
-        state = _crc_update(state, right, b)
-        return (state ^ 0xFFFFFFFFu) % <uint32_t>self.buckets
-
-    def _finetune(self, list tokens, const int32_t[::1] rows, const int32_t[::1] counts):
+    cdef int _finetune(self, dict inputs, list tokens, const int32_t* rows, const int32_t* counts, Py_ssize_t n,
+                       Py_ssize_t longest) except -1:
         """Token ids (store words, unknown words, bigrams) and the sum (and max) of untrained store words."""
-        cdef Py_ssize_t n = len(tokens), t, i, k = 0, found, first_bucket_id, width = 1, position, before
-        cdef Py_ssize_t dim = self.dim, base_known, longest = 1
+        cdef Py_ssize_t t, i, k = 0, found, width = 1, position, before, a, b
+        cdef Py_ssize_t dim = self.dim, base_known
+        cdef int64_t first_bucket_id = FIRST_TRAINED_ID + self.n_store_rows
         cdef int32_t row
+        cdef uint32_t state
+        cdef const char* left
+        cdef const char* right
         cdef list text_tokens
-        cdef _Buffer codes = _Buffer(rows.shape[0] * 2)
-        cdef _Buffer lengths = _Buffer(n)
         cdef bint mean_max = self.mean_max
-        first_bucket_id = FIRST_TRAINED_ID + self.store_rows.shape[0]
-        total_array = np.zeros((n, dim), dtype=np.float32)
-        cdef float[:, ::1] total = total_array
-        maximum_array = np.full((n, dim), NO_BASE, dtype=np.float32) if mean_max else None
-        cdef float[:, ::1] maximum = maximum_array if mean_max else total_array
-        for t in range(n):
-            longest = max(longest, counts[t])
+        cdef Vec codes, lengths
+        codes.data, codes.size, codes.capacity = NULL, 0, 0
+        lengths.data, lengths.size, lengths.capacity = NULL, 0, 0
+        total_array = _zeros2(n, dim, cnp.NPY_FLOAT32)
+        cdef float* total = <float*>cnp.PyArray_DATA(total_array)
+        cdef float* maximum = NULL
+        if mean_max:
+            maximum_array = np.full((n, dim), NO_BASE, dtype=np.float32)
+            maximum = <float*>cnp.PyArray_DATA(maximum_array)
         cdef float* vectors = <float*>malloc(longest * dim * sizeof(float))
+        cdef int64_t* ids
         if vectors == NULL:
             raise MemoryError()
         try:
@@ -335,151 +379,177 @@ cdef class NativeEncoder:
                 base_known = 0
                 for i in range(counts[t]):
                     row = rows[k + i]
-                    found = _position(self.store_rows, row) if row >= 0 else -1
+                    found = _position(self.store_rows, self.n_store_rows, row) if row >= 0 else -1
                     if found >= 0:
-                        codes.push(FIRST_TRAINED_ID + found)
+                        _push(&codes, FIRST_TRAINED_ID + found)
                     elif row >= 0:
-                        codes.push(BASE_ID)
-                        memcpy(&vectors[base_known * dim], &self.matrix[row, 0], dim * sizeof(float))
+                        _push(&codes, BASE_ID)
+                        memcpy(&vectors[base_known * dim], &self.matrix[row * dim], dim * sizeof(float))
                         base_known += 1
                 if base_known:
-                    _sum_max(vectors, base_known, dim, &total[t, 0], &maximum[t, 0] if mean_max else NULL)
+                    _sum_max(vectors, base_known, dim, &total[t * dim], &maximum[t * dim] if mean_max else NULL)
                 if self.buckets:
                     for i in range(counts[t]):
-                        if rows[k + i] < 0:
-                            # An untrained unknown word reads the zero row.
-                            found = _position(self.trained_buckets, self._bucket_of(text_tokens[i]))
-                            codes.push(first_bucket_id + found if found >= 0 else ZERO_ID)
+                        if rows[k + i] < 0:  # an untrained unknown word reads the zero row
+                            left = PyUnicode_AsUTF8AndSize(text_tokens[i], &a)
+                            found = self._trained_bucket(_crc_update(0xFFFFFFFFu, left, a))
+                            _push(&codes, first_bucket_id + found if found >= 0 else ZERO_ID)
                     if self.bigrams:
-                        for i in range(1, counts[t]):
-                            # An untrained bigram is left out.
-                            found = _position(self.trained_buckets,
-                                              self._bigram_bucket(text_tokens[i - 1], text_tokens[i]))
+                        for i in range(1, counts[t]):  # an untrained bigram is left out
+                            left = PyUnicode_AsUTF8AndSize(text_tokens[i - 1], &a)
+                            right = PyUnicode_AsUTF8AndSize(text_tokens[i], &b)
+                            state = _crc_update(_crc_update(0xFFFFFFFFu, left, a), b"\x1f", 1)
+                            found = self._trained_bucket(_crc_update(state, right, b))
                             if found >= 0:
-                                codes.push(first_bucket_id + found)
+                                _push(&codes, first_bucket_id + found)
                 k += counts[t]
-                lengths.push(codes.size - before)
+                _push(&lengths, codes.size - before)
                 width = max(width, codes.size - before)
+            ids_array = _zeros2(n, width, cnp.NPY_INT64)
+            ids = <int64_t*>cnp.PyArray_DATA(ids_array)
+            position = 0
+            for t in range(n):
+                memcpy(&ids[t * width], &codes.data[position], lengths.data[t] * sizeof(int64_t))
+                position += lengths.data[t]
         finally:
             free(vectors)
-        ids_array = np.zeros((n, width), dtype=np.int64)
-        cdef int64_t[:, ::1] ids = ids_array
-        position = 0
-        for t in range(n):
-            for i in range(lengths.data[t]):
-                ids[t, i] = codes.data[position + i]
-            position += lengths.data[t]
-        inputs = {"token_ids": ids_array, "base_sum": total_array}
+            free(codes.data)
+            free(lengths.data)
+        inputs["token_ids"] = ids_array
+        inputs["base_sum"] = total_array
         if mean_max:
             inputs["base_max"] = maximum_array
-        return inputs
+        return 0
 
     # --- the lexical channel ----------------------------------------------------------------------------------
 
     cdef int64_t _gram_id(self, const char* data, Py_ssize_t size) noexcept:
         """The id of an n-gram's UTF-8 bytes (0: not in the lexicon): CPython's hash, found by binary search."""
         cdef int64_t key = tl_hash_bytes(data, size)
-        cdef Py_ssize_t low = 0, high = self.gram_hashes.shape[0], middle
+        cdef Py_ssize_t low = 0, high = self.n_grams, middle
         while low < high:
             middle = (low + high) >> 1
             if self.gram_hashes[middle] < key:
                 low = middle + 1
             else:
                 high = middle
-        if low < self.gram_hashes.shape[0] and self.gram_hashes[low] == key:
+        if low < self.n_grams and self.gram_hashes[low] == key:
             return self.gram_ids[low]
         return 0
 
-    cdef bytes _utf8(self, str unit):
-        return unit.encode("utf-8", "surrogatepass")
-
-    def _lexicon(self, list units):
+    cdef int _lexicon(self, dict inputs, list units) except -1:
         """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (`Lexicon.encode`)."""
-        cdef Py_ssize_t n = len(units), t, i, j, m, size, a, b, width = 1, position, count, slot
+        cdef Py_ssize_t n = len(units), t, i, j, m, size, a, b, width = 1, position, count, slot, longest = 0
         cdef list text_units
-        cdef list encoded
-        cdef const char* left
-        cdef const char* right
+        cdef list held = []
         cdef int64_t gram
-        cdef _Buffer ids = _Buffer(64)
-        cdef _Buffer tfs = _Buffer(64)
-        cdef _Buffer lengths = _Buffer(n)
-        cdef _Buffer table = _Buffer(16)
-        cdef unsigned char* scratch
-        for t in range(n):
-            text_units = units[t]
-            m = len(text_units)
-            encoded = [self._utf8(unit) for unit in text_units]
-            # Each text's distinct ids in first-seen order, with their counts: an open-addressing table of
-            # positions into this text's part of `ids`.
-            size = 16
-            while size < 4 * m:
-                size <<= 1
-            while table.capacity < size:
-                table.push(0)
-            for i in range(size):
-                table.data[i] = -1
-            position = ids.size
-            for i in range(2 * m - 1 if m else 0):
-                if i < m:
-                    gram = self._gram_id(<bytes>encoded[i], len(<bytes>encoded[i]))
-                else:
-                    j = i - m
-                    a, b = len(<bytes>encoded[j]), len(<bytes>encoded[j + 1])
-                    left, right = <bytes>encoded[j], <bytes>encoded[j + 1]
-                    if a + b + 1 > len(self.scratch):
-                        self.scratch = bytearray(2 * (a + b + 1))
-                    scratch = self.scratch
-                    memcpy(scratch, left, a)
-                    if self.joiner_space:
-                        scratch[a] = 32
-                        memcpy(scratch + a + 1, right, b)
-                        gram = self._gram_id(<char*>scratch, a + b + 1)
-                    else:
-                        memcpy(scratch + a, right, b)
-                        gram = self._gram_id(<char*>scratch, a + b)
-                if gram == 0:
-                    continue
-                slot = gram & (size - 1)
-                while table.data[slot] >= 0 and ids.data[table.data[slot]] != gram:
-                    slot = (slot + 1) & (size - 1)
-                if table.data[slot] >= 0:
-                    tfs.data[table.data[slot]] += 1
-                else:
-                    table.data[slot] = ids.size
-                    ids.push(gram)
-                    tfs.push(1)
-            count = ids.size - position
-            lengths.push(count)
-            width = max(width, count)
-        ids_array = np.zeros((n, width), dtype=np.int64)
-        weights_array = np.zeros((n, width), dtype=np.float32)
-        cdef int64_t[:, ::1] out_ids = ids_array
-        cdef float[:, ::1] out_weights = weights_array
-        cdef double norm, w
-        cdef double* text_weights = <double*>malloc(max(width, 1) * sizeof(double))
-        if text_weights == NULL:
-            raise MemoryError()
+        cdef double square, w
+        cdef Vec ids, tfs, lengths, table
+        cdef const char** starts = NULL
+        cdef Py_ssize_t* sizes = NULL
+        cdef char* joined = NULL
+        cdef Py_ssize_t joined_size = 0
+        cdef double* weights = NULL
+        cdef int64_t* out_ids
+        cdef float* out_weights
+        ids.data, ids.size, ids.capacity = NULL, 0, 0
+        tfs.data, tfs.size, tfs.capacity = NULL, 0, 0
+        lengths.data, lengths.size, lengths.capacity = NULL, 0, 0
+        table.data, table.size, table.capacity = NULL, 0, 0
+        for text_units in units:
+            longest = max(longest, len(text_units))
         try:
+            starts = <const char**>malloc(max(longest, 1) * sizeof(char*))
+            sizes = <Py_ssize_t*>malloc(max(longest, 1) * sizeof(Py_ssize_t))
+            if starts == NULL or sizes == NULL:
+                raise MemoryError()
+            for t in range(n):
+                text_units = units[t]
+                m = len(text_units)
+                for i in range(m):
+                    try:
+                        starts[i] = PyUnicode_AsUTF8AndSize(text_units[i], &sizes[i])
+                    except UnicodeEncodeError:  # a lone surrogate (JSON can spell one): its own bytes
+                        encoded = (<str>text_units[i]).encode("utf-8", "surrogatepass")
+                        held.append(encoded)
+                        starts[i], sizes[i] = <bytes>encoded, len(encoded)
+                # Each text's distinct ids in first-seen order, with their counts: an open-addressing table of
+                # positions into this text's part of `ids`.
+                size = 16
+                while size < 4 * m:
+                    size <<= 1
+                _reserve(&table, size)
+                for i in range(size):
+                    table.data[i] = -1
+                position = ids.size
+                for i in range(2 * m - 1 if m else 0):
+                    if i < m:
+                        gram = self._gram_id(starts[i], sizes[i])
+                    else:
+                        j = i - m
+                        a, b = sizes[j], sizes[j + 1]
+                        if a + b + 1 > joined_size:
+                            joined_size = 2 * (a + b + 1)
+                            free(joined)
+                            joined = <char*>malloc(joined_size)
+                            if joined == NULL:
+                                raise MemoryError()
+                        memcpy(joined, starts[j], a)
+                        if self.joiner_space:
+                            joined[a] = 32
+                            memcpy(joined + a + 1, starts[j + 1], b)
+                            gram = self._gram_id(joined, a + b + 1)
+                        else:
+                            memcpy(joined + a, starts[j + 1], b)
+                            gram = self._gram_id(joined, a + b)
+                    if gram == 0:
+                        continue
+                    slot = gram & (size - 1)
+                    while table.data[slot] >= 0 and ids.data[table.data[slot]] != gram:
+                        slot = (slot + 1) & (size - 1)
+                    if table.data[slot] >= 0:
+                        tfs.data[table.data[slot]] += 1
+                    else:
+                        table.data[slot] = ids.size
+                        _push(&ids, gram)
+                        _push(&tfs, 1)
+                count = ids.size - position
+                _push(&lengths, count)
+                width = max(width, count)
+            ids_array = _zeros2(n, width, cnp.NPY_INT64)
+            weights_array = _zeros2(n, width, cnp.NPY_FLOAT32)
+            out_ids = <int64_t*>cnp.PyArray_DATA(ids_array)
+            out_weights = <float*>cnp.PyArray_DATA(weights_array)
+            weights = <double*>malloc(width * sizeof(double))
+            if weights == NULL:
+                raise MemoryError()
             position = 0
             for t in range(n):
                 count = lengths.data[t]
-                for i in range(count):
-                    out_ids[t, i] = ids.data[position + i]
+                memcpy(&out_ids[t * width], &ids.data[position], count * sizeof(int64_t))
                 if count > PYTHON_ARITHMETIC_MAX:
                     idf = np.array([self.idf[ids.data[position + i] - 1] for i in range(count)], dtype=np.float64)
                     tf = np.array([tfs.data[position + i] for i in range(count)], dtype=np.float64)
                     weights_array[t, :count] = self.many_weights(tf, idf)
                 elif count:
-                    norm = 0.0
+                    square = 0.0
                     for i in range(count):
                         w = (1.0 + log(<double>tfs.data[position + i])) * <double>self.idf[ids.data[position + i] - 1]
-                        text_weights[i] = w
-                        norm += w * w
-                    norm = sqrt(norm)
+                        weights[i] = w
+                        square += w * w
+                    square = sqrt(square)
                     for i in range(count):
-                        out_weights[t, i] = <float>(text_weights[i] / norm)
+                        out_weights[t * width + i] = <float>(weights[i] / square)
                 position += count
         finally:
-            free(text_weights)
-        return ids_array, weights_array
+            free(starts)
+            free(sizes)
+            free(joined)
+            free(weights)
+            free(ids.data)
+            free(tfs.data)
+            free(lengths.data)
+            free(table.data)
+        inputs["lexicon_ids"] = ids_array
+        inputs["lexicon_weights"] = weights_array
+        return 0
