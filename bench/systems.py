@@ -99,11 +99,12 @@ def _classify_works(target: str, model: str) -> bool:
 
 
 def start_tlserve(name: str, repository: Path, workers: int, logs: Path, timeout: float = 120,
-                  extra: tuple[str, ...] = (), entry: str = "tlserve.cli") -> Running:
+                  extra: tuple[str, ...] = (), entry: str = "tlserve.cli", env: dict[str, str] | None = None
+                  ) -> Running:
     # HTTP on, as users run it: the gRPC figures include its cost.
     port, metrics_port, http_port = free_port(), free_port(), free_port()
     command = tlserve_serve_command(repository, port, metrics_port, workers, http_port, entry)
-    process, log = _spawn(name, [*command, *extra], logs)
+    process, log = _spawn(name, [*command, *extra], logs, env)
     running = Running(name, f"127.0.0.1:{port}", process, log, metrics_port, http_port)
 
     def serving() -> bool:

@@ -11,7 +11,8 @@ if [ "${1:-}" = "--dev" ]; then kind=dev extras=dev; fi
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "setup: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version))" >&2; exit 1; }
-hash=$(cat pyproject.toml constraints.txt setup.py tlserve/core/_encoder.pyx | sha256sum | cut -c1-16)
+hash=$(cat pyproject.toml constraints.txt setup.py tlserve/core/_encoder.pyx tests/interop/requirements.txt \
+  | sha256sum | cut -c1-16)
 have_kind="" have_hash=""
 [ -f .venv/.tlserve-stamp ] && read -r have_kind have_hash < .venv/.tlserve-stamp
 if [ -x .venv/bin/python ] && [ "$have_hash" = "$hash" ] && { [ "$have_kind" = "$kind" ] || [ "$have_kind" = dev ]; }; then
@@ -31,5 +32,14 @@ fi
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --disable-pip-version-check \
   --progress-bar off -c constraints.txt -e ".[$extras]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2) \
   | { grep --line-buffered -E "^(Collecting|Successfully installed)" || true; } | sed -u 's/^/  /' >&2
+if [ "$kind" = dev ] && ! cmp -s tests/interop/requirements.txt .venv-interop/pins.txt; then
+  # The third-party clients the tests drive (tritonclient, grpc_requests, schemathesis) pin a protobuf
+  # and an HTTP stack of their own, so they live in a venv of their own.
+  echo "setup: the interoperability venv (.venv-interop: tritonclient, grpc_requests, schemathesis)" >&2
+  "$PYTHON" -m venv --clear .venv-interop
+  .venv-interop/bin/python -m pip install -q --disable-pip-version-check -r tests/interop/requirements.txt \
+    2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+  cp tests/interop/requirements.txt .venv-interop/pins.txt
+fi
 echo "$kind $hash" > .venv/.tlserve-stamp
 echo "setup: done in $(( $(date +%s) - started )) s ($(du -sh .venv | cut -f1) in .venv)" >&2

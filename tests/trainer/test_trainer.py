@@ -181,10 +181,10 @@ def test_compare_runs_peers_and_ablations_on_the_same_split(glove_store: Path, t
 
     from conftest import _train
 
-    # A fifth of the training labels: every system on the same (smaller) split, in a fraction of the time;
+    # A tenth of the training labels: every system on the same (smaller) split, in a fraction of the time;
     # calibration on the validation split only (out-of-fold answers are the subject of test_calibration).
     result = _train(glove_store, tmp_path, "wn-compare", "frozen", compare=True, learning_curve=False,
-                    train_fraction=0.2, calibration_folds=1,
+                    train_fraction=0.1, calibration_folds=1,
                     head=HeadConfig(hidden=32, epochs=2, batch_size=64, patience=2))
     path = result.path  # type: ignore[attr-defined]
     report = json.loads((path / "report.json").read_text())

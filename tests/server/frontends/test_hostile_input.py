@@ -46,7 +46,7 @@ def expected_status(texts: list[str]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(texts=st.lists(odd_texts, min_size=0, max_size=6), model=st.sampled_from(["wn-frozen", "wn-finetune"]),
        top_k=st.integers(0, 12))
 def test_arbitrary_texts_get_a_valid_answer_or_the_right_status(

@@ -350,7 +350,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
         config = tmp_path / f"{name}.toml"
         config.write_text(f"[parameters]\n{parameters}" if parameters else "")
         run = subprocess.run([str(interop_python.parent / "schemathesis"), "--config-file", str(config), "run",
-                              f"http://127.0.0.1:{server.http_port}/openapi.json", "--max-examples", "35",
+                              f"http://127.0.0.1:{server.http_port}/openapi.json", "--max-examples", "20",
                               "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--seed", "7"],
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert run.returncode == 0, run.stdout[-6000:]
@@ -358,4 +358,4 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
         assert counts and "passed" in counts[-1], run.stdout[-2000:]
         generated += int(counts[-1].split()[0])
     print(f"schemathesis: {generated} generated requests, all passed")
-    assert generated >= 1000
+    assert generated >= 600
