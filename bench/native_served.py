@@ -39,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--data", type=Path, default=Path("data/tasks/wordnet-nouns-top10.csv"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--logs", type=Path, default=Path("data/bench/logs"))
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--data", type=Path, default=Path("data/tasks/wordnet-nouns-top10.csv"),
+                        help="CSV with a text column: the texts sent")
+    load = parser.add_argument_group("load")
+    load.add_argument("--rounds", type=int, default=3, help="fresh servers per round (default 3)")
+    load.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point (default 6)")
+    load.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], help="callers (default 1 16)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--logs", type=Path, default=Path("data/bench/logs"), help="server logs")
+    output.add_argument("--out", type=Path, help="JSON result")
     args = parser.parse_args(argv)
     with args.data.open(encoding="utf-8", newline="") as handle:
         texts = [row["text"] for row, _ in zip(csv.DictReader(handle), range(2000), strict=False)]

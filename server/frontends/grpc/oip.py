@@ -29,16 +29,9 @@ from tlserve.contract.oip import grpc_predict_v2_pb2 as v2
 from tlserve.contract.oip import grpc_predict_v2_pb2_grpc as v2_grpc
 from tlserve.server.core.dataplane import ClassifyCall, DataPlane
 from tlserve.server.core.errors import ErrorCode, ServingError, too_many_texts
+from tlserve.server.frontends import oip_tensors as tensors
 from tlserve.server.frontends.grpc.common import add_tolerant_service, grpc_errors, metadata_of
 from tlserve.server.frontends.grpc.oip_messages import infer_response
-from tlserve.server.frontends.oip_tensors import (
-    INPUT,
-    OUTPUTS,
-    RequestedOutput,
-    labels_needed,
-    model_metadata,
-    split_bytes_tensor,
-)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,10 +44,11 @@ def texts_of(request: v2.ModelInferRequest, max_texts: int) -> list[str]:
     """The request's `text` input as strings; every error names the input, field or element. The count is
     checked against the limit from the shape, before any element is read."""
     names = [tensor.name for tensor in request.inputs]
-    if names != [INPUT]:
-        raise ServingError(_INVALID, f"inputs are {names}; the model has one input, '{INPUT}' (BYTES, shape [-1])")
+    if names != [tensors.INPUT]:
+        raise ServingError(_INVALID,
+                           f"inputs are {names}; the model has one input, '{tensors.INPUT}' (BYTES, shape [-1])")
     tensor = request.inputs[0]
-    where = f"inputs[0] '{INPUT}'"
+    where = f"inputs[0] '{tensors.INPUT}'"
     if tensor.datatype != "BYTES":
         raise ServingError(_INVALID, f"{where}: datatype is {tensor.datatype or 'empty'}; send BYTES (UTF-8 texts)")
     shape = list(tensor.shape)
@@ -68,7 +62,7 @@ def texts_of(request: v2.ModelInferRequest, max_texts: int) -> list[str]:
                                          "1 input")
         if tensor.HasField("contents"):
             raise ServingError(_INVALID, f"{where}: both contents and raw_input_contents are set; send one")
-        elements = split_bytes_tensor(request.raw_input_contents[0], "raw_input_contents[0]", shape[0])
+        elements = tensors.split_bytes_tensor(request.raw_input_contents[0], "raw_input_contents[0]", shape[0])
     else:
         elements = list(tensor.contents.bytes_contents)
     if len(elements) != shape[0]:
@@ -82,22 +76,23 @@ def texts_of(request: v2.ModelInferRequest, max_texts: int) -> list[str]:
     return texts
 
 
-def requested_outputs(request: v2.ModelInferRequest) -> list[tuple[RequestedOutput, bool]]:
+def requested_outputs(request: v2.ModelInferRequest) -> list[tuple[tensors.RequestedOutput, bool]]:
     """Each wanted output, with whether it goes back raw: as the inputs came."""
     raw = bool(request.raw_input_contents)
     if not request.outputs:
-        return [(RequestedOutput(name), raw) for name in OUTPUTS]
+        return [(tensors.RequestedOutput(name), raw) for name in tensors.OUTPUTS]
     wanted = []
     for i, output in enumerate(request.outputs):
-        if output.name not in OUTPUTS:
-            raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': the model's outputs are {list(OUTPUTS)}")
+        if output.name not in tensors.OUTPUTS:
+            raise ServingError(_INVALID,
+                               f"outputs[{i}] '{output.name}': the model's outputs are {list(tensors.OUTPUTS)}")
         k = 0
         if "classification" in output.parameters:
             k = int(output.parameters["classification"].int64_param)
             if k <= 0:
                 raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': parameter classification must be "
                                              f"an int64 > 0, got {output.parameters['classification']}")
-        wanted.append((RequestedOutput(output.name, k), raw))
+        wanted.append((tensors.RequestedOutput(output.name, k), raw))
     return wanted
 
 
@@ -128,7 +123,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     @grpc_errors
     async def ModelMetadata(self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
                             ) -> v2.ModelMetadataResponse:
-        return model_metadata(self.plane.describe(request.name, request.version))
+        return tensors.model_metadata(self.plane.describe(request.name, request.version))
 
     @grpc_errors
     async def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -140,7 +135,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             self.plane.refused(request.model_name, "ModelInfer", exc)
             raise
         call = ClassifyCall(request.model_name, request.model_version, texts, "ModelInfer",
-                            labels_needed(outputs), request.id,
+                            tensors.labels_needed(outputs), request.id,
                             context.time_remaining(), lambda: metadata_of(context), version_field="model_version")
         return await self.plane.classify(call, partial(infer_response, request.id, outputs))
 
