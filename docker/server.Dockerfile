@@ -28,7 +28,7 @@ COPY offline ./offline
 COPY setup.py ./
 # TLSERVE_ENCODER=native: the build fails here, not at run time, if the encoder was not compiled.
 RUN /opt/tlserve/bin/pip install --no-cache-dir --disable-pip-version-check -q --no-deps '.[server,tracing]' \
- && TLSERVE_ENCODER=native /opt/tlserve/bin/python -c "import tlserve.core.encoders as e; e.chosen_encoder()" \
+ && (cd / && TLSERVE_ENCODER=native /opt/tlserve/bin/python -c "import tlserve.core.encoders as e; e.chosen_encoder()") \
  && find /opt/tlserve -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/tlserve/lib/python3*/site-packages/pip /opt/tlserve/bin/pip*
 
