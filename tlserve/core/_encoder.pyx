@@ -32,13 +32,6 @@ cdef extern from *:
     """
     Py_hash_t tl_hash_bytes(const void* data, Py_ssize_t size)
 
-# Token ids of the finetune graph (tlserve.core.features).
-cdef int64_t BASE_ID = 1
-cdef int64_t ZERO_ID = 2
-cdef int64_t FIRST_TRAINED_ID = 3
-cdef float NO_BASE = -1e9
-# Up to this many n-grams, a text's weights are computed here; beyond, by the lexicon's NumPy function.
-cdef Py_ssize_t PYTHON_ARITHMETIC_MAX = 64
 
 cnp.import_array()
 
@@ -190,11 +183,18 @@ cdef class NativeEncoder:
     cdef const int32_t* gram_ids
     cdef const float* idf
     cdef object search, many_weights
+    # Token ids of the finetune graph and the empty base_max (tlserve.core.features), and how many n-grams a
+    # text may have for its weights to be computed here (beyond, by the lexicon's NumPy function): given by the
+    # Python modules that define them.
+    cdef int64_t base_id, zero_id, first_trained_id
+    cdef float no_base
+    cdef Py_ssize_t many_ngrams
 
     def __init__(self, *, bint frozen, bint mean_max, bint static, Py_ssize_t buckets, bint bigrams,
                  words, rows, slots, int max_probes, search, matrix, sif=None, store_rows=None,
                  trained_buckets=None, gram_hashes=None, gram_ids=None, idf=None, str joiner=" ",
-                 many_weights=None):
+                 many_weights=None, int64_t base_id, int64_t zero_id, int64_t first_trained_id, float no_base,
+                 Py_ssize_t many_ngrams):
         self.frozen, self.mean_max, self.static = frozen, mean_max, static
         self.buckets, self.bigrams = buckets, bigrams
         self.n_words = len(words)
@@ -203,6 +203,8 @@ cdef class NativeEncoder:
         self.max_probes = max_probes
         self.search = search
         self.many_weights = many_weights
+        self.base_id, self.zero_id, self.first_trained_id = base_id, zero_id, first_trained_id
+        self.no_base, self.many_ngrams = no_base, many_ngrams
         self.joiner_space = joiner == " "
         self.has_sif = sif is not None
         self.lexical = gram_hashes is not None
@@ -352,7 +354,7 @@ cdef class NativeEncoder:
         """Token ids (store words, unknown words, bigrams) and the sum (and max) of untrained store words."""
         cdef Py_ssize_t t, i, k = 0, found, width = 1, position, before, a, b
         cdef Py_ssize_t dim = self.dim, base_known
-        cdef int64_t first_bucket_id = FIRST_TRAINED_ID + self.n_store_rows
+        cdef int64_t first_bucket_id = self.first_trained_id + self.n_store_rows
         cdef int32_t row
         cdef uint32_t state
         cdef const char* left
@@ -366,7 +368,7 @@ cdef class NativeEncoder:
         cdef float* total = <float*>cnp.PyArray_DATA(total_array)
         cdef float* maximum = NULL
         if mean_max:
-            maximum_array = np.full((n, dim), NO_BASE, dtype=np.float32)
+            maximum_array = np.full((n, dim), self.no_base, dtype=np.float32)
             maximum = <float*>cnp.PyArray_DATA(maximum_array)
         cdef float* vectors = <float*>malloc(longest * dim * sizeof(float))
         cdef int64_t* ids
@@ -381,9 +383,9 @@ cdef class NativeEncoder:
                     row = rows[k + i]
                     found = _position(self.store_rows, self.n_store_rows, row) if row >= 0 else -1
                     if found >= 0:
-                        _push(&codes, FIRST_TRAINED_ID + found)
+                        _push(&codes, self.first_trained_id + found)
                     elif row >= 0:
-                        _push(&codes, BASE_ID)
+                        _push(&codes, self.base_id)
                         memcpy(&vectors[base_known * dim], &self.matrix[row * dim], dim * sizeof(float))
                         base_known += 1
                 if base_known:
@@ -393,7 +395,7 @@ cdef class NativeEncoder:
                         if rows[k + i] < 0:  # an untrained unknown word reads the zero row
                             left = PyUnicode_AsUTF8AndSize(text_tokens[i], &a)
                             found = self._trained_bucket(_crc_update(0xFFFFFFFFu, left, a))
-                            _push(&codes, first_bucket_id + found if found >= 0 else ZERO_ID)
+                            _push(&codes, first_bucket_id + found if found >= 0 else self.zero_id)
                     if self.bigrams:
                         for i in range(1, counts[t]):  # an untrained bigram is left out
                             left = PyUnicode_AsUTF8AndSize(text_tokens[i - 1], &a)
@@ -527,7 +529,7 @@ cdef class NativeEncoder:
             for t in range(n):
                 count = lengths.data[t]
                 memcpy(&out_ids[t * width], &ids.data[position], count * sizeof(int64_t))
-                if count > PYTHON_ARITHMETIC_MAX:
+                if count > self.many_ngrams:
                     idf = np.array([self.idf[ids.data[position + i] - 1] for i in range(count)], dtype=np.float64)
                     tf = np.array([tfs.data[position + i] for i in range(count)], dtype=np.float64)
                     weights_array[t, :count] = self.many_weights(tf, idf)

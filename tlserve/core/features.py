@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tlserve.core.encoders import EncoderName, chosen_encoder, native_encoder
-from tlserve.core.lexicon import Lexicon, many_weights
+from tlserve.core.lexicon import MANY_NGRAMS, Lexicon, many_weights
 from tlserve.core.preprocessing import Preprocessor
 from tlserve.core.ragged import pad
 from tlserve.core.vector_store import MAX_PROBES, VocabularyIndex
@@ -250,7 +250,8 @@ class Featurizer:
             gram_hashes=None if lexicon is None else lexicon.hashes,
             gram_ids=None if lexicon is None else lexicon.ids,
             idf=None if lexicon is None else lexicon.idf,
-            joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights)
+            joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights, many_ngrams=MANY_NGRAMS,
+            base_id=BASE_ID, zero_id=ZERO_ID, first_trained_id=FIRST_TRAINED_ID, no_base=float(NO_BASE))
 
     @property
     def feature_size(self) -> int:
@@ -269,10 +270,11 @@ class Featurizer:
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Model inputs of `texts`, by the compiled encoder where this install has it (the same numbers)."""
-        if self.native is None:
+        native = self.native
+        if native is None:
             return self.encode_python(texts)
         tokens, chars = self._tokens_and_chars(texts)
-        inputs, token_counts, oov_counts = self.native.encode(tokens, chars or tokens)
+        inputs, token_counts, oov_counts = native.encode(tokens, chars or tokens)
         return EncodedBatch(inputs, token_counts, oov_counts)
 
     def _tokens_and_chars(self, texts: Sequence[str]) -> tuple[list[list[str]], list[list[str]] | None]:

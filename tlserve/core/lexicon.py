@@ -39,9 +39,10 @@ import numpy as np
 from tlserve.core.preprocessing import Units
 from tlserve.core.ragged import pad
 
-__all__ = ["Lexicon", "Units", "many_weights", "ngrams"]
-# Up to this many n-grams, lookups and a text's weights are computed in plain Python.
-_PYTHON_ARITHMETIC_MAX = 64
+__all__ = ["MANY_NGRAMS", "Lexicon", "Units", "many_weights", "ngrams"]
+# Up to this many n-grams, lookups and a text's weights are computed in plain Python (and by the compiled
+# encoder); beyond, with NumPy (`many_weights`).
+MANY_NGRAMS = 64
 
 
 def ngrams(units: Sequence[str], joiner: str = " ") -> list[str]:
@@ -109,7 +110,7 @@ class Lexicon:
         """`ids_of` as a list."""
         if not len(self._hashes) or not grams:
             return [0] * len(grams)
-        if len(grams) > _PYTHON_ARITHMETIC_MAX:
+        if len(grams) > MANY_NGRAMS:
             hashes = np.array(_hashes(grams), dtype=np.int64)
             positions = self._hashes.searchsorted(hashes)
             found = self._hashes.take(positions, mode="clip") == hashes
@@ -161,7 +162,7 @@ class Lexicon:
             # In float64, rounded once to float32. A text of few n-grams (a serving call) takes plain Python:
             # NumPy costs about a microsecond a call on arrays this small. Which way a text goes depends on
             # that text alone, so it gets the same weights alone and in any batch.
-            if count > _PYTHON_ARITHMETIC_MAX:
+            if count > MANY_NGRAMS:
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
                 weights.extend(many_weights(tf, idf[position : position + count]).tolist())
             else:
