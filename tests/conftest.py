@@ -58,7 +58,8 @@ def tlserve_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     side must not build it at the same time."""
     with made_once(tmp_path_factory, "wheel") as (dist, make):
         if make:
-            # Pure Python: what the wheel serves here (the client, the import contracts) needs no compiled encoder.
+            # Pure Python, as the README builds a wheel to copy: the client and the import contracts need no
+            # compiled encoder.
             subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
                             "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300,
                            env={**os.environ, "TLSERVE_PURE_PYTHON": "1"})
