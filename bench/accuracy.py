@@ -3,15 +3,19 @@
     python -m tlserve.bench.accuracy                 # every row missing from bench/results/accuracy/
     python -m tlserve.bench.accuracy --rows wordnet-1 spam-10
     python -m tlserve.bench.accuracy --table         # only rebuild the Markdown table from the results
-    python -m tlserve.bench.accuracy --rows ... --tlserve-only   # rerun tlserve, keep the peers' figures
+    python -m tlserve.bench.accuracy --rows ... --rerun tlserve        # rerun tlserve, keep the peers' figures
+    python -m tlserve.bench.accuracy --rows ... --rerun tfidf_word_char  # add or rerun one peer
 
 Each row is one `tlserve evaluate` run in its own process (its JSON and Markdown land in
-the results folder, so an interrupted sweep resumes where it stopped). `--tlserve-only` reruns
-tlserve's modes on the same seeded splits and keeps the peers' recorded figures (the peers never
-see tlserve's settings; the splits are checked to be the same). Rows:
+the results folder, so an interrupted sweep resumes where it stopped). `--rerun` runs only the
+named systems (``tlserve`` for tlserve's modes, or peers by name) on the same seeded splits and
+keeps the other systems' recorded figures (no system sees another's settings; the splits are
+checked to be the same). Rows:
 
 - tasks x label budgets: WordNet 1/10/100 %, SpamAssassin 10/100 %, Rotten Tomatoes reviews
-  10/100 %, THUCNews headlines (Chinese, jieba, vectors trained with gensim) 10/100 %;
+  10/100 %, THUCNews headlines (Chinese, jieba, vectors trained with gensim) 10/100 %, Debian
+  package synopses by section (short English texts, 24 classes) 10/100 %, Debian's French package
+  descriptions by section (French vectors trained with gensim) 10/100 %;
 - long texts: SpamAssassin 10 % with the old 256-token cap (the default keeps 4,096);
 - domain adaptation: WordNet 1 % and reviews 10 % on vectors continued with
   `tlserve vectors adapt` on unlabelled in-domain text that is not in the task (WordNet glosses
@@ -28,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tlserve.trainer.config import PEERS
+
 _LOGGER = logging.getLogger(__name__)
 
 RESULTS = Path("bench/results/accuracy")
@@ -38,10 +44,13 @@ def rows(data: Path) -> dict[str, list[str]]:
     glove, zh = data / "stores" / "glove-6b-50d", data / "stores" / "zh-registry-w2v-100d"
     wordnet, spam = data / "tasks" / "wordnet-nouns-top10.csv", data / "tasks" / "spam-assassin.csv"
     reviews, news = data / "tasks" / "rt-reviews.csv", data / "tasks" / "thucnews-headlines.csv"
+    synopses, french = data / "tasks" / "debian-synopsis.csv", data / "tasks" / "debian-fr.csv"
     out: dict[str, list[str]] = {}
     for name, task, store, extra in (("wordnet", wordnet, glove, []), ("spam", spam, glove, []),
                                      ("reviews", reviews, glove, []),
-                                     ("news-zh", news, zh, ["--tokenizer", "jieba"])):
+                                     ("news-zh", news, zh, ["--tokenizer", "jieba"]),
+                                     ("debian-synopsis", synopses, glove, []),
+                                     ("debian-fr", french, data / "stores" / "fr-registry-w2v-100d", [])):
         fractions = ("1", "10", "100") if name == "wordnet" else ("10", "100")
         for percent in fractions:
             out[f"{name}-{percent}"] = ["--data", str(task), "--vectors", str(store), "--train-fraction",
@@ -63,26 +72,29 @@ def adapted_stores(data: Path) -> None:
                             "--vectors", str(glove), "--corpus", str(corpus), "--out", str(out)], check=True)
 
 
-def merge_peers(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """`new` (tlserve's modes only) with the peers' figures of `old`, a run on the same seeded splits."""
+def merge(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The systems of `new` beside the other systems of `old`, a run on the same seeded splits."""
     from tlserve.trainer.evaluate import summarize
 
-    if (new["store"], new["train_fraction"]) != (old["store"], old["train_fraction"]):
-        raise ValueError("the recorded run used other vectors or another label budget")
-    old_splits = {split["seed"]: split for split in old["splits"]}
-    for split in new["splits"]:
-        recorded = old_splits.get(split["seed"])
-        if recorded is None or recorded["examples"] != split["examples"]:
-            raise ValueError(f"split {split['seed']}: not the split the peers were scored on")
-        split["systems"].update({name: scores for name, scores in recorded["systems"].items()
-                                 if not name.startswith("tlserve_")})
-    new["summary"] = summarize(new["splits"], new["default"])
-    return new
+    if new["train_fraction"] != old["train_fraction"]:
+        raise ValueError("the recorded run used another label budget")
+    reads_vectors = any(name.startswith("tlserve_") or name == "fasttext_vectors"
+                        for split in new["splits"] for name in split["systems"])
+    if reads_vectors and new["store"] != old["store"]:
+        raise ValueError("the recorded run used other vectors (a store rebuilt since?): rerun every system")
+    new_splits = {split["seed"]: split for split in new["splits"]}
+    for split in old["splits"]:
+        fresh = new_splits.get(split["seed"])
+        if fresh is None or fresh["examples"] != split["examples"]:
+            raise ValueError(f"split {split['seed']}: not the split the recorded systems were scored on")
+        split["systems"].update(fresh["systems"])
+    old["summary"] = summarize(old["splits"], old["default"])
+    return old
 
 
 def table(results: Path) -> str:
     """Markdown: one line per row, mean +- sd accuracy of each system, ECE and seconds of the default."""
-    systems = ["tlserve_finetune", "tlserve_frozen", "tfidf_logreg", "fasttext", "fasttext_vectors"]
+    systems = ["tlserve_finetune", "tlserve_frozen", "tfidf_logreg", "tfidf_word_char", "fasttext", "fasttext_vectors"]
     lines = ["| row | train texts | " + " | ".join(systems) + " | default - best peer (ahead) | ECE default / "
              "best peer | seconds default / fastText+vectors |",
              "|---" * (len(systems) + 5) + "|"]
@@ -121,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", help="rows to run (default: every row without a result)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--table", action="store_true", help="only rebuild the table")
-    parser.add_argument("--tlserve-only", action="store_true",
-                        help="rerun tlserve's modes only and keep the peers' figures recorded for the row")
+    parser.add_argument("--rerun", nargs="+", choices=["tlserve", *PEERS],
+                        help="run only these systems and keep the others' figures recorded for the row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.table:
         subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "WARNING", "data", "--root",
-                        str(args.data), "--tasks", "wordnet", "spam", "reviews", "news-zh", "wordnet-corpus"],
+                        str(args.data), "--tasks", "wordnet", "spam", "reviews", "news-zh", "debian",
+                        "wordnet-corpus"],
                        check=True)
         adapted_stores(args.data)
         all_rows = rows(args.data)
@@ -136,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             if out.is_file() and not args.rows:
                 continue
             _LOGGER.info("row %s", name)
-            target = out.with_name(f"{name}.tlserve.json") if args.tlserve_only else out
+            target = out.with_name(f"{name}.rerun.json") if args.rerun else out
+            only = []
+            if args.rerun:
+                only = ["--peers", *(p for p in args.rerun if p != "tlserve")]
+                if "tlserve" not in args.rerun:
+                    only.append("--no-modes")
             subprocess.run([sys.executable, "-m", "tlserve.cli", "--log-level", "INFO", "evaluate",
-                            *all_rows[name], "--repeats", str(args.repeats), "--out", str(target),
-                            *(["--peers"] if args.tlserve_only else [])], check=True)
-            if args.tlserve_only:
+                            *all_rows[name], "--repeats", str(args.repeats), "--out", str(target), *only],
+                           check=True)
+            if args.rerun:
                 from tlserve.trainer.evaluate import write
 
-                write(merge_peers(json.loads(target.read_text()), json.loads(out.read_text())), out)
+                write(merge(json.loads(target.read_text()), json.loads(out.read_text())), out)
                 target.unlink()
                 target.with_suffix(".md").unlink()
     markdown = table(args.results)

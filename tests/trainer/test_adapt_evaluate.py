@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tlserve.bench.accuracy import merge
 from tlserve.core.vector_store import VectorStore
+from tlserve.trainer.peers import WORD_CHAR_C
 
 from conftest import WORDNET_SAMPLE
 
@@ -76,3 +78,42 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
                                                     - s["systems"]["tfidf_logreg"]["accuracy"]
                                                     for s in result["splits"]]))
     assert "| tlserve_frozen |" in out.with_suffix(".md").read_text()
+    # The strong linear peer alone on the same splits, merged into the recorded run as the accuracy table does.
+    peer_out = tmp_path / "results" / "wn.rerun.json"
+    done = _cli("evaluate", "--data", str(WORDNET_SAMPLE), "--vectors", str(glove_store), "--repeats", "2",
+                "--no-modes", "--peers", "tfidf_word_char", "--train-fraction", "0.4", "--out", str(peer_out))
+    assert done.returncode == 0, done.stderr
+    peer_only = json.loads(peer_out.read_text())
+    assert all(set(split["systems"]) == {"tfidf_word_char"} for split in peer_only["splits"])
+    merged = merge(peer_only, result)
+    for split in merged["splits"]:
+        assert set(split["systems"]) == {"tlserve_frozen", "tfidf_logreg", "tfidf_word_char"}
+        chosen = split["systems"]["tfidf_word_char"]["chosen"]
+        assert chosen["C"] in WORD_CHAR_C and len(chosen["cv_accuracy"]) == len(WORD_CHAR_C)
+    assert set(merged["summary"]["systems"]) == {"tlserve_frozen", "tfidf_logreg", "tfidf_word_char"}
+    assert merged["summary"]["paired"]["default"] == "tlserve_frozen"
+    other_split = dict(peer_only, splits=[dict(s, seed=s["seed"] + 7) for s in peer_only["splits"]])
+    with pytest.raises(ValueError, match="split 0: not the split"):
+        merge(other_split, json.loads(out.read_text()))
+
+
+def test_word_char_peer_reads_characters_within_words() -> None:
+    """The strong peer generalises to unseen inflections, which word n-grams alone cannot."""
+    from tlserve.core.labelled import LabelledData
+    from tlserve.trainer.datasets import Splits
+    from tlserve.trainer.peers import tfidf_logreg, tfidf_word_char
+
+    stems = {"a": ["walk", "jump", "swim", "climb", "dance", "paint"], "b": ["table", "chair", "lamp", "shelf",
+                                                                             "couch", "stool"]}
+    train = [(f"{stem}{suffix}", label) for label, words in stems.items() for stem in words for suffix in ("", "s")]
+    test = [(f"{stem}ing" if label == "a" else f"{stem}ware", label) for label, words in stems.items()
+            for stem in words]
+    def part(rows: list[tuple[str, str]]) -> LabelledData:
+        return LabelledData([t for t, _ in rows], [label for _, label in rows], list(range(1, len(rows) + 1)),
+                            Path("words.csv"))
+
+    splits = Splits(part(train), part(train), part(test))
+    truth = np.array([0 if label == "a" else 1 for _, label in test])
+    words = tfidf_logreg(splits, ["a", "b"], chinese=False).probabilities.argmax(1)
+    both = tfidf_word_char(splits, ["a", "b"], chinese=False).probabilities.argmax(1)
+    assert np.mean(both == truth) == 1.0 and np.mean(words == truth) == 0.5
