@@ -35,7 +35,7 @@ BLOCK = 50
 "warm" is the state of a server answering calls of one encoder, not of two taking turns."""
 
 
-def _texts(path: Path, limit: int) -> list[str]:
+def texts_of(path: Path, limit: int) -> list[str]:
     csv.field_size_limit(sys.maxsize)
     with path.open(encoding="utf-8", newline="") as handle:
         return [row["text"] for row, _ in zip(csv.DictReader(handle), range(limit), strict=False)]
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         version = model if (model / "manifest.json").is_file() else model / str(max(versions_of(model)))
         scorer = Scorer.open(version)
         for data in args.data:
-            texts = _texts(data, args.limit)
+            texts = texts_of(data, args.limit)
             for evict_mb in (0, 4, 64):
                 key = f"{model.name} / {data.stem} / {f'evicted {evict_mb} MB' if evict_mb else 'warm'}"
                 results[key] = measure(scorer, texts, evict_mb)

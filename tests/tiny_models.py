@@ -92,7 +92,7 @@ def make_model(repository: Path, name: str, store: VectorStore, labels: list[str
     labels = labels or LABELS
     copy_store(store, repository / bundle.STORES_DIR / store.fingerprint)
     preprocessing = PreprocessingConfig()
-    features = FeatureConfig(mode="frozen", lexical=lexical)
+    features = FeatureConfig(mode="frozen", lexical=lexical, lexical_units=lexicon.units if lexicon else "words")
     inputs = {name: "float32" for name in features.input_names}
     with bundle.BundleWriter(repository, name) as writer:
         if lexical:

@@ -163,6 +163,9 @@ def _add_training_arguments(train: argparse.ArgumentParser) -> None:
                        help="no lexical channel (TF-IDF n-grams + logistic regression) beside the vectors")
     train.add_argument("--lexicon-size", type=int, default=TrainConfig.lexicon_size,
                        help="most n-grams in the lexical channel")
+    train.add_argument("--no-lexicon-chars", dest="lexicon_chars", action="store_false",
+                       help="word n-grams only in the lexical channel (default: also character 2-5-grams within "
+                            "words, latin tokenizer)")
     train.add_argument("--no-calibration", dest="calibrate", action="store_false",
                        help="no temperature scaling of the probabilities")
     train.add_argument("--calibration-method", choices=["adaptive", "temperature"],
@@ -236,7 +239,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         train_fraction=args.train_fraction, seed=args.seed, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
         pooling=args.pooling, sif=args.sif, buckets=args.buckets, bigrams=args.bigrams,
         static=args.static, random_vectors=args.random_vectors, lexical=args.lexical,
-        lexicon_size=args.lexicon_size, calibrate=args.calibrate, calibration_method=args.calibration_method,
+        lexicon_size=args.lexicon_size, lexicon_chars=args.lexicon_chars, calibrate=args.calibrate,
+        calibration_method=args.calibration_method,
         calibration_folds=args.calibration_folds,
         calibration_min_examples=args.calibration_min_examples, head=head,
         compare=getattr(args, "compare", False), learning_curve=getattr(args, "learning_curve", False),

@@ -259,16 +259,18 @@ def _tfidf_matrix(lexicon: Lexicon, token_lists: Sequence[Sequence[str]]) -> Any
 
 
 def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor, labels: list[str],
-                truth: np.ndarray, c_values: Sequence[float] = (1.0, 10.0, 100.0)) -> LexicalModel:
+                truth: np.ndarray, c_values: Sequence[float] = (1.0, 10.0, 100.0, 1000.0)) -> LexicalModel:
     """Logistic regression on TF-IDF n-grams of the model's own tokens; C chosen on validation log-loss."""
     from sklearn.linear_model import LogisticRegression
 
     units: Units = "chars" if is_chinese(splits.train.texts) else "words"
+    if units == "words" and config.lexicon_chars and config.tokenizer == "latin":
+        units = "words+chars"
     train_units = preprocessor.batch_units(splits.train.texts, units)
     # Weights take n-grams x classes floats in the graph: bounded, so 1,000 labels stay small.
     size = max(1000, min(config.lexicon_size, LEXICON_WEIGHT_BUDGET // len(labels)))
     # A character bigram is most often a Chinese word: all are kept (THUCNews lost accuracy without the rare ones).
-    lexicon = Lexicon.fit(train_units, size, units, min_bigram_texts=MIN_BIGRAM_TEXTS if units == "words" else 1)
+    lexicon = Lexicon.fit(train_units, size, units, min_bigram_texts=1 if units == "chars" else MIN_BIGRAM_TEXTS)
     x_train = _tfidf_matrix(lexicon, train_units)
     x_validation = _tfidf_matrix(lexicon, preprocessor.batch_units(splits.validation.texts, units))
     index = {label: i for i, label in enumerate(labels)}

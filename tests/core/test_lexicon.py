@@ -9,7 +9,7 @@ import pytest
 
 from tlserve.core.bundle import LEXICON_FILE, LEXICON_IDF_FILE, Bundle
 from tlserve.core.errors import BundleError
-from tlserve.core.lexicon import Lexicon, ngrams
+from tlserve.core.lexicon import Lexicon, char_ngrams, ngrams
 from tlserve.core.vector_store import VectorStore
 
 TEXTS = [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog"], [], ["the", "the", "the"], ["cat", "dog", "cat"]]
@@ -32,6 +32,33 @@ def test_weights_equal_scikit_learns_sublinear_tfidf() -> None:
     columns = [vectorizer.vocabulary_[gram] for gram in lexicon.grams]
     assert sorted(columns) == list(range(len(vectorizer.vocabulary_)))
     assert np.allclose(_dense(lexicon, TEXTS), expected[:, columns], atol=1e-6)
+
+
+def test_words_and_chars_weigh_each_block_as_scikit_learns_union_of_two_vectorizers() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    texts = [*TEXTS, ["walking", "walked"], ["walks", "dog"]]
+    lexicon = Lexicon.fit(texts, max_size=10_000, units="words+chars", char_share=100.0)
+    blocks = [TfidfVectorizer(analyzer=analyzer, sublinear_tf=True).fit(texts) for analyzer in (ngrams, char_ngrams)]
+    expected = np.hstack([block.transform(texts).toarray() for block in blocks])
+    names = [*blocks[0].vocabulary_, *(gram for gram in blocks[1].vocabulary_)]
+    assert sorted(lexicon.grams or []) == sorted(names)
+    offsets = (0, len(blocks[0].vocabulary_))
+    columns = [offsets[gram.startswith("#")] + blocks[gram.startswith("#")].vocabulary_[gram]
+               for gram in lexicon.grams or []]
+    assert np.allclose(_dense(lexicon, texts), expected[:, columns], atol=1e-6)
+    # "walker" was never seen, but its character n-grams were: it is not an empty text to this lexicon.
+    ids, weights = lexicon.encode([["walker"]])
+    assert (ids > 0).sum() >= 6 and float(np.square(weights).sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_character_ngrams_are_capped_by_the_word_ngrams_kept() -> None:
+    lexicon = Lexicon.fit(TEXTS, max_size=1000, units="words+chars", char_share=0.5)
+    grams = lexicon.grams or []
+    words = [gram for gram in grams if not gram.startswith("#")]
+    assert words == Lexicon.fit(TEXTS, max_size=1000).grams
+    assert len(grams) - len(words) == len(words) // 2
+    assert Lexicon.fit(TEXTS, max_size=len(words), units="words+chars").grams == words  # words first
 
 
 def test_unknown_ngrams_are_dropped_and_padding_is_zero() -> None:
@@ -61,6 +88,14 @@ def test_the_most_frequent_ngrams_are_kept(tiny_store: Path, tmp_path: Path) -> 
     np.save(bundle.path / LEXICON_IDF_FILE, np.ones(5, dtype=np.float32))
     with pytest.raises(BundleError, match="2 n-grams but"):
         bundle.lexicon()
+
+
+def test_a_words_and_chars_lexicon_reads_back_from_its_bundle(tiny_store: Path, tmp_path: Path) -> None:
+    lexicon = Lexicon.fit(TEXTS, max_size=1000, units="words+chars")
+    loaded = _bundle_with(lexicon, tiny_store, tmp_path).lexicon()
+    assert loaded.char_ngrams and loaded.units == "words+chars"
+    for left, right in zip(loaded.encode(TEXTS), lexicon.encode(TEXTS), strict=True):
+        assert np.array_equal(left, right)
 
 
 def test_chinese_texts_use_character_pairs_with_punctuation() -> None:

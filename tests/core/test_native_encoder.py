@@ -2,8 +2,8 @@
 
 Over 10,000+ texts (English glosses, Chinese, short and long, empty, all-unknown, odd Unicode),
 in batches and alone, for every kind of featurizer: frozen (mean, mean_max, SIF), finetune
-(hashed unknown words and bigrams, a static channel, mean_max), word and character lexical
-channels, latin and jieba tokenisers.
+(hashed unknown words and bigrams, a static channel, mean_max), word, word-and-character-n-gram and
+character lexical channels, latin and jieba tokenisers.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ CONFIGS = {
                                                 lexical=True), "latin"),
     "finetune-static-no-buckets": (FeatureConfig(mode="finetune", static=True), "latin"),
     "finetune-buckets-no-bigrams": (FeatureConfig(mode="finetune", buckets=997), "latin"),
+    "frozen-words+chars": (FeatureConfig(mode="frozen", lexical=True, lexical_units="words+chars"), "latin"),
+    "finetune-words+chars": (FeatureConfig(mode="finetune", buckets=5000, bigrams=True, lexical=True,
+                                           lexical_units="words+chars"), "latin"),
     "frozen-chars-jieba": (FeatureConfig(mode="frozen", pooling="mean_max", lexical=True, lexical_units="chars"),
                            "jieba"),
     "finetune-chars-jieba": (FeatureConfig(mode="finetune", buckets=5000, bigrams=True, lexical=True,

@@ -189,12 +189,14 @@ cdef class NativeEncoder:
     cdef int64_t base_id, zero_id, first_trained_id
     cdef float no_base
     cdef Py_ssize_t many_ngrams
+    # Character n-grams within words (units "words+chars"): their shortest and longest lengths, 0 without.
+    cdef Py_ssize_t char_low, char_high
 
     def __init__(self, *, bint frozen, bint mean_max, bint static, Py_ssize_t buckets, bint bigrams,
                  words, rows, slots, int max_probes, search, matrix, sif=None, store_rows=None,
                  trained_buckets=None, gram_hashes=None, gram_ids=None, idf=None, str joiner=" ",
                  many_weights=None, int64_t base_id, int64_t zero_id, int64_t first_trained_id, float no_base,
-                 Py_ssize_t many_ngrams):
+                 Py_ssize_t many_ngrams, Py_ssize_t char_low=0, Py_ssize_t char_high=0):
         self.frozen, self.mean_max, self.static = frozen, mean_max, static
         self.buckets, self.bigrams = buckets, bigrams
         self.n_words = len(words)
@@ -205,6 +207,7 @@ cdef class NativeEncoder:
         self.many_weights = many_weights
         self.base_id, self.zero_id, self.first_trained_id = base_id, zero_id, first_trained_id
         self.no_base, self.many_ngrams = no_base, many_ngrams
+        self.char_low, self.char_high = char_low, char_high
         self.joiner_space = joiner == " "
         self.has_sif = sif is not None
         self.lexical = gram_hashes is not None
@@ -440,8 +443,11 @@ cdef class NativeEncoder:
         return 0
 
     cdef int _lexicon(self, dict inputs, list units) except -1:
-        """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (`Lexicon.encode`)."""
-        cdef Py_ssize_t n = len(units), t, i, j, m, size, a, b, width = 1, position, count, slot, longest = 0
+        """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (`Lexicon.encode`): the
+        word (or character) uni- and bigrams, then the character n-grams within words, each block weighted and
+        normalised on its own."""
+        cdef Py_ssize_t n = len(units), t, i, j, k, m, size, a, b, width = 1, position, count, slot, longest = 0
+        cdef Py_ssize_t grams, length, marks, start, end, block, blocks = 2 if self.char_high else 1, column
         cdef list text_units
         cdef list held = []
         cdef int64_t gram
@@ -449,8 +455,11 @@ cdef class NativeEncoder:
         cdef Vec ids, tfs, lengths, table
         cdef const char** starts = NULL
         cdef Py_ssize_t* sizes = NULL
+        cdef Py_ssize_t* chars = NULL
         cdef char* joined = NULL
         cdef Py_ssize_t joined_size = 0
+        cdef Py_ssize_t* offsets = NULL
+        cdef Py_ssize_t offsets_size = 0
         cdef double* weights = NULL
         cdef int64_t* out_ids
         cdef float* out_weights
@@ -463,22 +472,28 @@ cdef class NativeEncoder:
         try:
             starts = <const char**>malloc(max(longest, 1) * sizeof(char*))
             sizes = <Py_ssize_t*>malloc(max(longest, 1) * sizeof(Py_ssize_t))
-            if starts == NULL or sizes == NULL:
+            chars = <Py_ssize_t*>malloc(max(longest, 1) * sizeof(Py_ssize_t))
+            if starts == NULL or sizes == NULL or chars == NULL:
                 raise MemoryError()
             for t in range(n):
                 text_units = units[t]
                 m = len(text_units)
+                grams = 2 * m - 1 if m else 0
                 for i in range(m):
+                    chars[i] = len(<str>text_units[i])
                     try:
                         starts[i] = PyUnicode_AsUTF8AndSize(text_units[i], &sizes[i])
                     except UnicodeEncodeError:  # a lone surrogate (JSON can spell one): its own bytes
                         encoded = (<str>text_units[i]).encode("utf-8", "surrogatepass")
                         held.append(encoded)
                         starts[i], sizes[i] = <bytes>encoded, len(encoded)
-                # Each text's distinct ids in first-seen order, with their counts: an open-addressing table of
-                # positions into this text's part of `ids`.
+                    if self.char_high:  # "<token>" has chars + 2 characters
+                        for k in range(self.char_low, min(self.char_high, chars[i] + 2) + 1):
+                            grams += chars[i] + 3 - k
+                # Each block's distinct ids in first-seen order, with their counts: an open-addressing table of
+                # positions into this text's part of `ids` (a word n-gram's id is never a character n-gram's).
                 size = 16
-                while size < 4 * m:
+                while size < 2 * grams:
                     size <<= 1
                 _reserve(&table, size)
                 for i in range(size):
@@ -504,19 +519,47 @@ cdef class NativeEncoder:
                         else:
                             memcpy(joined + a, starts[j + 1], b)
                             gram = self._gram_id(joined, a + b)
-                    if gram == 0:
-                        continue
-                    slot = gram & (size - 1)
-                    while table.data[slot] >= 0 and ids.data[table.data[slot]] != gram:
-                        slot = (slot + 1) & (size - 1)
-                    if table.data[slot] >= 0:
-                        tfs.data[table.data[slot]] += 1
-                    else:
-                        table.data[slot] = ids.size
-                        _push(&ids, gram)
-                        _push(&tfs, 1)
-                count = ids.size - position
-                _push(&lengths, count)
+                    self._count(gram, &ids, &tfs, &table, size)
+                _push(&lengths, ids.size - position)
+                if self.char_high:
+                    position = ids.size
+                    for i in range(m):
+                        # "#<token>" in `joined`; `offsets` holds where each character of "<token>" starts in it.
+                        length = sizes[i] + 3
+                        marks = chars[i] + 2
+                        if length + length > joined_size:
+                            joined_size = 2 * length
+                            free(joined)
+                            joined = <char*>malloc(2 * joined_size)
+                            if joined == NULL:
+                                raise MemoryError()
+                        if marks + 1 > offsets_size:
+                            offsets_size = 2 * (marks + 1)
+                            free(offsets)
+                            offsets = <Py_ssize_t*>malloc(offsets_size * sizeof(Py_ssize_t))
+                            if offsets == NULL:
+                                raise MemoryError()
+                        joined[0], joined[1] = 35, 60  # "#", "<"
+                        memcpy(joined + 2, starts[i], sizes[i])
+                        joined[length - 1] = 62  # ">"
+                        k = 0
+                        for j in range(1, length):
+                            if (<uint8_t>joined[j] & 0xC0) != 0x80:  # a character's first byte
+                                offsets[k] = j
+                                k += 1
+                        offsets[k] = length
+                        # The n-gram "#" + "<token>"[j:j + k], built in the second half of `joined`.
+                        for k in range(self.char_low, min(self.char_high, marks) + 1):
+                            for j in range(marks - k + 1):
+                                start, end = offsets[j], offsets[j + k]
+                                joined[length] = 35
+                                memcpy(joined + length + 1, joined + start, end - start)
+                                gram = self._gram_id(joined + length, end - start + 1)
+                                self._count(gram, &ids, &tfs, &table, size)
+                    _push(&lengths, ids.size - position)
+                count = 0
+                for block in range(blocks):
+                    count += lengths.data[t * blocks + block]
                 width = max(width, count)
             ids_array = _zeros2(n, width, cnp.NPY_INT64)
             weights_array = _zeros2(n, width, cnp.NPY_FLOAT32)
@@ -527,26 +570,31 @@ cdef class NativeEncoder:
                 raise MemoryError()
             position = 0
             for t in range(n):
-                count = lengths.data[t]
-                memcpy(&out_ids[t * width], &ids.data[position], count * sizeof(int64_t))
-                if count > self.many_ngrams:
-                    idf = np.array([self.idf[ids.data[position + i] - 1] for i in range(count)], dtype=np.float64)
-                    tf = np.array([tfs.data[position + i] for i in range(count)], dtype=np.float64)
-                    weights_array[t, :count] = self.many_weights(tf, idf)
-                elif count:
-                    square = 0.0
-                    for i in range(count):
-                        w = (1.0 + log(<double>tfs.data[position + i])) * <double>self.idf[ids.data[position + i] - 1]
-                        weights[i] = w
-                        square += w * w
-                    square = sqrt(square)
-                    for i in range(count):
-                        out_weights[t * width + i] = <float>(weights[i] / square)
-                position += count
+                column = 0
+                for block in range(blocks):
+                    count = lengths.data[t * blocks + block]
+                    memcpy(&out_ids[t * width + column], &ids.data[position], count * sizeof(int64_t))
+                    if count > self.many_ngrams:
+                        idf = np.array([self.idf[ids.data[position + i] - 1] for i in range(count)], dtype=np.float64)
+                        tf = np.array([tfs.data[position + i] for i in range(count)], dtype=np.float64)
+                        weights_array[t, column:column + count] = self.many_weights(tf, idf)
+                    elif count:
+                        square = 0.0
+                        for i in range(count):
+                            w = (1.0 + log(<double>tfs.data[position + i])) * <double>self.idf[ids.data[position + i] - 1]
+                            weights[i] = w
+                            square += w * w
+                        square = sqrt(square)
+                        for i in range(count):
+                            out_weights[t * width + column + i] = <float>(weights[i] / square)
+                    position += count
+                    column += count
         finally:
             free(starts)
             free(sizes)
+            free(chars)
             free(joined)
+            free(offsets)
             free(weights)
             free(ids.data)
             free(tfs.data)
@@ -554,4 +602,20 @@ cdef class NativeEncoder:
             free(table.data)
         inputs["lexicon_ids"] = ids_array
         inputs["lexicon_weights"] = weights_array
+        return 0
+
+    cdef inline int _count(self, int64_t gram, Vec* ids, Vec* tfs, Vec* table, Py_ssize_t size) except -1:
+        """One more of `gram` in the current text (0: not in the lexicon, not counted)."""
+        cdef Py_ssize_t slot
+        if gram == 0:
+            return 0
+        slot = gram & (size - 1)
+        while table.data[slot] >= 0 and ids.data[table.data[slot]] != gram:
+            slot = (slot + 1) & (size - 1)
+        if table.data[slot] >= 0:
+            tfs.data[table.data[slot]] += 1
+        else:
+            table.data[slot] = ids.size
+            _push(ids, gram)
+            _push(tfs, 1)
         return 0

@@ -36,8 +36,8 @@ from typing import Any, Literal
 import numpy as np
 
 from tlserve.core.encoders import EncoderName, chosen_encoder, native_encoder
-from tlserve.core.lexicon import MANY_NGRAMS, Lexicon, many_weights
-from tlserve.core.preprocessing import Preprocessor
+from tlserve.core.lexicon import CHAR_NGRAMS, MANY_NGRAMS, Lexicon, many_weights
+from tlserve.core.preprocessing import Preprocessor, Units
 from tlserve.core.ragged import pad
 from tlserve.core.vector_store import MAX_PROBES, VocabularyIndex
 
@@ -80,8 +80,9 @@ class FeatureConfig:
     """finetune only: also feed the pooled vectors of the shared store (a frozen channel)."""
     lexical: bool = False
     """Also feed the ids and TF-IDF weights of the text's n-grams in the bundle's lexicon (a lexical channel)."""
-    lexical_units: Literal["words", "chars"] = "words"
-    """The lexical channel's units: the tokens, or (Chinese) the characters of the normalised text."""
+    lexical_units: Units = "words"
+    """The lexical channel's units: the tokens, the tokens and their character n-grams, or (Chinese) the characters
+    of the normalised text (`tlserve.core.lexicon`)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
@@ -251,6 +252,8 @@ class Featurizer:
             gram_ids=None if lexicon is None else lexicon.ids,
             idf=None if lexicon is None else lexicon.idf,
             joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights, many_ngrams=MANY_NGRAMS,
+            char_low=CHAR_NGRAMS[0] if lexicon is not None and lexicon.char_ngrams else 0,
+            char_high=CHAR_NGRAMS[1] if lexicon is not None and lexicon.char_ngrams else 0,
             base_id=BASE_ID, zero_id=ZERO_ID, first_trained_id=FIRST_TRAINED_ID, no_base=float(NO_BASE))
 
     @property

@@ -7,7 +7,12 @@ uni- and bigrams: for each n-gram of the lexicon present in a text, the weight
 (``words``), or, for Chinese, the characters of the normalised text (``chars``, punctuation
 and digits included): a Chinese headline is a handful of jieba words, and character pairs
 generalise better (THUCNews, 10 % of the labels: 0.74 with character 1-2-grams against 0.66
-with word 1-2-grams). The trainer fits the classifier; the
+with word 1-2-grams). With ``words+chars``, each token also gives its character n-grams: the
+2- to 5-grams of the token between boundary marks (``<walk>``: ``<w``, ``wa``, ... ``alk>``), as
+scikit-learn's ``char_wb`` analyzer reads words, so a lexicon learns from "configure" what
+"configuration" shares with it; the word n-grams and the character n-grams are weighted and
+L2-normalised as two blocks, each as above (scikit-learn's union of two vectorizers), so the
+many character n-grams of a text do not drown its words. The trainer fits the classifier; the
 graph gathers its rows by n-gram id and sums them with these weights, so a text costs a few
 dictionary lookups, never a dense vector of the whole lexicon.
 
@@ -23,7 +28,8 @@ different widths collide by construction (' c', two 1-byte characters, and '挠'
 
 In a bundle (written and read by `tlserve.core.bundle`): ``lexicon.txt`` (one n-gram per line, UTF-8;
 a bigram is its two tokens joined by a space, which no token contains; a character bigram is its
-two characters) and ``lexicon_idf.npy`` (float32, one per line). The unit kind is in the bundle's
+two characters; a character n-gram within a word is ``#`` and the n-gram, ``#<wa``, a mark no
+token of the latin tokenizer contains) and ``lexicon_idf.npy`` (float32, one per line). The unit kind is in the bundle's
 feature config.
 """
 
@@ -39,15 +45,29 @@ import numpy as np
 from tlserve.core.preprocessing import Units
 from tlserve.core.ragged import pad
 
-__all__ = ["MANY_NGRAMS", "Lexicon", "Units", "many_weights", "ngrams"]
+__all__ = ["CHAR_NGRAMS", "MANY_NGRAMS", "Lexicon", "Units", "char_ngrams", "many_weights", "ngrams"]
 # Up to this many n-grams, lookups and a text's weights are computed in plain Python (and by the compiled
 # encoder); beyond, with NumPy (`many_weights`).
 MANY_NGRAMS = 64
+# The lengths of the character n-grams within words (of the token between its boundary marks).
+CHAR_NGRAMS = (2, 5)
 
 
 def ngrams(units: Sequence[str], joiner: str = " ") -> list[str]:
     """A text's unigrams followed by its bigrams (units joined by `joiner`)."""
     return [*units, *(f"{a}{joiner}{b}" for a, b in pairwise(units))]
+
+
+def char_ngrams(tokens: Sequence[str]) -> list[str]:
+    """Each token's character n-grams (lengths `CHAR_NGRAMS`) of ``<token>``, marked ``#``: token by token, then
+    by length, then by position."""
+    low, high = CHAR_NGRAMS
+    out: list[str] = []
+    for token in tokens:
+        marked = f"<{token}>"
+        for n in range(low, min(high, len(marked)) + 1):
+            out.extend("#" + marked[i : i + n] for i in range(len(marked) - n + 1))
+    return out
 
 
 def _hashes(grams: Sequence[str]) -> list[int]:
@@ -76,6 +96,7 @@ class Lexicon:
             raise ValueError(f"{len(grams)} n-grams but {len(idf)} IDF weights")
         self.units = units
         self.joiner = "" if units == "chars" else " "
+        self.char_ngrams = units == "words+chars"
         self.grams: list[str] | None = grams if keep_grams else None
         self.idf = np.asarray(idf, dtype=np.float32)
         hashes = np.array(_hashes(grams), dtype=np.int64)
@@ -124,56 +145,76 @@ class Lexicon:
 
     @classmethod
     def fit(cls, token_lists: Sequence[Sequence[str]], max_size: int, units: Units = "words",
-            min_bigram_texts: int = 1) -> Lexicon:
-        """The `max_size` n-grams found in most texts, with scikit-learn's smoothed IDF; a bigram only if
-        `min_bigram_texts` texts or more have it."""
+            min_bigram_texts: int = 1, char_share: float = math.inf) -> Lexicon:
+        """The `max_size` n-grams found in most texts, with scikit-learn's smoothed IDF; a bigram (and a character
+        n-gram) only if `min_bigram_texts` texts or more have it. With ``words+chars``, the word n-grams first,
+        then at most `char_share` character n-grams per word n-gram kept, within `max_size`."""
         joiner = "" if units == "chars" else " "
         unigrams: Counter[str] = Counter()
         bigrams: Counter[str] = Counter()
+        chars: Counter[str] = Counter()
         for tokens in token_lists:
             unigrams.update(set(tokens))
             bigrams.update({f"{a}{joiner}{b}" for a, b in pairwise(tokens)})
-        counts = [*unigrams.items(), *((gram, n) for gram, n in bigrams.items() if n >= min_bigram_texts)]
-        # Most frequent first; ties in a fixed (alphabetical) order so training is reproducible.
-        kept = sorted(counts, key=lambda item: (-item[1], item[0]))[:max_size]
+            if units == "words+chars":
+                chars.update(set(char_ngrams(tokens)))
+
+        def most_frequent(counts: list[tuple[str, int]], size: int) -> list[tuple[str, int]]:
+            # Most frequent first; ties in a fixed (alphabetical) order so training is reproducible.
+            return sorted(counts, key=lambda item: (-item[1], item[0]))[:max(0, size)]
+
+        kept = most_frequent([*unigrams.items(), *((g, n) for g, n in bigrams.items() if n >= min_bigram_texts)],
+                             max_size)
+        room = max_size - len(kept)
+        kept += most_frequent([(g, n) for g, n in chars.items() if n >= min_bigram_texts],
+                              room if math.isinf(char_share) else min(int(char_share * len(kept)), room))
         n = len(token_lists)
         idf = np.array([math.log((1 + n) / (1 + df)) + 1.0 for _, df in kept], dtype=np.float32)
         return cls([gram for gram, _ in kept], idf, units)
 
+    def _blocks(self, tokens: Sequence[str]) -> list[list[str]]:
+        """A text's n-grams in their weighting blocks: the word (or character) uni- and bigrams, then, with
+        ``words+chars``, the character n-grams within words."""
+        grams = ngrams(tokens, self.joiner)
+        return [grams, char_ngrams(tokens)] if self.char_ngrams else [grams]
+
     def encode(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Ids int64 [n, L] and TF-IDF weights float32 [n, L] of each text's known n-grams (0-padded)."""
-        grams_per_text = [ngrams(tokens, self.joiner) for tokens in token_lists]
-        # One lookup for the whole batch, then each text's ids (0: not in the lexicon) in first-seen order.
-        flat = self._id_list([gram for grams in grams_per_text for gram in grams])
-        counts_per_text: list[Counter[int]] = []
+        blocks_per_text = [self._blocks(tokens) for tokens in token_lists]
+        # One lookup for the whole batch, then each block's ids (0: not in the lexicon) in first-seen order.
+        flat = self._id_list([gram for blocks in blocks_per_text for grams in blocks for gram in grams])
+        counts_per_block: list[Counter[int]] = []
         start = 0
-        for grams in grams_per_text:
-            counts_per_text.append(Counter(filter(None, flat[start : start + len(grams)])))
-            start += len(grams)
-        known = [gram_id - 1 for counts in counts_per_text for gram_id in counts]
+        for blocks in blocks_per_text:
+            for grams in blocks:
+                counts_per_block.append(Counter(filter(None, flat[start : start + len(grams)])))
+                start += len(grams)
+        known = [gram_id - 1 for counts in counts_per_block for gram_id in counts]
         idf = self.idf[known].astype(np.float64)
         idf_list = idf.tolist()
-        lengths = [len(counts) for counts in counts_per_text]
         ids: list[int] = []
         weights: list[float] = []
-        for counts, count in zip(counts_per_text, lengths, strict=True):
-            position = len(ids)
+        for counts in counts_per_block:
+            position, count = len(ids), len(counts)
             ids.extend(counts)
-            # In float64, rounded once to float32. A text of few n-grams (a serving call) takes plain Python:
-            # NumPy costs about a microsecond a call on arrays this small. Which way a text goes depends on
-            # that text alone, so it gets the same weights alone and in any batch.
+            # In float64, rounded once to float32. A block of few n-grams (a serving call) takes plain Python:
+            # NumPy costs about a microsecond a call on arrays this small. Which way a block goes depends on
+            # that block alone, so a text gets the same weights alone and in any batch.
             if count > MANY_NGRAMS:
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
                 weights.extend(many_weights(tf, idf[position : position + count]).tolist())
             else:
                 text_idf = idf_list[position : position + count]
-                text_weights = [(1.0 + math.log(tf)) * w for tf, w in zip(counts.values(), text_idf, strict=True)]
+                block_weights = [(1.0 + math.log(tf)) * w for tf, w in zip(counts.values(), text_idf, strict=True)]
                 # A plain running sum: the same on every Python (3.12's sum() compensates) and in C.
                 square = 0.0
-                for w in text_weights:
+                for w in block_weights:
                     square += w * w
                 norm = math.sqrt(square)
-                weights.extend(w / norm for w in text_weights)
+                weights.extend(w / norm for w in block_weights)
+        per_text = len(counts_per_block) // max(1, len(blocks_per_text))
+        lengths = [sum(len(counts) for counts in counts_per_block[t * per_text : (t + 1) * per_text])
+                   for t in range(len(blocks_per_text))]
         width = max(1, max(lengths, default=1))
         if len(lengths) == 1 and lengths[0] == width:  # the lone text of a serving call: no padding to place
             return np.array([ids], dtype=np.int64), np.array([weights], dtype=np.float32)

@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 CasePolicy = Literal["lower", "keep"]
 TokenizerName = Literal["latin", "jieba"]
-Units = Literal["words", "chars"]
-"""The units of a lexical channel: the tokens, or the characters of the normalised text."""
+Units = Literal["words", "chars", "words+chars"]
+"""The units of a lexical channel: the tokens, the characters of the normalised text, or the tokens read both
+as words and as character n-grams within each word (`tlserve.core.lexicon`)."""
 _WHITESPACE = re.compile(r"\s+")
 
 # Han characters (CJK extension A, unified and compatibility ideographs), and the Japanese kana: the
@@ -123,8 +124,8 @@ class Preprocessor:
         return [self.tokens(text) for text in texts]
 
     def batch_units(self, texts: Sequence[str], units: Units) -> list[list[str]]:
-        """Each text's tokens, or its characters."""
-        return self.batch_tokens(texts) if units == "words" else [self.chars(text) for text in texts]
+        """Each text's characters (`units` "chars"), else its tokens."""
+        return [self.chars(text) for text in texts] if units == "chars" else self.batch_tokens(texts)
 
     def batch_tokens_and_chars(self, texts: Sequence[str], chars: bool
                                ) -> tuple[list[list[str]], list[list[str]] | None]:
