@@ -5,15 +5,15 @@ Vocabulary lookup (the store's crc32 hash table), pooling, finetune token ids an
 and the lexical channel's n-gram ids and TF-IDF weights, with the Python encoder's numbers bit
 for bit: sums run in the order NumPy's reductions run them (row after row, in float32), the
 lexicon's weights in float64 with the same libm calls, its n-gram hashes are CPython's own hash
-of the UTF-8 bytes, and a text of more than 64 n-grams gets its weights from the very NumPy
-function the Python encoder uses. Tokenising stays in Python (`tlserve.core.preprocessing`).
+of the UTF-8 bytes, and a block of more than 64 word n-grams (1,024 character n-grams) gets its
+weights from the very NumPy function the Python encoder uses. Tokenising stays in Python (`tlserve.core.preprocessing`).
 Built with ``-ffp-contract=off``, so no compiler fuses a multiply and an add into one rounding.
 """
 
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 from libc.math cimport log, sqrt
@@ -181,6 +181,11 @@ cdef class NativeEncoder:
     cdef const float* sif
     cdef const int64_t* gram_hashes
     cdef const int32_t* gram_ids
+    # Where the hashes of each top-bits prefix start in `gram_hashes` (2^gram_bits + 1 entries): a lookup reads
+    # a cache line or two of neighbouring hashes, not the ~17 scattered ones of a binary search over 100,000
+    # n-grams; it costs half a byte to a byte per n-gram.
+    cdef const int32_t* gram_directory
+    cdef int gram_bits
     cdef const float* idf
     cdef object search, many_weights
     # Token ids of the finetune graph and the empty base_max (tlserve.core.features), and how many n-grams a
@@ -188,7 +193,7 @@ cdef class NativeEncoder:
     # Python modules that define them.
     cdef int64_t base_id, zero_id, first_trained_id
     cdef float no_base
-    cdef Py_ssize_t many_ngrams
+    cdef Py_ssize_t many_ngrams, many_char_ngrams
     # Character n-grams within words (units "words+chars"): their shortest and longest lengths, 0 without.
     cdef Py_ssize_t char_low, char_high
 
@@ -196,7 +201,8 @@ cdef class NativeEncoder:
                  words, rows, slots, int max_probes, search, matrix, sif=None, store_rows=None,
                  trained_buckets=None, gram_hashes=None, gram_ids=None, idf=None, str joiner=" ",
                  many_weights=None, int64_t base_id, int64_t zero_id, int64_t first_trained_id, float no_base,
-                 Py_ssize_t many_ngrams, Py_ssize_t char_low=0, Py_ssize_t char_high=0):
+                 Py_ssize_t many_ngrams, Py_ssize_t many_char_ngrams=0, Py_ssize_t char_low=0,
+                 Py_ssize_t char_high=0):
         self.frozen, self.mean_max, self.static = frozen, mean_max, static
         self.buckets, self.bigrams = buckets, bigrams
         self.n_words = len(words)
@@ -207,7 +213,7 @@ cdef class NativeEncoder:
         self.many_weights = many_weights
         self.base_id, self.zero_id, self.first_trained_id = base_id, zero_id, first_trained_id
         self.no_base, self.many_ngrams = no_base, many_ngrams
-        self.char_low, self.char_high = char_low, char_high
+        self.char_low, self.char_high, self.many_char_ngrams = char_low, char_high, many_char_ngrams
         self.joiner_space = joiner == " "
         self.has_sif = sif is not None
         self.lexical = gram_hashes is not None
@@ -243,6 +249,13 @@ cdef class NativeEncoder:
         self.trained_buckets = <const int32_t*>cnp.PyArray_DATA(arrays["trained_buckets"])
         self.gram_hashes = <const int64_t*>cnp.PyArray_DATA(arrays["gram_hashes"])
         self.gram_ids = <const int32_t*>cnp.PyArray_DATA(arrays["gram_ids"])
+        self.gram_bits = 1
+        while (1 << (self.gram_bits + 3)) < self.n_grams and self.gram_bits < 24:  # 4 to 8 hashes per prefix
+            self.gram_bits += 1
+        directory = np.zeros((1 << self.gram_bits) + 1, dtype=np.int32)
+        self._fill_directory(<int32_t*>cnp.PyArray_DATA(directory))
+        arrays["gram_directory"] = directory
+        self.gram_directory = <const int32_t*>cnp.PyArray_DATA(directory)
         self.idf = <const float*>cnp.PyArray_DATA(arrays["idf"])
 
     # --- vocabulary -------------------------------------------------------------------------------------------
@@ -428,18 +441,32 @@ cdef class NativeEncoder:
 
     # --- the lexical channel ----------------------------------------------------------------------------------
 
+    cdef inline uint64_t _prefix(self, int64_t key) noexcept nogil:
+        """The top `gram_bits` of a hash, in the order of the signed hashes (the sign bit flipped)."""
+        return ((<uint64_t>key) ^ (<uint64_t>1 << 63)) >> (64 - self.gram_bits)
+
+    cdef void _fill_directory(self, int32_t* directory) noexcept:
+        cdef Py_ssize_t i, prefix = 0, buckets = 1 << self.gram_bits
+        for i in range(self.n_grams):
+            while prefix <= <Py_ssize_t>self._prefix(self.gram_hashes[i]):
+                directory[prefix] = <int32_t>i
+                prefix += 1
+        while prefix <= buckets:
+            directory[prefix] = <int32_t>self.n_grams
+            prefix += 1
+
     cdef int64_t _gram_id(self, const char* data, Py_ssize_t size) noexcept:
-        """The id of an n-gram's UTF-8 bytes (0: not in the lexicon): CPython's hash, found by binary search."""
+        """The id of an n-gram's UTF-8 bytes (0: not in the lexicon): CPython's hash, found among the hashes of its
+        prefix."""
         cdef int64_t key = tl_hash_bytes(data, size)
-        cdef Py_ssize_t low = 0, high = self.n_grams, middle
-        while low < high:
-            middle = (low + high) >> 1
-            if self.gram_hashes[middle] < key:
-                low = middle + 1
-            else:
-                high = middle
-        if low < self.n_grams and self.gram_hashes[low] == key:
-            return self.gram_ids[low]
+        cdef uint64_t prefix = self._prefix(key)
+        cdef Py_ssize_t i = self.gram_directory[prefix], end = self.gram_directory[prefix + 1]
+        while i < end:
+            if self.gram_hashes[i] == key:
+                return self.gram_ids[i]
+            if self.gram_hashes[i] > key:
+                return 0
+            i += 1
         return 0
 
     cdef int _lexicon(self, dict inputs, list units) except -1:
@@ -463,6 +490,10 @@ cdef class NativeEncoder:
         cdef double* weights = NULL
         cdef int64_t* out_ids
         cdef float* out_weights
+        cdef double* idf_data
+        cdef double* tf_data
+        cdef double* many_data
+        cdef cnp.ndarray idf_array, tf_array, many
         ids.data, ids.size, ids.capacity = NULL, 0, 0
         tfs.data, tfs.size, tfs.capacity = NULL, 0, 0
         lengths.data, lengths.size, lengths.capacity = NULL, 0, 0
@@ -574,10 +605,18 @@ cdef class NativeEncoder:
                 for block in range(blocks):
                     count = lengths.data[t * blocks + block]
                     memcpy(&out_ids[t * width + column], &ids.data[position], count * sizeof(int64_t))
-                    if count > self.many_ngrams:
-                        idf = np.array([self.idf[ids.data[position + i] - 1] for i in range(count)], dtype=np.float64)
-                        tf = np.array([tfs.data[position + i] for i in range(count)], dtype=np.float64)
-                        weights_array[t, column:column + count] = self.many_weights(tf, idf)
+                    if count > (self.many_char_ngrams if block else self.many_ngrams):
+                        idf_array = _zeros1(count, cnp.NPY_FLOAT64)
+                        tf_array = _zeros1(count, cnp.NPY_FLOAT64)
+                        idf_data = <double*>cnp.PyArray_DATA(idf_array)
+                        tf_data = <double*>cnp.PyArray_DATA(tf_array)
+                        for i in range(count):
+                            idf_data[i] = <double>self.idf[ids.data[position + i] - 1]
+                            tf_data[i] = <double>tfs.data[position + i]
+                        many = np.ascontiguousarray(self.many_weights(tf_array, idf_array), dtype=np.float64)
+                        many_data = <double*>cnp.PyArray_DATA(many)
+                        for i in range(count):
+                            out_weights[t * width + column + i] = <float>many_data[i]
                     elif count:
                         square = 0.0
                         for i in range(count):

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tlserve.core.encoders import EncoderName, chosen_encoder, native_encoder
-from tlserve.core.lexicon import CHAR_NGRAMS, MANY_NGRAMS, Lexicon, many_weights
+from tlserve.core.lexicon import CHAR_NGRAMS, MANY_CHAR_NGRAMS, MANY_NGRAMS, Lexicon, many_weights
 from tlserve.core.preprocessing import Preprocessor, Units
 from tlserve.core.ragged import pad
 from tlserve.core.vector_store import MAX_PROBES, VocabularyIndex
@@ -252,7 +252,7 @@ class Featurizer:
             gram_ids=None if lexicon is None else lexicon.ids,
             idf=None if lexicon is None else lexicon.idf,
             joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights, many_ngrams=MANY_NGRAMS,
-            char_low=CHAR_NGRAMS[0] if lexicon is not None and lexicon.char_ngrams else 0,
+            many_char_ngrams=MANY_CHAR_NGRAMS, char_low=CHAR_NGRAMS[0] if lexicon is not None and lexicon.char_ngrams else 0,
             char_high=CHAR_NGRAMS[1] if lexicon is not None and lexicon.char_ngrams else 0,
             base_id=BASE_ID, zero_id=ZERO_ID, first_trained_id=FIRST_TRAINED_ID, no_base=float(NO_BASE))
 
