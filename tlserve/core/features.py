@@ -240,6 +240,7 @@ class Featurizer:
                 or not matrix.flags.c_contiguous or (sif is not None and sif.dtype != np.float32):
             return None
         lexicon = self.lexicon if self.config.lexical else None
+        chars = lexicon is not None and lexicon.char_ngrams
         trained = self.trained
         return native_encoder(
             frozen=self.config.mode == "frozen", mean_max=self.config.pooling == "mean_max",
@@ -252,8 +253,8 @@ class Featurizer:
             gram_ids=None if lexicon is None else lexicon.ids,
             idf=None if lexicon is None else lexicon.idf,
             joiner=" " if lexicon is None else lexicon.joiner, many_weights=many_weights, many_ngrams=MANY_NGRAMS,
-            many_char_ngrams=MANY_CHAR_NGRAMS, char_low=CHAR_NGRAMS[0] if lexicon is not None and lexicon.char_ngrams else 0,
-            char_high=CHAR_NGRAMS[1] if lexicon is not None and lexicon.char_ngrams else 0,
+            many_char_ngrams=MANY_CHAR_NGRAMS, char_low=CHAR_NGRAMS[0] if chars else 0,
+            char_high=CHAR_NGRAMS[1] if chars else 0,
             base_id=BASE_ID, zero_id=ZERO_ID, first_trained_id=FIRST_TRAINED_ID, no_base=float(NO_BASE))
 
     @property

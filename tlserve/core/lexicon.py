@@ -45,7 +45,8 @@ import numpy as np
 from tlserve.core.preprocessing import Units
 from tlserve.core.ragged import pad
 
-__all__ = ["CHAR_NGRAMS", "MANY_CHAR_NGRAMS", "MANY_NGRAMS", "Lexicon", "Units", "char_ngrams", "many_weights", "ngrams"]
+__all__ = ["CHAR_NGRAMS", "MANY_CHAR_NGRAMS", "MANY_NGRAMS", "Lexicon", "Units", "char_ngrams", "many_weights",
+           "ngrams"]
 # Up to this many n-grams, lookups and a text's weights are computed in plain Python (and by the compiled
 # encoder); beyond, with NumPy (`many_weights`).
 MANY_NGRAMS = 64
@@ -197,14 +198,14 @@ class Lexicon:
         idf_list = idf.tolist()
         ids: list[int] = []
         weights: list[float] = []
-        blocks = 2 if self.char_ngrams else 1
+        per_text = 2 if self.char_ngrams else 1
         for block, counts in enumerate(counts_per_block):
             position, count = len(ids), len(counts)
             ids.extend(counts)
             # In float64, rounded once to float32. A block of few n-grams (a serving call) takes plain Python:
             # NumPy costs about a microsecond a call on arrays this small. Which way a block goes depends on
             # that block alone, so a text gets the same weights alone and in any batch.
-            if count > (MANY_CHAR_NGRAMS if block % blocks else MANY_NGRAMS):
+            if count > (MANY_CHAR_NGRAMS if block % per_text else MANY_NGRAMS):
                 tf = np.fromiter(counts.values(), dtype=np.float64, count=count)
                 weights.extend(many_weights(tf, idf[position : position + count]).tolist())
             else:
@@ -216,7 +217,7 @@ class Lexicon:
                     square += w * w
                 norm = math.sqrt(square)
                 weights.extend(w / norm for w in block_weights)
-        lengths = [sum(len(counts) for counts in counts_per_block[t * blocks : (t + 1) * blocks])
+        lengths = [sum(len(counts) for counts in counts_per_block[t * per_text : (t + 1) * per_text])
                    for t in range(len(blocks_per_text))]
         width = max(1, max(lengths, default=1))
         if len(lengths) == 1 and lengths[0] == width:  # the lone text of a serving call: no padding to place
