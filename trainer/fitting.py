@@ -200,8 +200,13 @@ def out_of_fold(config: TrainConfig, splits: Splits, store: VectorStore, labels:
                             epochs=member.history.best_epoch + 1)
             out[i][fold_held_out] = predict(copy, fold.validation.texts)[0]
         if lexical is not None:
+            # The same regularisation per training text as the lexical channel itself: scikit-learn's C weighs
+            # the sum of the texts' losses, so a fold's copy at the same C would be regularised more, answer less
+            # confidently than the channel will, and the temperature fitted on its answers would sharpen the
+            # channel's into over-confidence.
+            c = lexical.chosen["C"] * len(y) / len(fold_train)
             out[-1][fold_held_out] = fit_lexical(config, fold, members[0].featurizer.preprocessor, labels,
-                                                 y[fold_held_out], (lexical.chosen["C"],)).validation
+                                                 y[fold_held_out], (c,)).validation
     return out
 
 
