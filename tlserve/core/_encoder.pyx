@@ -151,6 +151,18 @@ cdef int _reserve(Vec* vec, Py_ssize_t capacity) except -1:
     return 0
 
 
+cdef int _grow(char** buffer, Py_ssize_t* capacity, Py_ssize_t needed) except -1:
+    """A scratch buffer of at least `needed` bytes (its old contents dropped)."""
+    if needed > capacity[0]:
+        free(buffer[0])
+        capacity[0] = 2 * needed
+        buffer[0] = <char*>malloc(capacity[0])
+        if buffer[0] == NULL:
+            capacity[0] = 0
+            raise MemoryError()
+    return 0
+
+
 cdef inline cnp.ndarray _zeros2(Py_ssize_t rows, Py_ssize_t columns, int kind):
     cdef cnp.npy_intp shape[2]
     shape[0], shape[1] = rows, columns
@@ -536,12 +548,7 @@ cdef class NativeEncoder:
                     else:
                         j = i - m
                         a, b = sizes[j], sizes[j + 1]
-                        if a + b + 1 > joined_size:
-                            joined_size = 2 * (a + b + 1)
-                            free(joined)
-                            joined = <char*>malloc(joined_size)
-                            if joined == NULL:
-                                raise MemoryError()
+                        _grow(&joined, &joined_size, a + b + 1)
                         memcpy(joined, starts[j], a)
                         if self.joiner_space:
                             joined[a] = 32
@@ -558,12 +565,7 @@ cdef class NativeEncoder:
                         # "#<token>" in `joined`; `offsets` holds where each character of "<token>" starts in it.
                         length = sizes[i] + 3
                         marks = chars[i] + 2
-                        if length + length > joined_size:
-                            joined_size = 2 * length
-                            free(joined)
-                            joined = <char*>malloc(2 * joined_size)
-                            if joined == NULL:
-                                raise MemoryError()
+                        _grow(&joined, &joined_size, 2 * length)
                         if marks + 1 > offsets_size:
                             offsets_size = 2 * (marks + 1)
                             free(offsets)
