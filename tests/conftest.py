@@ -31,10 +31,21 @@ WORDNET_SAMPLE = FIXTURES / "wordnet-sample.csv"
 STORE_WORDS = 40_000
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: every socket stays bound until all are chosen, so the kernel cannot
+    hand one port out twice (a server given one port for two listeners fails to start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @contextmanager
@@ -172,7 +183,7 @@ def start_server(repository: Path, log: Path, *extra: str, wait: bool = True, en
                  launcher: list[str] | None = None) -> ServerProcess:
     """`tlserve serve` as a real subprocess on free loopback ports (run through `launcher`, e.g.
     prlimit, if given); waits for SERVING."""
-    port, metrics_port, http_port = free_port(), free_port(), free_port()
+    port, metrics_port, http_port = free_ports(3)
     handle = open(log, "wb")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
         [*(launcher or []), sys.executable, "-m", "tlserve.cli", "serve", "--repository", str(repository),

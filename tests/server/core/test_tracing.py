@@ -25,7 +25,7 @@ import pytest
 from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 
-from conftest import Trained, free_port, start_server
+from conftest import Trained, free_ports, start_server
 
 GRPC_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 HTTP_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -67,7 +67,7 @@ def test_calls_and_batches_are_traced_and_continue_the_callers_trace(trained: Tr
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    port, http_port = free_port(), free_port()
+    port, http_port = free_ports(2)
     # A queue delay makes every call go through a batch (no lone-call shortcut).
     settings = ServerSettings(repository=trained.repository, port=port, http_port=http_port, metrics_port=0,
                               max_queue_delay_us=20_000)
