@@ -142,8 +142,9 @@ class TrainConfig:
     calibration_min_examples: int = 250
     """Validation texts from which the validation split alone fits the mixture and the temperature."""
     transfer_check: bool = True
-    """Also fit a frozen head on random vectors of the store's shape (and on the pretrained ones, for finetune),
-    to report on validation what the source knowledge buys on this task: data mismatch and negative transfer."""
+    """Also fit a linear probe on texts pooled from the pretrained vectors and from random vectors of the store's
+    shape, to report on validation what the source knowledge buys on this task: data mismatch and negative
+    transfer."""
     head: HeadConfig = field(default_factory=HeadConfig)
     """Hyper-parameters of the head and of training."""
     compare: bool = False

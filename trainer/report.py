@@ -171,8 +171,8 @@ def transfer_finding(transfer: dict[str, Any]) -> str:
     # One standard error of the difference of two accuracies on n texts (at least a point):
     # smaller differences are noise.
     margin = max(0.01, math.sqrt(2.0 * pretrained * (1.0 - pretrained) / max(1, n)))
-    measured = (f"on the {n} validation texts a frozen head scored {pretrained:.3f} on the pretrained vectors and "
-                f"{random:.3f} on random vectors of the same shape")
+    measured = (f"on the {n} validation texts a linear probe of the pooled vectors scored {pretrained:.3f} on the "
+                f"pretrained vectors and {random:.3f} on random vectors of the same shape")
     advice = ("Adapt the vectors on unlabelled text of your domain (`tlserve vectors adapt`), bring more labels, "
               "or use vectors from a source closer to your texts.")
     if pretrained - random <= margin:
