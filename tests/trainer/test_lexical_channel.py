@@ -1,0 +1,56 @@
+"""The lexical channel's choice of lexicon: n-grams of a single training text join it only when validation says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tlserve.core.labelled import LabelledData
+from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.trainer.config import TrainConfig
+from tlserve.trainer.datasets import Splits
+from tlserve.trainer.fitting import fit_lexical
+
+# 210 words, each in about 30 of 1,000 texts (as are their character n-grams); almost every word bigram in one.
+WORDS = [f"{a}{b}{c}o" for a in "bcdfgk" for b in "lmnprst" for c in "aeiuy"]
+
+
+def _texts(rng: np.random.Generator, n: int) -> list[str]:
+    return [" ".join(rng.choice(WORDS, size=6, replace=False)) for _ in range(n)]
+
+
+def _data(texts: list[str], labels: list[str]) -> LabelledData:
+    return LabelledData(texts, labels, list(range(1, len(texts) + 1)), Path("lexicon.csv"))
+
+
+def _choice(labels_from_word_order: bool) -> dict[str, object]:
+    """The lexical channel's choice on 1,000 training texts whose labels only their word order tells (and a
+    validation split of the same texts), or that one word tells (and a validation split of new texts)."""
+    rng = np.random.default_rng(7)
+
+    def marked(texts: list[str]) -> LabelledData:  # the label: which of three marker words the text holds
+        label = [str(int(rng.integers(3))) for _ in texts]
+        return _data([f"{text} {WORDS[int(y)]}" for text, y in zip(texts, label, strict=True)], label)
+
+    if labels_from_word_order:
+        texts = _texts(rng, 1000)
+        train = validation = _data(texts, [str(int(rng.integers(3))) for _ in texts])
+    else:
+        train, validation = marked(_texts(rng, 1000)), marked(_texts(rng, 300))
+    splits = Splits(train, validation, validation)
+    config = TrainConfig(repository=Path("unused"), model="m", data=Path("lexicon.csv"), vectors=Path("unused"))
+    preprocessor = Preprocessor(PreprocessingConfig.from_dict({"case": "lower", "tokenizer": "latin"}))
+    truth = np.array([int(label) for label in validation.labels])
+    return fit_lexical(config, splits, preprocessor, ["0", "1", "2"], truth).chosen
+
+
+def test_bigrams_of_one_text_join_the_lexicon_when_validation_gains() -> None:
+    chosen = _choice(labels_from_word_order=True)
+    assert chosen["min_texts"] == 1
+
+
+def test_the_smaller_lexicon_stays_when_validation_does_not_gain() -> None:
+    small, large = _choice(labels_from_word_order=False), _choice(labels_from_word_order=True)
+    assert small["min_texts"] == 2
+    assert int(small["lexicon"]) < int(large["lexicon"])  # type: ignore[call-overload]
