@@ -76,6 +76,12 @@ def sif_weights(featurizer: Featurizer, texts: list[str], size: int) -> np.ndarr
     return (SIF_A / (SIF_A + frequency)).astype(np.float32)
 
 
+def model_preprocessor(config: TrainConfig, store: VectorStore) -> Preprocessor:
+    """The tokens a model of `config` reads: the store's case, the configured tokenizer and token cap."""
+    return Preprocessor(PreprocessingConfig.from_dict(
+        {"case": store.manifest.case, "tokenizer": config.tokenizer, "max_tokens": config.max_tokens}))
+
+
 def random_like(store: VectorStore, seed: int) -> np.ndarray:
     """Random vectors of the store's shape and per-dimension mean and spread (no transfer)."""
     matrix = np.asarray(store.matrix)
@@ -230,8 +236,7 @@ def transfer_check(config: TrainConfig, splits: Splits, store: VectorStore, labe
         splits = replace(splits, train=splits.train.subset(sample))
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
-    preprocessor = Preprocessor(PreprocessingConfig.from_dict(
-        {"case": store.manifest.case, "tokenizer": config.tokenizer, "max_tokens": config.max_tokens}))
+    preprocessor = model_preprocessor(config, store)
 
     def probe_accuracy(table: np.ndarray) -> float:
         featurizer = Featurizer(FeatureConfig(mode="frozen", pooling="mean_max", sif=False), preprocessor,
@@ -276,6 +281,10 @@ def _tfidf_matrix(lexicon: Lexicon, token_lists: Sequence[Sequence[str]]) -> Any
     return csr_matrix((weights[rows, columns], (rows, ids[rows, columns] - 1)), shape=(len(ids), len(lexicon)))
 
 
+# (validation log-loss, C, min_texts, lexicon, coefficients, intercept, validation features)
+_LexicalFit = tuple[float, float, int, Lexicon, np.ndarray, np.ndarray, Any]
+
+
 def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor, labels: list[str],
                 truth: np.ndarray, c_values: Sequence[float] = (1.0, 10.0, 100.0, 1000.0),
                 min_texts: Sequence[int] = (MIN_BIGRAM_TEXTS, 1)) -> LexicalModel:
@@ -296,9 +305,9 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
     thresholds = (1,) if units == "chars" else tuple(dict.fromkeys(min_texts))
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
-    best: tuple[float, float, int, Lexicon, np.ndarray, np.ndarray, Any] | None = None
+    best: _LexicalFit | None = None
     for threshold in thresholds:
-        best_here: tuple[float, float, int, Lexicon, np.ndarray, np.ndarray, Any] | None = None
+        best_here: _LexicalFit | None = None
         lexicon = Lexicon.fit(train_units, size, units, min_bigram_texts=threshold)
         x_train = _tfidf_matrix(lexicon, train_units)
         x_validation = _tfidf_matrix(lexicon, validation_units)
@@ -348,8 +357,7 @@ def _fit_one(config: TrainConfig, splits: Splits, store: VectorStore, labels: li
 
     models.seed_everything(config.seed)
     table = np.asarray(store.matrix) if matrix is None else matrix
-    preprocessor = Preprocessor(PreprocessingConfig.from_dict(
-        {"case": store.manifest.case, "tokenizer": config.tokenizer, "max_tokens": config.max_tokens}))
+    preprocessor = model_preprocessor(config, store)
     index = {label: i for i, label in enumerate(labels)}
     y_train = np.array([index[label] for label in splits.train.labels])
     y_val = np.array([index.get(label, 0) for label in splits.validation.labels])
