@@ -6,10 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+import pytest
+
+from tlserve.core.encoders import compiled_available
+from tlserve.core.features import FeatureConfig, Featurizer
 from tlserve.core.labelled import LabelledData
 from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.fitting import fit_lexical
 
 # 210 words, each in about 30 of 1,000 texts (as are their character n-grams); almost every word bigram in one.
@@ -54,3 +59,26 @@ def test_the_smaller_lexicon_stays_when_validation_does_not_gain() -> None:
     small, large = _choice(labels_from_word_order=False), _choice(labels_from_word_order=True)
     assert small["min_texts"] == 2
     assert int(small["lexicon"]) < int(large["lexicon"])  # type: ignore[call-overload]
+
+
+@pytest.mark.skipif(not compiled_available(), reason="this install has no compiled encoder")
+def test_the_compiled_encoder_computes_the_same_lexical_channel(tiny_store: Path) -> None:
+    """With a featurizer, the channel's TF-IDF features come from the compiled encoder: the same fit, to the bit."""
+    rng = np.random.default_rng(3)
+    texts = [f"{text} {'cat' if i % 2 else 'tree'}ish" for i, text in enumerate(_texts(rng, 400))]
+    train = _data(texts[:300], [str(i % 2) for i in range(300)])
+    validation = _data(texts[300:], [str(i % 2) for i in range(300, 400)])
+    config = TrainConfig(repository=Path("unused"), model="m", data=Path("lexicon.csv"), vectors=tiny_store)
+    store = VectorStore(tiny_store)
+    preprocessor = Preprocessor(PreprocessingConfig.from_dict({"case": store.manifest.case, "tokenizer": "latin"}))
+    words = Featurizer(FeatureConfig(mode="frozen"), preprocessor, store.index, np.asarray(store.matrix))
+    truth = np.array([int(label) for label in validation.labels])
+    splits = Splits(train, validation, validation)
+    np.random.seed(0)  # SAGA shuffles with NumPy's global generator (training seeds it once per model)
+    python = fit_lexical(config, splits, preprocessor, ["0", "1"], truth)
+    np.random.seed(0)
+    compiled = fit_lexical(config, splits, preprocessor, ["0", "1"], truth, words=words)
+    assert python.lexicon.units == "words+chars"
+    assert python.chosen == compiled.chosen
+    np.testing.assert_array_equal(python.coefficients, compiled.coefficients)
+    np.testing.assert_array_equal(python.validation, compiled.validation)
