@@ -15,7 +15,7 @@ from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits
 from tlserve.core.vector_store import VectorStore
-from tlserve.trainer.fitting import fit_lexical
+from tlserve.trainer.fitting import LexicalModel, fit_lexical
 
 # 210 words, each in about 30 of 1,000 texts (as are their character n-grams); almost every word bigram in one.
 WORDS = [f"{a}{b}{c}o" for a in "bcdfgk" for b in "lmnprst" for c in "aeiuy"]
@@ -29,7 +29,7 @@ def _data(texts: list[str], labels: list[str]) -> LabelledData:
     return LabelledData(texts, labels, list(range(1, len(texts) + 1)), Path("lexicon.csv"))
 
 
-def _choice(labels_from_word_order: bool) -> dict[str, object]:
+def _fit(labels_from_word_order: bool) -> LexicalModel:
     """The lexical channel's choice on 1,000 training texts whose labels only their word order tells (and a
     validation split of the same texts), or that one word tells (and a validation split of new texts)."""
     rng = np.random.default_rng(7)
@@ -47,7 +47,11 @@ def _choice(labels_from_word_order: bool) -> dict[str, object]:
     config = TrainConfig(repository=Path("unused"), model="m", data=Path("lexicon.csv"), vectors=Path("unused"))
     preprocessor = Preprocessor(PreprocessingConfig.from_dict({"case": "lower", "tokenizer": "latin"}))
     truth = np.array([int(label) for label in validation.labels])
-    return fit_lexical(config, splits, preprocessor, ["0", "1", "2"], truth).chosen
+    return fit_lexical(config, splits, preprocessor, ["0", "1", "2"], truth)
+
+
+def _choice(labels_from_word_order: bool) -> dict[str, object]:
+    return _fit(labels_from_word_order).chosen
 
 
 def test_bigrams_of_one_text_join_the_lexicon_when_validation_gains() -> None:
@@ -82,3 +86,22 @@ def test_the_compiled_encoder_computes_the_same_lexical_channel(tiny_store: Path
     assert python.chosen == compiled.chosen
     np.testing.assert_array_equal(python.coefficients, compiled.coefficients)
     np.testing.assert_array_equal(python.validation, compiled.validation)
+
+
+def test_a_c_path_that_stops_early_leaves_the_random_generator_as_a_whole_path_would() -> None:
+    """The C path stops once validation loss rises; what trains next must not notice (SAGA draws one seed per
+    fit from NumPy's global generator, and the fits skipped draw theirs)."""
+    rng = np.random.default_rng(5)  # labels that nothing predicts: weaker regularisation only overfits
+    train = _data(_texts(rng, 300), [str(int(rng.integers(3))) for _ in range(300)])
+    validation = _data(_texts(rng, 100), [str(int(rng.integers(3))) for _ in range(100)])
+    config = TrainConfig(repository=Path("unused"), model="m", data=Path("lexicon.csv"), vectors=Path("unused"))
+    preprocessor = Preprocessor(PreprocessingConfig.from_dict({"case": "lower", "tokenizer": "latin"}))
+    truth = np.array([int(label) for label in validation.labels])
+    np.random.seed(0)
+    chosen = fit_lexical(config, Splits(train, validation, validation), preprocessor, ["0", "1", "2"], truth).chosen
+    after = np.random.randint(1 << 30)
+    assert chosen["C"] < 100  # the path stopped before its last Cs
+    np.random.seed(0)
+    for _ in range(2 * 4):  # two lexicons, four Cs each
+        np.random.randint(1, np.iinfo(np.int32).max)
+    assert np.random.randint(1 << 30) == after
