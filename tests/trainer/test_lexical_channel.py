@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from tlserve.core.encoders import compiled_available
 from tlserve.core.features import FeatureConfig, Featurizer
 from tlserve.core.labelled import LabelledData
 from tlserve.core.preprocessing import PreprocessingConfig, Preprocessor
+from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.config import TrainConfig
 from tlserve.trainer.datasets import Splits
-from tlserve.core.vector_store import VectorStore
 from tlserve.trainer.fitting import LexicalModel, fit_lexical
 
 # 210 words, each in about 30 of 1,000 texts (as are their character n-grams); almost every word bigram in one.
