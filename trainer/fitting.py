@@ -343,7 +343,7 @@ def fit_lexical(config: TrainConfig, splits: Splits, preprocessor: Preprocessor,
             loss = calibration.log_loss(probabilities, truth)
             if best_here is not None and loss >= best_here[0]:
                 # Past the best C: weaker regularisation overfits further, and its fits are the slowest (WordNet,
-                # all labels: C=1000 took as long as C=1 and 10 together). SAGA draws one seed per fit from
+                # all labels: C=1000 took longer than C=1 and 10 together). SAGA draws one seed per fit from
                 # NumPy's global generator: the fits skipped draw theirs, so that what trains next sees the
                 # generator as the whole path left it, and a model does not depend on where its path stopped.
                 for _ in c_values[k + 1 :]:
