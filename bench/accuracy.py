@@ -88,6 +88,8 @@ def merge(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
         if fresh is None or fresh["examples"] != split["examples"]:
             raise ValueError(f"split {split['seed']}: not the split the recorded systems were scored on")
         split["systems"].update(fresh["systems"])
+    # tlserve run beside peers recorded alone: the run names the default they are compared with.
+    old["default"] = new["default"] or old["default"]
     old["summary"] = summarize(old["splits"], old["default"])
     return old
 

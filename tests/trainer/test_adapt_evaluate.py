@@ -92,6 +92,10 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
         assert chosen["C"] in WORD_CHAR_C and len(chosen["cv_accuracy"]) == len(WORD_CHAR_C)
     assert set(merged["summary"]["systems"]) == {"tlserve_frozen", "tfidf_logreg", "tfidf_word_char"}
     assert merged["summary"]["paired"]["default"] == "tlserve_frozen"
+    # The other way round (the peers recorded first, tlserve run after): the default comes from the run.
+    into_peers = merge(json.loads(out.read_text()), json.loads(peer_out.read_text()))
+    assert into_peers["default"] == "tlserve_frozen"
+    assert into_peers["summary"]["paired"]["best_peer"] == "tfidf_word_char"
     other_split = dict(peer_only, splits=[dict(s, seed=s["seed"] + 7) for s in peer_only["splits"]])
     with pytest.raises(ValueError, match="split 0: not the split"):
         merge(other_split, json.loads(out.read_text()))
