@@ -7,7 +7,8 @@
     python -m tlserve.bench.accuracy --rows ... --rerun tfidf_word_char  # add or rerun one peer
 
 Each row is one `tlserve evaluate` run in its own process (its JSON and Markdown land in
-the results folder, so an interrupted sweep resumes where it stopped). `--rerun` runs only the
+the results folder, and each finished split is kept until the row is written, so an interrupted
+sweep resumes at the split where it stopped). `--rerun` runs only the
 named systems (``tlserve`` for tlserve's modes, or peers by name) on the same seeded splits and
 keeps the other systems' recorded figures (no system sees another's settings; the splits are
 checked to be the same). Rows:

@@ -103,7 +103,9 @@ def register(verbs: Any) -> None:
     evaluate.add_argument("--peers", nargs="*", choices=list(PEERS),
                           default=list(PEERS), help="peers (default: all)")
     evaluate.add_argument("--out", type=Path, required=True,
-                          help="results JSON (every split, every system); a Markdown table beside it (.md)")
+                          help="results JSON (every split, every system); a Markdown table beside it (.md). Until "
+                               "it is written, finished splits are kept in OUT.splits.jsonl: run the same "
+                               "command again after an interruption and it resumes after them")
     _add_training_arguments(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -286,13 +288,15 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from tlserve.trainer.evaluate import EvaluateConfig, markdown, run, write
+    from tlserve.trainer.evaluate import EvaluateConfig, checkpoint, markdown, run, write
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, not {args.repeats}")
     with _progress(args):
-        result = run(EvaluateConfig(_train_config(args), args.repeats, list(args.modes), list(args.peers)))
+        result = run(EvaluateConfig(_train_config(args), args.repeats, list(args.modes), list(args.peers)),
+                     checkpoint=checkpoint(args.out))
     write(result, args.out)
+    checkpoint(args.out).unlink()
     print(markdown(result))
     print(f"results: {args.out} and {args.out.with_suffix('.md')}")
     return 0

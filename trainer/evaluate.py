@@ -12,11 +12,13 @@ on how many splits tlserve was ahead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ from tlserve.trainer.calibration import undo_temperature
 from tlserve.trainer.config import PEERS, TrainConfig
 
 _LOGGER = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -122,11 +123,83 @@ def summarize(splits: list[dict[str, Any]], default: str) -> dict[str, Any]:
     return {"systems": summary, "paired": paired}
 
 
-def run(config: EvaluateConfig) -> dict[str, Any]:
+def checkpoint(out: Path) -> Path:
+    """Where `tlserve evaluate --out OUT` keeps the splits it has finished until OUT is written."""
+    return out.with_suffix(".splits.jsonl")
+
+
+def _code_fingerprint() -> str:
+    """SHA-1 of the trainer's and the core's sources: a split recorded by other code is not reused."""
+    import tlserve.core
+    import tlserve.trainer
+
+    digest = hashlib.sha1()
+    for package in (tlserve.core, tlserve.trainer):
+        folder = Path(str(package.__file__)).parent
+        for path in sorted(folder.glob("*.py")) + sorted(folder.glob("*.pyx")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _settings(config: EvaluateConfig, store: VectorStore) -> dict[str, Any]:
+    """What decides a split's figures besides its seed: a checkpoint is reused only if these are equal."""
+    train = {name: str(value) if isinstance(value, Path) else value
+             for name, value in asdict(config.train).items()
+             if name not in ("seed", "progress", "repository", "model")}
+    return {"train": train, "modes": config.modes, "peers": config.peers, "store": store.fingerprint,
+            "code": _code_fingerprint()}
+
+
+def _recorded_splits(checkpoint: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Splits a previous, interrupted run of the same settings finished (none if the settings differ)."""
+    try:
+        lines = checkpoint.read_text(encoding="utf-8").splitlines()
+        recorded = json.loads(lines[0]) if lines else None
+        if recorded != settings:
+            if recorded is not None:
+                _LOGGER.warning("%s: recorded with other settings or code, starting over", checkpoint)
+            return {}
+        splits = {}
+        for line in lines[1:]:
+            split = json.loads(line)
+            splits[split["seed"]] = split
+        return splits
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, KeyError, TypeError) as error:  # a line cut by the interruption
+        _LOGGER.warning("%s: unreadable (%s), starting over", checkpoint, error)
+        return {}
+
+
+def _append(checkpoint: Path, record: dict[str, Any], *, first: bool = False) -> None:
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint.open("w" if first else "a", encoding="utf-8") as file:
+        file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def run(config: EvaluateConfig, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Every system on `config.repeats` seeded splits. With `checkpoint`, each finished split is appended
+    to it, and a rerun with the same settings and code resumes after the splits it holds (a split of a
+    large row takes the better part of an hour)."""
     store = VectorStore(config.train.vectors)
+    recorded: dict[int, dict[str, Any]] = {}
+    if checkpoint is not None:
+        settings = _settings(config, store)
+        recorded = _recorded_splits(checkpoint, settings)
+        _append(checkpoint, settings, first=True)
     splits = []
     for repeat in range(config.repeats):
-        splits.append(run_split(config, config.train.seed + repeat, store))
+        seed = config.train.seed + repeat
+        if seed in recorded:
+            _LOGGER.info("seed %d: recorded in %s, not run again", seed, checkpoint)
+            split = recorded[seed]
+        else:
+            split = run_split(config, seed, store)
+        splits.append(split)
+        if checkpoint is not None:
+            _append(checkpoint, split)
     default = f"tlserve_{config.modes[0]}" if config.modes else ""
     return {"data": str(config.train.data), "vectors": str(config.train.vectors), "store": store.fingerprint,
             "train_fraction": config.train.train_fraction, "repeats": config.repeats, "default": default,

@@ -12,6 +12,8 @@ import pytest
 
 from tlserve.bench.accuracy import merge
 from tlserve.core.vector_store import VectorStore
+from tlserve.trainer.config import TrainConfig
+from tlserve.trainer.evaluate import EvaluateConfig, checkpoint, run
 from tlserve.trainer.peers import WORD_CHAR_C
 
 from conftest import WORDNET_SAMPLE
@@ -78,6 +80,7 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
                                                     - s["systems"]["tfidf_logreg"]["accuracy"]
                                                     for s in result["splits"]]))
     assert "| tlserve_frozen |" in out.with_suffix(".md").read_text()
+    assert not checkpoint(out).exists()  # the finished splits' file goes once the results are written
     # The strong linear peer alone on the same splits, merged into the recorded run as the accuracy table does.
     peer_out = tmp_path / "results" / "wn.rerun.json"
     done = _cli("evaluate", "--data", str(WORDNET_SAMPLE), "--vectors", str(glove_store), "--repeats", "2",
@@ -99,6 +102,35 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
     other_split = dict(peer_only, splits=[dict(s, seed=s["seed"] + 7) for s in peer_only["splits"]])
     with pytest.raises(ValueError, match="split 0: not the split"):
         merge(other_split, json.loads(out.read_text()))
+
+
+def test_an_interrupted_evaluation_resumes_after_the_splits_it_finished(glove_store: Path, tmp_path: Path) -> None:
+    kept = tmp_path / "wn.splits.jsonl"
+
+    def evaluation(repeats: int, max_tokens: int = 4096) -> EvaluateConfig:
+        train = TrainConfig(data=WORDNET_SAMPLE, vectors=glove_store, repository=tmp_path, model="evaluate",
+                            train_fraction=0.2, max_tokens=max_tokens, progress=False)
+        return EvaluateConfig(train, repeats, modes=[], peers=["tfidf_logreg"])
+
+    # A run stopped after its first split: that split is on disk. Mark it to see whether it is reused.
+    run(evaluation(1), checkpoint=kept)
+    settings, first = (json.loads(line) for line in kept.read_text().splitlines())
+    assert first["seed"] == 0
+    first["systems"]["tfidf_logreg"]["accuracy"] = -1.0
+    kept.write_text(json.dumps(settings) + "\n" + json.dumps(first) + "\n")
+    resumed = run(evaluation(2), checkpoint=kept)
+    assert [split["seed"] for split in resumed["splits"]] == [0, 1]
+    assert resumed["splits"][0]["systems"]["tfidf_logreg"]["accuracy"] == -1.0  # not run again
+    assert resumed["splits"][1]["systems"]["tfidf_logreg"]["accuracy"] > 0.3  # run
+    assert len(kept.read_text().splitlines()) == 3
+    # Other settings: nothing recorded is reused.
+    other = run(evaluation(1, max_tokens=64), checkpoint=kept)
+    assert other["splits"][0]["systems"]["tfidf_logreg"]["accuracy"] > 0.3
+    assert json.loads(kept.read_text().splitlines()[0])["train"]["max_tokens"] == 64
+    # A line cut short by the interruption: the run starts over rather than failing.
+    kept.write_text(kept.read_text()[:-20])
+    again = run(evaluation(1, max_tokens=64), checkpoint=kept)
+    assert again["splits"][0]["systems"]["tfidf_logreg"]["accuracy"] > 0.3
 
 
 def test_word_char_peer_reads_characters_within_words() -> None:
