@@ -11,6 +11,7 @@ as one Keras graph, so serving stays one onnxruntime call.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,9 @@ from tlserve.trainer.progress import Stage, current, keras_epochs
 from tlserve.trainer.quantization import dequantize_columns, quantize_columns
 
 _LOGGER = logging.getLogger(__name__)
+# scikit-learn warns when classes outnumber half the texts ("could represent a regression problem"): here
+# labels are always classes, and a task of many labels printed it once per fit.
+warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%", category=UserWarning)
 
 SIF_A = 1e-3
 # Floats of the lexical channel's weights (n-grams x classes) in one graph: 20 MB (a 1,000-label model keeps

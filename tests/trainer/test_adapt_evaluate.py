@@ -59,7 +59,7 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
     out = tmp_path / "results" / "wn.json"
     done = _cli("evaluate", "--data", str(WORDNET_SAMPLE), "--vectors", str(glove_store), "--repeats", "2",
                 "--modes", "frozen", "--peers", "tfidf_logreg", "--hidden", "32", "--epochs", "6",
-                "--train-fraction", "0.4", "--calibration-folds", "1",
+                "--train-fraction", "0.2", "--calibration-folds", "1",
                 "--out", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
@@ -84,7 +84,7 @@ def test_evaluate_repeats_seeded_splits_and_pairs_the_default_with_the_best_peer
     # The strong linear peer alone on the same splits, merged into the recorded run as the accuracy table does.
     peer_out = tmp_path / "results" / "wn.rerun.json"
     done = _cli("evaluate", "--data", str(WORDNET_SAMPLE), "--vectors", str(glove_store), "--repeats", "2",
-                "--no-modes", "--peers", "tfidf_word_char", "--train-fraction", "0.4", "--out", str(peer_out))
+                "--no-modes", "--peers", "tfidf_word_char", "--train-fraction", "0.2", "--out", str(peer_out))
     assert done.returncode == 0, done.stderr
     peer_only = json.loads(peer_out.read_text())
     assert all(set(split["systems"]) == {"tfidf_word_char"} for split in peer_only["splits"])
