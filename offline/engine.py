@@ -49,11 +49,6 @@ def _open_worker(version_folder: str, repository: str) -> None:
     _open(version_folder, repository)
 
 
-def label_names(labels: list[str], indices: np.ndarray) -> list[list[str]]:
-    """The names of each row's top-k label indices."""
-    return [[labels[i] for i in row] for row in indices.tolist()]
-
-
 def predict_by_length(scorer: Scorer, texts: list[str], max_chars: int = MAX_BATCH_CHARS
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities, token counts and out-of-vocabulary shares of `texts`, in their order, computed in runs of

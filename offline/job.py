@@ -204,7 +204,8 @@ def _run_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str],
 
 def _score_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str], records: Iterator[Record],
                  writer: ScoredWriter, progress: Callable[[int], None], check: Callable[[], None]) -> None:
-    from tlserve.offline.engine import label_names, score_batches
+    from tlserve.offline.engine import score_batches
+    from tlserve.offline.tables import scored_columns
 
     good: list[list[Record]] = []
 
@@ -226,12 +227,9 @@ def _score_local(job: ScoreJob, folder: Path, repository: Path, labels: list[str
         for scored in scored_batches:
             check()
             batch = good.pop(0)
-            names = label_names(labels, scored.indices)
             writer.write({"row": [r.row for r in batch], "id": [r.id for r in batch],
-                          "label": [row[0] for row in names], "labels": names,
-                          "probabilities": scored.probabilities.tolist(),
-                          "token_count": scored.token_counts.tolist(),
-                          "oov_fraction": scored.oov_fractions.tolist()})
+                          **scored_columns(labels, scored.indices, scored.probabilities, scored.token_counts,
+                                           scored.oov_fractions)})
             progress(len(batch))
 
 

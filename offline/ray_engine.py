@@ -22,12 +22,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tlserve.core.errors import TlserveError
 from tlserve.core.ranking import top
-from tlserve.offline.engine import label_names, predict_by_length
-from tlserve.offline.tables import Record
+from tlserve.offline.engine import predict_by_length
+from tlserve.offline.tables import Record, scored_columns
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,16 +49,8 @@ class ScorerActor:
 
         all_probabilities, counts, fractions = predict_by_length(self.scorer, batch.column("text").to_pylist())
         indices, probabilities = top(all_probabilities, self.k)
-        names = label_names(self.labels, indices)
-        return pa.table({
-            "row": batch.column("row"),
-            "id": batch.column("id"),
-            "label": pa.array([row[0] for row in names], pa.string()),
-            "labels": pa.array(names, pa.list_(pa.string())),
-            "probabilities": pa.array(list(probabilities.astype(np.float32)), pa.list_(pa.float32())),
-            "token_count": pa.array(counts, pa.int32()),
-            "oov_fraction": pa.array(fractions, pa.float32()),
-        })
+        return pa.table({"row": batch.column("row"), "id": batch.column("id"),
+                         **scored_columns(self.labels, indices, probabilities, counts, fractions)})
 
 
 def _shards(records: Iterable[Record], size: int) -> Iterator[Any]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tlserve.core.errors import InputFileError, TlserveError
 from tlserve.core.text_files import Format, SpanningRows, delimited_rows, detect_format
 
@@ -138,6 +140,23 @@ def _jsonl(path: Path, text_column: str, id_column: str | None, max_text_bytes: 
             identifier = value.get(id_column) if id_column else None
             yield _checked(row, None if identifier is None else str(identifier), value.get(text_column),
                            max_text_bytes, number)
+
+
+def scored_columns(labels: list[str], indices: np.ndarray, probabilities: np.ndarray, token_counts: np.ndarray,
+                   oov_fractions: np.ndarray) -> dict[str, Any]:
+    """The scored columns of a batch (top label, top-k labels and probabilities, token statistics) as Arrow
+    arrays, built from the arrays in Arrow's own code: Python lists of n x k names and floats cost the
+    process that writes the file as much as a worker spends on the texts' features."""
+    import pyarrow as pa
+
+    n, k = indices.shape
+    names = pa.array(labels, pa.string())
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)) if k else pa.array(np.zeros(n + 1, np.int32))
+    return {"label": names.take(pa.array(indices[:, 0])) if k else pa.nulls(n, pa.string()),
+            "labels": pa.ListArray.from_arrays(offsets, names.take(pa.array(indices.ravel()))),
+            "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.astype(np.float32).ravel())),
+            "token_count": pa.array(token_counts.astype(np.int32)),
+            "oov_fraction": pa.array(oov_fractions.astype(np.float32))}
 
 
 def partial_path(path: Path) -> Path:
