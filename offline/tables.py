@@ -25,7 +25,7 @@ from tlserve.core.text_files import Format, SpanningRows, delimited_rows, detect
 FORMATS: tuple[Format, ...] = ("parquet", "csv", "tsv", "jsonl")
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One input row: its number (1-based, data rows only), its id (if an id column was named), its text or what
     was wrong, and the line it starts on (text files)."""
