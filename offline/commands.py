@@ -66,6 +66,9 @@ def register(verbs: Any) -> None:
     predict.add_argument("--json", action="store_true",
                          help="JSON lines (labels, probabilities, token_count, oov_fraction) instead of "
                               "'label probability ...' lines")
+    predict.add_argument("--explain", type=int, default=0, metavar="N",
+                         help="also the N words the top label owes most: each one's contribution is the top "
+                              "label's probability minus its probability without the word (default: 0, none)")
     predict.set_defaults(run=_run_predict)
 
 
@@ -90,11 +93,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     from tlserve.offline.test_and_predict import predict_lines
 
     with (sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")) as lines:
-        for answer in predict_lines(args.model, lines, args.k):
+        for answer in predict_lines(args.model, lines, args.k, args.explain):
             if args.json:
                 print(json.dumps(answer, ensure_ascii=False))
-            else:
-                print(" ".join(f"{label} {probability:.6g}" for label, probability in answer["labels"].items()))
+                continue
+            line = " ".join(f"{label} {probability:.6g}" for label, probability in answer["labels"].items())
+            if "explanation" in answer:
+                line += "  because: " + " ".join(f"{w['word']} {w['contribution']:+.3f}"
+                                                 for w in answer["explanation"])
+            print(line)
     return 0
 
 

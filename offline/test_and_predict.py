@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tlserve.core.evaluation import at_k, evaluate
+from tlserve.core.explanations import explain
 from tlserve.core.labelled import load_labelled
 from tlserve.core.ranking import top
 from tlserve.core.scorer import Scorer
@@ -45,10 +46,13 @@ def test_model(model: str, data: Path, data_format: str | None, text_column: str
             "unknown_labels": sorted(set(labelled.labels) - set(scorer.labels))}
 
 
-def predict_lines(model: str, lines: Iterable[str], k: int) -> Iterator[dict[str, Any]]:
-    """The `k` most probable labels of each line (a blank line answers too: every label at its prior)."""
+def predict_lines(model: str, lines: Iterable[str], k: int, explain_words: int = 0) -> Iterator[dict[str, Any]]:
+    """The `k` most probable labels of each line (a blank line answers too: every label at its prior); with
+    `explain_words`, the words the top label owes most (`tlserve.core.explanations`)."""
     if k < 1:
         raise ValueError(f"--k must be at least 1, not {k}")
+    if explain_words < 0:
+        raise ValueError(f"--explain must be 0 or more, not {explain_words}")
     repository, folder = resolve_model(model)
     scorer = Scorer.open(folder, repository)
     batch: list[str] = []
@@ -56,9 +60,14 @@ def predict_lines(model: str, lines: Iterable[str], k: int) -> Iterator[dict[str
     def answers(texts: list[str]) -> Iterator[dict[str, Any]]:
         probabilities, (counts, fractions) = _probabilities(scorer, texts)
         indices, values = top(probabilities, k)
+        why = explain(scorer, texts, explain_words) if explain_words else None
         for row, (order, probs) in enumerate(zip(indices.tolist(), values.tolist(), strict=True)):
-            yield {"labels": {scorer.labels[j]: p for j, p in zip(order, probs, strict=True)},
-                   "token_count": int(counts[row]), "oov_fraction": float(fractions[row])}
+            answer = {"labels": {scorer.labels[j]: p for j, p in zip(order, probs, strict=True)},
+                      "token_count": int(counts[row]), "oov_fraction": float(fractions[row])}
+            if why is not None:
+                answer["explanation"] = [{"word": w.word, "contribution": w.contribution, "count": w.count}
+                                         for w in why[row].words]
+            yield answer
 
     for line in lines:
         batch.append(line.rstrip("\n"))

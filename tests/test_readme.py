@@ -80,6 +80,7 @@ def test_every_command_of_the_readmes_using_it_block_runs(tmp_path: Path) -> Non
                 assert "accuracy" in result.stdout and "P@3" in result.stdout
             if words[1] == "predict":
                 assert len(result.stdout.splitlines()) == 2
+                assert all(" because: " in line for line in result.stdout.splitlines())  # --explain 3
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)

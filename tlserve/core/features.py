@@ -274,21 +274,28 @@ class Featurizer:
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Model inputs of `texts`, by the compiled encoder where this install has it (the same numbers)."""
+        return self.encode_tokens(*self.preprocess(texts))
+
+    def encode_tokens(self, tokens: list[list[str]], chars: list[list[str]] | None = None) -> EncodedBatch:
+        """`encode` of texts already preprocessed: each text's tokens and, for a lexical channel of characters,
+        its characters (`Preprocessor.batch_tokens_and_chars`). Explanations encode texts with a word left out."""
         native = self.native
         if native is None:
-            return self.encode_python(texts)
-        tokens, chars = self._tokens_and_chars(texts)
+            return self._encode_python_tokens(tokens, chars)
         inputs, token_counts, oov_counts = native.encode(tokens, chars or tokens)
         return EncodedBatch(inputs, token_counts, oov_counts)
 
-    def _tokens_and_chars(self, texts: Sequence[str]) -> tuple[list[list[str]], list[list[str]] | None]:
-        # One pass of preprocessing for every channel: the tokens, and a character channel's characters.
+    def preprocess(self, texts: Sequence[str]) -> tuple[list[list[str]], list[list[str]] | None]:
+        """Each text's tokens and, for a lexical channel of characters, its characters (else None): one pass
+        of preprocessing for every channel, what `encode_tokens` reads."""
         lexical = self.lexicon if self.config.lexical else None
         return self.preprocessor.batch_tokens_and_chars(texts, lexical is not None and lexical.units == "chars")
 
     def encode_python(self, texts: Sequence[str]) -> EncodedBatch:
         """`encode` in Python: the reference the compiled encoder is checked against, and its fallback."""
-        tokens, chars = self._tokens_and_chars(texts)
+        return self._encode_python_tokens(*self.preprocess(texts))
+
+    def _encode_python_tokens(self, tokens: list[list[str]], chars: list[list[str]] | None) -> EncodedBatch:
         flat = [token for text_tokens in tokens for token in text_tokens]
         if len(flat) <= FEW_TOKENS:
             row_list = self.index.lookup_few(flat)
@@ -297,7 +304,7 @@ class Featurizer:
             return self._add_lexical(chars or tokens, encoded)
         rows, counts = self.index.lookup(flat), _counts(tokens)
         known = rows >= 0
-        oov = np.bincount(_segment_ids(counts)[~known], minlength=len(texts)).astype(np.int32)
+        oov = np.bincount(_segment_ids(counts)[~known], minlength=len(tokens)).astype(np.int32)
         inputs: dict[str, np.ndarray] = {}
         if self.config.mode == "frozen":
             inputs[FROZEN_INPUT] = self._pool(rows, counts, known)
