@@ -15,10 +15,13 @@ if TYPE_CHECKING:
         Classification,
         Classifier,
         ClassifierError,
+        Explanation,
         LabelProbability,
+        WordContribution,
     )
 
-__all__ = ["AsyncClassifier", "Classification", "Classifier", "ClassifierError", "LabelProbability"]
+__all__ = ["AsyncClassifier", "Classification", "Classifier", "ClassifierError", "Explanation", "LabelProbability",
+           "WordContribution"]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,25 @@ class LabelProbability:
 
 
 @dataclass(frozen=True)
+class WordContribution:
+    word: str
+    """The word as the model reads it."""
+    contribution: float
+    """The top label's probability for the whole text minus its probability without this word."""
+    count: int
+    """Occurrences of the word in the text."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The words the top label owes most (asked for with ``explain=N``)."""
+
+    label: str
+    words: list[WordContribution]
+    """Largest contribution first."""
+
+
+@dataclass(frozen=True)
 class Classification:
     """The answer for one text."""
 
@@ -48,6 +67,8 @@ class Classification:
     oov_fraction: float
     model: str
     version: int
+    explanation: Explanation | None = None
+    """Why the top label, when the call asked for ``explain`` words."""
 
     @property
     def label(self) -> str:
@@ -66,6 +87,8 @@ class Classification:
             "oov_fraction": self.oov_fraction,
             "model": self.model,
             "version": self.version,
+            **({"explanation": [{"word": w.word, "contribution": w.contribution, "count": w.count}
+                                for w in self.explanation.words]} if self.explanation is not None else {}),
         }
 
 
@@ -136,6 +159,9 @@ def _results(response: pb.ClassifyResponse) -> list[Classification]:
             oov_fraction=result.oov_fraction,
             model=response.model,
             version=response.version,
+            explanation=Explanation(result.explanation.label, [
+                WordContribution(w.word, w.contribution, w.count) for w in result.explanation.words
+            ]) if result.HasField("explanation") else None,
         )
         for result in response.results
     ]
@@ -144,6 +170,8 @@ def _results(response: pb.ClassifyResponse) -> list[Classification]:
 # The server's defaults, used when its own limits cannot be read (see `_Limits`).
 DEFAULT_MAX_TEXTS = 1024
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
+# Texts per request that asks for explanations (ClassifyRequest.explain).
+EXPLAIN_MAX_TEXTS = 32
 # A call this small never asks the server for its limits: it fits any server's.
 _SMALL_TEXTS = 64
 _SMALL_BYTES = 64 << 10
@@ -171,8 +199,13 @@ def split(texts: Sequence[str], max_texts: int, max_bytes: int) -> list[tuple[in
     return ranges
 
 
-def _is_small(texts: Sequence[str]) -> bool:
-    return len(texts) <= _SMALL_TEXTS and sum(map(len, texts)) * 4 <= _SMALL_BYTES
+def _is_small(texts: Sequence[str], explain: int = 0) -> bool:
+    return len(texts) <= (EXPLAIN_MAX_TEXTS if explain else _SMALL_TEXTS) and sum(map(len, texts)) * 4 <= _SMALL_BYTES
+
+
+def _explained(limits: tuple[int, int], explain: int) -> tuple[int, int]:
+    """The request limits to split by, for a call asking for explanations (the server takes 32 texts then)."""
+    return (min(limits[0], EXPLAIN_MAX_TEXTS), limits[1]) if explain else limits
 
 
 @dataclass
@@ -192,12 +225,12 @@ class _Options:
             raise ValueError("no model given: pass model= here or to the client")
         return name
 
-    def request(self, texts: Sequence[str], model: str | None, version: int, top_k: int, request_id: str = ""
-                ) -> pb.ClassifyRequest:
+    def request(self, texts: Sequence[str], model: str | None, version: int, top_k: int, request_id: str = "",
+                explain: int = 0) -> pb.ClassifyRequest:
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
         return pb.ClassifyRequest(model=self.name(model), version=version, texts=list(texts), top_k=top_k,
-                                  request_id=request_id)
+                                  request_id=request_id, explain=explain)
 
     def deadline(self, timeout: float | None) -> float | None:
         seconds = timeout or self.timeout
@@ -283,15 +316,16 @@ class Classifier(_ClientBase):
         return self._limits[name]
 
     def classify(self, texts: Sequence[str], *, model: str | None = None, version: int = 0, top_k: int = 0,
-                 timeout: float | None = None) -> list[Classification]:
-        """Classifies `texts` (any number); one `Classification` per text, in order."""
-        request = self._options.request(texts, model, version, top_k)
-        if _is_small(texts):
+                 timeout: float | None = None, explain: int = 0) -> list[Classification]:
+        """Classifies `texts` (any number); one `Classification` per text, in order. With `explain`, each also
+        names the `explain` words its top label owes most (requests of at most 32 texts then)."""
+        request = self._options.request(texts, model, version, top_k, explain=explain)
+        if _is_small(texts, explain):
             return _results(self._call(self._stub.Classify, request, timeout))
         deadline = self._options.deadline(timeout)
         results: list[Classification] = []
-        for start, end in split(texts, *self._limits_of(request.model)):
-            part = self._options.request(texts[start:end], model, version, top_k)
+        for start, end in split(texts, *_explained(self._limits_of(request.model), explain)):
+            part = self._options.request(texts[start:end], model, version, top_k, explain=explain)
             answered = _results(self._call(self._stub.Classify, part, _remaining(deadline)))
             version = version or (answered[0].version if answered else 0)  # the rest to the same version
             results.extend(answered)
@@ -403,15 +437,15 @@ class AsyncClassifier(_ClientBase):
         return self._limits[name]
 
     async def classify(self, texts: Sequence[str], *, model: str | None = None, version: int = 0, top_k: int = 0,
-                       timeout: float | None = None) -> list[Classification]:
+                       timeout: float | None = None, explain: int = 0) -> list[Classification]:
         """Classifies `texts` (any number); one `Classification` per text, in order (see `Classifier`)."""
-        request = self._options.request(texts, model, version, top_k)
-        if _is_small(texts):
+        request = self._options.request(texts, model, version, top_k, explain=explain)
+        if _is_small(texts, explain):
             return _results(await self._call(self._stub.Classify, request, timeout))
         deadline = self._options.deadline(timeout)
         results: list[Classification] = []
-        for start, end in split(texts, *await self._limits_of(request.model)):
-            part = self._options.request(texts[start:end], model, version, top_k)
+        for start, end in split(texts, *_explained(await self._limits_of(request.model), explain)):
+            part = self._options.request(texts[start:end], model, version, top_k, explain=explain)
             answered = _results(await self._call(self._stub.Classify, part, _remaining(deadline)))
             version = version or (answered[0].version if answered else 0)
             results.extend(answered)

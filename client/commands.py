@@ -36,6 +36,8 @@ def register(verbs: Any) -> None:
     classify.add_argument("--version", type=int, default=0, help="model version (default: newest)")
     classify.add_argument("--top-k", type=int, default=3, help="labels per text (0: all)")
     classify.add_argument("--batch", type=int, default=256, help="texts per call when reading stdin")
+    classify.add_argument("--explain", type=int, default=0, metavar="N",
+                          help="also the N words each top label owes most (default: 0, none)")
     _connection_arguments(classify)
     classify.set_defaults(run=_run_classify)
 
@@ -88,7 +90,7 @@ def _run_classify(args: argparse.Namespace) -> int:
 
     def results(client: Any) -> Iterator[dict[str, Any]]:
         for batch in batches:
-            answers = client.classify(batch, version=args.version, top_k=args.top_k)
+            answers = client.classify(batch, version=args.version, top_k=args.top_k, explain=args.explain)
             for text, result in zip(batch, answers, strict=True):
                 yield {"text": text, **result.to_dict()}
 

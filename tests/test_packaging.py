@@ -39,7 +39,7 @@ def test_stale_stub_check_fails_when_the_proto_changes(tmp_path: Path) -> None:
     proto = protos / "tlserve" / "v1" / "classifier.proto"
     text = proto.read_text()
     field = "  string request_id = 5;\n"
-    proto.write_text(text.replace(field, field + "  bool new_field = 6;\n", 1))
+    proto.write_text(text.replace(field, field + "  bool new_field = 99;\n", 1))
     generate(tmp_path / "out", protos)
     assert "classifier_pb2.py" in differences(STUBS["v1"], tmp_path / "out" / "v1")
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tlserve.core import bundle
+from tlserve.core.explanations import MAX_WORDS, Explanation, explain
 from tlserve.core.ranking import rank
 from tlserve.core.scorer import Prediction
 from tlserve.server.core import observe, tracing
@@ -33,6 +34,8 @@ UNKNOWN_MODEL = "unknown"
 PATH_VERSION = "version in the path"
 """How errors name a version an HTTP path gave."""
 Encoded = TypeVar("Encoded")
+EXPLAIN_MAX_TEXTS = 32
+"""Texts of a call that asks for explanations: each is scored once more per distinct word (its first 64)."""
 
 
 @dataclass
@@ -57,6 +60,10 @@ class ClassifyCall:
     """The calls of one stream share a flow: they take one turn together in the batcher."""
     version_field: str = "version"
     """Where the protocol wrote the version (named when it is not a version number)."""
+    explain: int = 0
+    """Words to explain per text (`tlserve.core.explanations`); 0: none, and no cost."""
+    explain_field: str = "explain"
+    """Where the protocol wrote `explain` (named when it is over its limits)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class RankedAnswer:
     token_counts: np.ndarray
     oov_fractions: np.ndarray
     request_id: str
+    explanations: list[Explanation] | None = None
+    """Per text, when the call asked for explanations."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,16 @@ class ModelDescription:
     """fingerprint, size, dimension, source, shared."""
     metrics: dict[str, float]
     created_at: str
+
+
+def _check_explain(call: ClassifyCall) -> None:
+    if call.explain > MAX_WORDS:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT, f"{call.explain_field} asks for {call.explain} words per "
+                                                       f"text; the limit is {MAX_WORDS}")
+    if len(call.texts) > EXPLAIN_MAX_TEXTS:
+        raise ServingError(ErrorCode.INVALID_ARGUMENT, f"{call.explain_field} is set on {len(call.texts)} texts; a "
+                                                       f"call that asks for explanations holds at most "
+                                                       f"{EXPLAIN_MAX_TEXTS}")
 
 
 class DataPlane:
@@ -148,12 +167,17 @@ class DataPlane:
             served = self.served(call.model, call.version, call.version_field)
             label, version = served.name, served.version
             texts = len(call.texts)
+            if call.explain:
+                _check_explain(call)
             deadline = None if call.time_remaining is None else asyncio.get_running_loop().time() + call.time_remaining
             prediction = await self._predict(served, call.texts, deadline, call.flow)
+            # In a thread: a text of 30 words is 31 texts to score (a millisecond), calls beside it go on.
+            explanations = await asyncio.to_thread(explain, served.scorer, list(call.texts), call.explain) \
+                if call.explain else None
             respond_started = time.perf_counter()
             return encode(RankedAnswer(served.name, served.version, served.labels, prediction.probabilities,
                                        rank(prediction.probabilities, call.top_k), prediction.token_counts,
-                                       prediction.oov_fractions, call.request_id))
+                                       prediction.oov_fractions, call.request_id, explanations))
         except BaseException as exc:
             error = exc
             raise

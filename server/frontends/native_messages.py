@@ -22,3 +22,4 @@ def model_info(model: ModelDescription) -> pb.ModelInfo:
         metrics=model.metrics,
         created_at=model.created_at,
     )
+

@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from tlserve.server.core.dataplane import RankedAnswer
-from tlserve.server.frontends.oip_tensors import PROBABILITIES, RequestedOutput
+from tlserve.server.frontends.explanation_json import explanation_json
+from tlserve.server.frontends.oip_tensors import EXPLANATION, PROBABILITIES, RequestedOutput
 
 _LENGTH = struct.Struct("<I")
 
@@ -22,7 +24,7 @@ _LENGTH = struct.Struct("<I")
 class OutputTensor:
     name: str
     datatype: str
-    """FP32 (probabilities) or BYTES (labels, classification strings)."""
+    """FP32 (probabilities) or BYTES (labels, classification strings, explanations)."""
     shape: list[int]
     raw: bytes | None
     """The tensor in the protocol's raw form (set when the output goes back raw)."""
@@ -56,6 +58,10 @@ def output_tensors(answer: RankedAnswer, outputs: list[tuple[RequestedOutput, bo
             tensors.append(OutputTensor(output.name, "FP32", [n, n_labels], blob,
                                         None if raw else probabilities.ravel().tolist()))
             continue
+        elif output.name == EXPLANATION:
+            explanations = answer.explanations or []
+            elements = [json.dumps(explanation_json(why), ensure_ascii=False).encode() for why in explanations]
+            datatype, shape = "BYTES", [n]
         else:  # the most probable label of each text
             elements = [labels[j].encode() for j in answer.order[:, 0].tolist()]
             datatype, shape = "BYTES", [n]

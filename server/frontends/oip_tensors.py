@@ -1,7 +1,9 @@
 """The Open Inference Protocol's tensors for tlserve's models, shared by its gRPC and REST bindings.
 
-Each model has one input and two outputs: ``text`` (BYTES, UTF-8), ``probabilities`` (FP32,
-[n, labels]) and ``label`` (BYTES, the most probable label). BYTES elements travel in the
+Each model has one input and three outputs: ``text`` (BYTES, UTF-8), ``probabilities`` (FP32,
+[n, labels]), ``label`` (BYTES, the most probable label) and, only when asked for by name,
+``explanation`` (BYTES, per text the JSON of tlserve.v1's Explanation: the words the top label
+owes most; its parameter ``explain`` = N words, 5 if not given). BYTES elements travel in the
 protocol's raw form (a 4-byte little-endian length before each element) in gRPC's
 ``raw_input_contents`` and in the REST binding's binary data extension alike.
 """
@@ -19,7 +21,12 @@ from tlserve.server.core.errors import ErrorCode, ServingError
 INPUT = "text"
 PROBABILITIES = "probabilities"
 LABEL = "label"
+EXPLANATION = "explanation"
 OUTPUTS = (PROBABILITIES, LABEL)
+"""What a request that names no output gets."""
+NAMED_OUTPUTS = (*OUTPUTS, EXPLANATION)
+"""Every output a request may name (an explanation costs a scoring per word: only when named)."""
+EXPLAIN_DEFAULT = 5
 PLATFORM = "tlserve_onnx"
 _INVALID = ErrorCode.INVALID_ARGUMENT
 _LENGTH = struct.Struct("<I")
@@ -54,11 +61,18 @@ class RequestedOutput:
     name: str
     classification: int = 0
     """Triton's classification extension: the k best "probability:index:label" strings (0 = off)."""
+    explain: int = 0
+    """For the explanation output: words per text."""
 
 
 def labels_needed(outputs: list[tuple[RequestedOutput, bool]]) -> int:
     """The labels per text a call's answer needs: the largest classification asked for, else the top one."""
     return max((output.classification for output, _ in outputs), default=0) or 1
+
+
+def explain_words(outputs: list[tuple[RequestedOutput, bool]]) -> int:
+    """Words per text to explain: what the explanation output asks for (0 if it is not requested)."""
+    return max((output.explain for output, _ in outputs), default=0)
 
 
 def _string(value: str) -> v2.InferParameter:
@@ -78,6 +92,9 @@ def model_metadata(model: ModelDescription) -> v2.ModelMetadataResponse:
             tensor(name=PROBABILITIES, datatype="FP32", shape=[-1, len(model.labels)],
                    parameters={"labels": _string(labels)}),
             tensor(name=LABEL, datatype="BYTES", shape=[-1], parameters={"content_type": _string("str")}),
+            tensor(name=EXPLANATION, datatype="BYTES", shape=[-1],
+                   parameters={"content_type": _string("str"), "on_request": _string(
+                       "name it in outputs, with parameter explain = words per text (default 5)")}),
         ],
         parameters={
             "labels": _string(labels),

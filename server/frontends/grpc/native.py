@@ -47,7 +47,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
     @grpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> bytes:
         call = ClassifyCall(request.model, request.version, request.texts, "Classify", request.top_k,
-                            request.request_id, context.time_remaining(), lambda: metadata_of(context))
+                            request.request_id, context.time_remaining(), lambda: metadata_of(context),
+                            explain=request.explain)
         return await self.plane.classify(call, wire.encode)
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest],
@@ -63,7 +64,8 @@ class ClassifierServicer(pb_grpc.ClassifierServicer):
                 if isinstance(request, MalformedRequest):
                     raise request.error()
                 call = ClassifyCall(request.model, request.version, request.texts, "ClassifyStream", request.top_k,
-                                    request.request_id, context.time_remaining(), lambda: metadata_of(context), flow)
+                                    request.request_id, context.time_remaining(), lambda: metadata_of(context), flow,
+                                    explain=request.explain)
                 return await self.plane.classify(call, wire.encode)
             except ServingError as exc:
                 model, request_id = ("", "") if isinstance(request, MalformedRequest) else (request.model,

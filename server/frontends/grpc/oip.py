@@ -83,16 +83,24 @@ def requested_outputs(request: v2.ModelInferRequest) -> list[tuple[tensors.Reque
         return [(tensors.RequestedOutput(name), raw) for name in tensors.OUTPUTS]
     wanted = []
     for i, output in enumerate(request.outputs):
-        if output.name not in tensors.OUTPUTS:
-            raise ServingError(_INVALID,
-                               f"outputs[{i}] '{output.name}': the model's outputs are {list(tensors.OUTPUTS)}")
+        if output.name not in tensors.NAMED_OUTPUTS:
+            raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': the model's outputs are "
+                                         f"{list(tensors.NAMED_OUTPUTS)}")
         k = 0
         if "classification" in output.parameters:
             k = int(output.parameters["classification"].int64_param)
             if k <= 0:
                 raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': parameter classification must be "
                                              f"an int64 > 0, got {output.parameters['classification']}")
-        wanted.append((tensors.RequestedOutput(output.name, k), raw))
+        words = 0
+        if output.name == tensors.EXPLANATION:
+            words = tensors.EXPLAIN_DEFAULT
+            if "explain" in output.parameters:
+                words = int(output.parameters["explain"].int64_param)
+                if words <= 0:
+                    raise ServingError(_INVALID, f"outputs[{i}] '{output.name}': parameter explain must be an "
+                                                 f"int64 > 0, got {output.parameters['explain']}")
+        wanted.append((tensors.RequestedOutput(output.name, k, words), raw))
     return wanted
 
 
@@ -136,7 +144,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             raise
         call = ClassifyCall(request.model_name, request.model_version, texts, "ModelInfer",
                             tensors.labels_needed(outputs), request.id,
-                            context.time_remaining(), lambda: metadata_of(context), version_field="model_version")
+                            context.time_remaining(), lambda: metadata_of(context), version_field="model_version",
+                            explain=tensors.explain_words(outputs), explain_field="the explanation output's explain")
         return await self.plane.classify(call, partial(infer_response, request.id, outputs))
 
     async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,

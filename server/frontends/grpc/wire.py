@@ -8,7 +8,7 @@ gather of those bytes (vectorised with NumPy for large responses) plus a little 
 
 The layout follows the proto3 wire format of protos/tlserve/v1/classifier.proto:
 ClassifyResponse{model=1, version=2, results=3 (TextResult), request_id=4};
-TextResult{labels=1 (LabelProbability), token_count=2, oov_fraction=3};
+TextResult{labels=1 (LabelProbability), token_count=2, oov_fraction=3, explanation=4};
 LabelProbability{label=1, probability=2}. Zero scalars are omitted as protobuf omits them,
 except a probability of exactly 0.0, which is written explicitly (it parses to the same
 message). tests/server/frontends/grpc/test_wire.py parses the bytes with protobuf and compares them with
@@ -22,7 +22,9 @@ import weakref
 
 import numpy as np
 
+from tlserve.contract.v1 import classifier_pb2 as pb
 from tlserve.contract.wire import varint
+from tlserve.core.explanations import Explanation
 from tlserve.server.core.dataplane import RankedAnswer
 from tlserve.server.core.routing import LabelSet
 
@@ -55,6 +57,13 @@ def encode(answer: RankedAnswer) -> bytes:
     return encoder.encode(answer)
 
 
+def _explanation(why: Explanation) -> bytes:
+    """An Explanation message (asked for, so off the hot path: built through the protobuf API)."""
+    return pb.Explanation(label=why.label, words=[
+        pb.WordContribution(word=w.word, contribution=w.contribution, count=w.count) for w in why.words
+    ]).SerializeToString()
+
+
 class ResponseEncoder:
     """Encodes the ClassifyResponse of one model (its labels fixed) from arrays."""
 
@@ -83,13 +92,16 @@ class ResponseEncoder:
             parts.append(_field(1, answer.model.encode("utf-8")))
         if answer.version:
             parts.append(b"\x10" + _varint(answer.version))
-        for body, tokens, oov in zip(bodies, answer.token_counts.tolist(), answer.oov_fractions.tolist(),
-                                     strict=True):
+        explanations = answer.explanations or [None] * n
+        for body, tokens, oov, why in zip(bodies, answer.token_counts.tolist(), answer.oov_fractions.tolist(),
+                                          explanations, strict=True):
             tail = b""
             if tokens:
                 tail += b"\x10" + _varint(tokens)
             if oov:
                 tail += b"\x1d" + _FLOAT.pack(oov)
+            if why is not None:
+                tail += _field(4, _explanation(why))
             parts.append(b"\x1a" + _varint(len(body) + len(tail)) + body + tail)
         if answer.request_id:
             parts.append(_field(4, answer.request_id.encode("utf-8")))

@@ -2,7 +2,7 @@
 
     GET  /v1/models                                      ListModels
     GET  /v1/models/{model}[/versions/{version}]         GetModel
-    POST /v1/models/{model}[/versions/{version}]:classify   Classify, body {"texts": [...], "topK": 3}
+    POST /v1/models/{model}[/versions/{version}]:classify   Classify, body {"texts": [...], "topK": 3, "explain": 3}
 
 Requests follow protobuf's JSON mapping of ClassifyRequest (``top_k`` and ``topK`` both work, a
 uint64 may be a number or a string, null is the default, unknown fields are refused by name), read
@@ -44,6 +44,7 @@ class JsonClassifyRequest:
     model: str = ""
     version: int = 0
     request_id: str = ""
+    explain: int = 0
 
 
 def _string(value: Any, name: str) -> str:
@@ -88,9 +89,11 @@ def classify_request(document: dict[str, Any]) -> JsonClassifyRequest:
             call.version = _integer(value, key, _UINT64)
         elif key in ("requestId", "request_id"):
             call.request_id = _string(value, key)
+        elif key == "explain":
+            call.explain = _integer(value, key, _UINT32)
         else:
             raise invalid(f"the body is not a ClassifyRequest: no field {key!r} (fields: texts, topK, model, version, "
-                          "requestId)")
+                          "requestId, explain)")
     return call
 
 
@@ -140,4 +143,5 @@ class NativeJsonApi(HttpApi):
         if message.version and path_version and str(message.version) != path_version:
             raise invalid(f"the body names version {message.version} but the path names {path_version}")
         return ClassifyCall(model, path_version or message.version, message.texts, METHOD, message.top_k,
-                            message.request_id, carrier=lambda: request.headers, version_field=PATH_VERSION)
+                            message.request_id, carrier=lambda: request.headers, version_field=PATH_VERSION,
+                            explain=message.explain)

@@ -32,9 +32,13 @@ from tlserve.server.frontends.http.body import invalid, read_json_header
 from tlserve.server.frontends.http.common import HttpApi, model_routes
 from tlserve.server.frontends.http.json_bodies import json_response
 from tlserve.server.frontends.oip_tensors import (
+    EXPLAIN_DEFAULT,
+    EXPLANATION,
     INPUT,
+    NAMED_OUTPUTS,
     OUTPUTS,
     RequestedOutput,
+    explain_words,
     labels_needed,
     model_metadata,
     split_bytes_tensor,
@@ -138,16 +142,19 @@ class InferRequest:
         for i, output in enumerate(outputs):
             output = self._object(output, f"outputs[{i}]")
             name = output.get("name")
-            if name not in OUTPUTS:
-                raise invalid(f"outputs[{i}] {name!r}: the model's outputs are {list(OUTPUTS)}")
+            if name not in NAMED_OUTPUTS:
+                raise invalid(f"outputs[{i}] {name!r}: the model's outputs are {list(NAMED_OUTPUTS)}")
             parameters = self._object(output.get("parameters", {}), f"outputs[{i}].parameters")
             k = parameters.get("classification", 0)
             if type(k) is not int or k < 0 or ("classification" in parameters and k == 0):
                 raise invalid(f"outputs[{i}] '{name}': parameter classification must be an integer > 0, got {k!r}")
+            words = parameters.get("explain", EXPLAIN_DEFAULT) if name == EXPLANATION else 0
+            if type(words) is not int or (name == EXPLANATION and words <= 0):
+                raise invalid(f"outputs[{i}] '{name}': parameter explain must be an integer > 0, got {words!r}")
             binary = parameters.get("binary_data", self.binary_output)
             if not isinstance(binary, bool):
                 raise invalid(f"outputs[{i}] '{name}': parameter binary_data must be true or false")
-            wanted.append((RequestedOutput(name, k), binary))
+            wanted.append((RequestedOutput(name, k, words), binary))
         return wanted
 
 
@@ -201,7 +208,8 @@ class OpenInferenceRest(HttpApi):
             self.plane.refused(name, METHOD, exc)
             raise
         call = ClassifyCall(name, request.match_info.get("version", ""), parsed.texts, METHOD, parsed.top_k,
-                            parsed.id, carrier=lambda: request.headers, version_field=PATH_VERSION)
+                            parsed.id, carrier=lambda: request.headers, version_field=PATH_VERSION,
+                            explain=explain_words(parsed.outputs), explain_field="the explanation output's explain")
         return await self.plane.classify(call, partial(answers.infer_response, parsed.id, parsed.outputs))
 
     async def _parse(self, request: web.Request) -> InferRequest:

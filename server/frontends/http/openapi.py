@@ -162,7 +162,7 @@ def _schemas() -> dict[str, Any]:
                     "parameters": parameters,
                     "data": string_list}}},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-                "name": {"enum": ["probabilities", "label"]}, "parameters": parameters}}}}},
+                "name": {"enum": ["probabilities", "label", "explanation"]}, "parameters": parameters}}}}},
         "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": {
@@ -174,13 +174,20 @@ def _schemas() -> dict[str, Any]:
             "model": {"type": "string", "description": "optional; the path names the model"},
             "version": uint64, "texts": string_list,
             "topK": {"type": "integer", "minimum": 0, "description": "labels per text (0: all)"},
-            "requestId": {"type": "string"}}},
+            "requestId": {"type": "string"},
+            "explain": {"type": "integer", "minimum": 0, "maximum": 64,
+                        "description": "words to explain per text (0: none); at most 32 texts then"}}},
         "ClassifyResponse": {"type": "object", "required": ["model", "results"], "properties": {
             "model": {"type": "string"}, "version": uint64, "requestId": {"type": "string"},
             "results": {"type": "array", "items": {"type": "object", "properties": {
                 "labels": {"type": "array", "items": {"type": "object", "required": ["label"], "properties": {
                     "label": {"type": "string"}, "probability": {"type": "number"}}}},
-                "tokenCount": {"type": "integer"}, "oovFraction": {"type": "number"}}}}}},
+                "tokenCount": {"type": "integer"}, "oovFraction": {"type": "number"},
+                "explanation": {"type": "object", "required": ["label"], "properties": {
+                    "label": {"type": "string"}, "words": {"type": "array", "items": {
+                        "type": "object", "required": ["word"], "properties": {
+                            "word": {"type": "string"}, "contribution": {"type": "number"},
+                            "count": {"type": "integer"}}}}}}}}}}},
         "ModelInfo": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string"}, "version": uint64, "versions": {"type": "array", "items": uint64},
             "labels": string_list, "mode": {"type": "string"},

@@ -46,6 +46,7 @@ def test_tritonclient_sees_ready_models_metadata_and_the_native_probabilities(
     assert metadata["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": ["-1", str(len(labels))]},
         {"name": "label", "datatype": "BYTES", "shape": ["-1"]},
+        {"name": "explanation", "datatype": "BYTES", "shape": ["-1"]},  # answered only when named
     ]
     assert seen["response_model_version"] == "1"
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btlserve/v1/classifier.proto\x12\ntlserve.v1\"c\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05texts\x18\x03 \x03(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"6\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"e\n\nTextResult\x12,\n\x06labels\x18\x01 \x03(\x0b\x32\x1c.tlserve.v1.LabelProbability\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12\x14\n\x0coov_fraction\x18\x03 \x01(\x02\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.tlserve.v1.TextResult\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.tlserve.v1.ErrorStatus\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.tlserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"s\n\x0bInputLimits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x02 \x01(\r\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x04 \x01(\x04\"g\n\x0fVectorStoreInfo\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06shared\x18\x05 \x01(\x08\"\xaf\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x10\n\x08versions\x18\x03 \x03(\x04\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\'\n\x06limits\x18\x06 \x01(\x0b\x32\x17.tlserve.v1.InputLimits\x12\x31\n\x0cvector_store\x18\x07 \x01(\x0b\x32\x1b.tlserve.v1.VectorStoreInfo\x12\x33\n\x07metrics\x18\x08 \x03(\x0b\x32\".tlserve.v1.ModelInfo.MetricsEntry\x12\x12\n\ncreated_at\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xb1\x02\n\nClassifier\x12\x45\n\x08\x43lassify\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.tlserve.v1.ListModelsRequest\x1a\x1e.tlserve.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.tlserve.v1.GetModelRequest\x1a\x15.tlserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btlserve/v1/classifier.proto\x12\ntlserve.v1\"t\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\r\n\x05texts\x18\x03 \x03(\t\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\r\"6\n\x10LabelProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\x93\x01\n\nTextResult\x12,\n\x06labels\x18\x01 \x03(\x0b\x32\x1c.tlserve.v1.LabelProbability\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12\x14\n\x0coov_fraction\x18\x03 \x01(\x02\x12,\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x17.tlserve.v1.Explanation\"I\n\x0b\x45xplanation\x12\r\n\x05label\x18\x01 \x01(\t\x12+\n\x05words\x18\x02 \x03(\x0b\x32\x1c.tlserve.v1.WordContribution\"E\n\x10WordContribution\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\r\n\x05\x63ount\x18\x03 \x01(\r\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x97\x01\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.tlserve.v1.TextResult\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.tlserve.v1.ErrorStatus\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.tlserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\"s\n\x0bInputLimits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x16\n\x0emax_text_bytes\x18\x02 \x01(\r\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_request_bytes\x18\x04 \x01(\x04\"g\n\x0fVectorStoreInfo\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06shared\x18\x05 \x01(\x08\"\xaf\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x10\n\x08versions\x18\x03 \x03(\x04\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\'\n\x06limits\x18\x06 \x01(\x0b\x32\x17.tlserve.v1.InputLimits\x12\x31\n\x0cvector_store\x18\x07 \x01(\x0b\x32\x1b.tlserve.v1.VectorStoreInfo\x12\x33\n\x07metrics\x18\x08 \x03(\x0b\x32\".tlserve.v1.ModelInfo.MetricsEntry\x12\x12\n\ncreated_at\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xb1\x02\n\nClassifier\x12\x45\n\x08\x43lassify\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.tlserve.v1.ClassifyRequest\x1a\x1c.tlserve.v1.ClassifyResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.tlserve.v1.ListModelsRequest\x1a\x1e.tlserve.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.tlserve.v1.GetModelRequest\x1a\x15.tlserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_CLASSIFYREQUEST']._serialized_start=43
-  _globals['_CLASSIFYREQUEST']._serialized_end=142
-  _globals['_LABELPROBABILITY']._serialized_start=144
-  _globals['_LABELPROBABILITY']._serialized_end=198
-  _globals['_TEXTRESULT']._serialized_start=200
-  _globals['_TEXTRESULT']._serialized_end=301
-  _globals['_ERRORSTATUS']._serialized_start=303
-  _globals['_ERRORSTATUS']._serialized_end=347
-  _globals['_CLASSIFYRESPONSE']._serialized_start=350
-  _globals['_CLASSIFYRESPONSE']._serialized_end=501
-  _globals['_LISTMODELSREQUEST']._serialized_start=503
-  _globals['_LISTMODELSREQUEST']._serialized_end=522
-  _globals['_LISTMODELSRESPONSE']._serialized_start=524
-  _globals['_LISTMODELSRESPONSE']._serialized_end=583
-  _globals['_GETMODELREQUEST']._serialized_start=585
-  _globals['_GETMODELREQUEST']._serialized_end=634
-  _globals['_INPUTLIMITS']._serialized_start=636
-  _globals['_INPUTLIMITS']._serialized_end=751
-  _globals['_VECTORSTOREINFO']._serialized_start=753
-  _globals['_VECTORSTOREINFO']._serialized_end=856
-  _globals['_MODELINFO']._serialized_start=859
-  _globals['_MODELINFO']._serialized_end=1162
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1116
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1162
-  _globals['_CLASSIFIER']._serialized_start=1165
-  _globals['_CLASSIFIER']._serialized_end=1470
+  _globals['_CLASSIFYREQUEST']._serialized_end=159
+  _globals['_LABELPROBABILITY']._serialized_start=161
+  _globals['_LABELPROBABILITY']._serialized_end=215
+  _globals['_TEXTRESULT']._serialized_start=218
+  _globals['_TEXTRESULT']._serialized_end=365
+  _globals['_EXPLANATION']._serialized_start=367
+  _globals['_EXPLANATION']._serialized_end=440
+  _globals['_WORDCONTRIBUTION']._serialized_start=442
+  _globals['_WORDCONTRIBUTION']._serialized_end=511
+  _globals['_ERRORSTATUS']._serialized_start=513
+  _globals['_ERRORSTATUS']._serialized_end=557
+  _globals['_CLASSIFYRESPONSE']._serialized_start=560
+  _globals['_CLASSIFYRESPONSE']._serialized_end=711
+  _globals['_LISTMODELSREQUEST']._serialized_start=713
+  _globals['_LISTMODELSREQUEST']._serialized_end=732
+  _globals['_LISTMODELSRESPONSE']._serialized_start=734
+  _globals['_LISTMODELSRESPONSE']._serialized_end=793
+  _globals['_GETMODELREQUEST']._serialized_start=795
+  _globals['_GETMODELREQUEST']._serialized_end=844
+  _globals['_INPUTLIMITS']._serialized_start=846
+  _globals['_INPUTLIMITS']._serialized_end=961
+  _globals['_VECTORSTOREINFO']._serialized_start=963
+  _globals['_VECTORSTOREINFO']._serialized_end=1066
+  _globals['_MODELINFO']._serialized_start=1069
+  _globals['_MODELINFO']._serialized_end=1372
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1326
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1372
+  _globals['_CLASSIFIER']._serialized_start=1375
+  _globals['_CLASSIFIER']._serialized_end=1680
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model", "version", "texts", "top_k", "request_id")
+    __slots__ = ("model", "version", "texts", "top_k", "request_id", "explain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     texts: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    explain: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., explain: _Optional[int] = ...) -> None: ...
 
 class LabelProbability(_message.Message):
     __slots__ = ("label", "probability")
@@ -29,14 +31,34 @@ class LabelProbability(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class TextResult(_message.Message):
-    __slots__ = ("labels", "token_count", "oov_fraction")
+    __slots__ = ("labels", "token_count", "oov_fraction", "explanation")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     OOV_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedCompositeFieldContainer[LabelProbability]
     token_count: int
     oov_fraction: float
-    def __init__(self, labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., token_count: _Optional[int] = ..., oov_fraction: _Optional[float] = ...) -> None: ...
+    explanation: Explanation
+    def __init__(self, labels: _Optional[_Iterable[_Union[LabelProbability, _Mapping]]] = ..., token_count: _Optional[int] = ..., oov_fraction: _Optional[float] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("label", "words")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    words: _containers.RepeatedCompositeFieldContainer[WordContribution]
+    def __init__(self, label: _Optional[str] = ..., words: _Optional[_Iterable[_Union[WordContribution, _Mapping]]] = ...) -> None: ...
+
+class WordContribution(_message.Message):
+    __slots__ = ("word", "contribution", "count")
+    WORD_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    word: str
+    contribution: float
+    count: int
+    def __init__(self, word: _Optional[str] = ..., contribution: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ErrorStatus(_message.Message):
     __slots__ = ("code", "message")

@@ -14,7 +14,7 @@ Errors. Every RPC answers with a standard gRPC status:
   INVALID_ARGUMENT    empty `texts`; more texts than `limits.max_texts_per_request`;
                       a text longer than `limits.max_text_bytes` UTF-8 bytes (the
                       message names the index of the text and the limit); a bad
-                      model name.
+                      model name; `explain` over its limits.
   RESOURCE_EXHAUSTED  the model's batching queue is full; retry with backoff.
   DEADLINE_EXCEEDED   the call's deadline passed before its texts were classified;
                       the work is dropped, not finished in the background.

@@ -73,23 +73,57 @@ function choose(model, version) {
 
 // --- classify -------------------------------------------------------------------------------
 
+// Words as the latin tokeniser reads them: runs of letters, digits and "_" (CJK one character each).
+const WORD = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}]|[\p{L}\p{M}\p{N}_]+/gu;
+
+// The text with the explained words marked: blue for, red against, stronger for a larger contribution.
+function explainedText(text, explanation) {
+  const node = el("div", { class: "text" });
+  const words = new Map((explanation.words || []).map((w) => [w.word, w.contribution || 0]));
+  const largest = Math.max(1e-9, ...[...words.values()].map(Math.abs));
+  let at = 0;
+  for (const match of text.matchAll(WORD)) {
+    const key = match[0].normalize("NFKC").toLowerCase();
+    if (!words.has(key)) continue;
+    node.append(text.slice(at, match.index));
+    const contribution = words.get(key);
+    const mark = el("mark", { "data-word": key, title: `${explanation.label}: ${(100 * contribution).toFixed(1)} ` +
+                                                       "points lower without this word",
+                              text: match[0] });
+    const strength = (0.15 + 0.6 * Math.abs(contribution) / largest).toFixed(2);
+    mark.style.backgroundColor = contribution >= 0 ? `rgba(47, 111, 222, ${strength})`  // CSSOM, as CSP wants
+                                                   : `rgba(180, 35, 24, ${strength})`;
+    node.append(mark);
+    at = match.index + match[0].length;
+  }
+  node.append(text.slice(at));
+  return node;
+}
+
 async function classify(event) {
   event.preventDefault();
   const texts = document.getElementById("texts").value.split("\n").filter((line) => line.trim());
   const answers = document.getElementById("answers");
   if (!state.model || !texts.length) return;
+  const explain = document.getElementById("explain").checked ? 5 : 0;
   const button = document.getElementById("classify");
   button.disabled = true;
   try {
     const path = `/v1/models/${encodeURIComponent(state.model)}/versions/${state.version}:classify`;
-    const body = await apiJson(path, { method: "POST", headers: { "Content-Type": "application/json" },
-                                       body: JSON.stringify({ texts, topK: 0 }) });
+    const results = [];
+    const step = explain ? 32 : texts.length;  // the server explains at most 32 texts per call
+    for (let start = 0; start < texts.length; start += step) {
+      const body = await apiJson(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify({ texts: texts.slice(start, start + step), topK: 0,
+                                                                explain }) });
+      results.push(...body.results);
+    }
     answers.replaceChildren();
-    body.results.forEach((result, i) => {
+    results.forEach((result, i) => {
       const labels = result.labels;
       const best = labels[0];
       const answer = el("div", { class: "answer" },
-        el("div", { class: "text", text: texts[i] }),
+        result.explanation ? explainedText(texts[i], result.explanation) : el("div", { class: "text", text: texts[i] }),
         el("div", { class: "top", "data-label": best.label,
                     text: `${best.label} · ${percent(best.probability || 0)}` }));
       for (const entry of labels) {
@@ -102,6 +136,12 @@ async function classify(event) {
       }
       const tokens = result.tokenCount || 0;
       answer.append(el("div", { class: "muted", text: `${tokens} tokens, ${percent(result.oovFraction || 0)} out of vocabulary` }));
+      if (result.explanation && (result.explanation.words || []).length) {
+        const why = result.explanation.words.map((w) => `${w.word} ${(w.contribution || 0) >= 0 ? "+" : ""}` +
+                                                          `${(100 * (w.contribution || 0)).toFixed(1)}`);
+        answer.append(el("div", { class: "why muted", text: `why (points of ${best.label} owed to each word): ` +
+                                                             why.join(", ") }));
+      }
       answers.append(answer);
     });
   } catch (error) {

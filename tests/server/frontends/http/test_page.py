@@ -3,7 +3,8 @@
     bash scripts/test.sh --browser      (installs chromium and chromium-driver if they are missing)
 
 A model whose labels include markup is trained and served; headless chromium loads the page,
-types a text, submits it and reads the rendered top label, which must equal the gRPC answer;
+types a text, submits it and reads the rendered top label, which must equal the gRPC answer, and
+the words marked in the text, which must be those gRPC's explanation names;
 the report's figures must load as real PNGs; labels must show as text (no script runs). A
 second server requires a bearer token: the page asks for it and then shows the models.
 """
@@ -77,6 +78,12 @@ def _top_label(server: ServerProcess, model: str, text: str) -> str:
     return str(answer.results[0].labels[0].label)
 
 
+def _explained_words(server: ServerProcess, model: str, text: str) -> set[str]:
+    with grpc.insecure_channel(server.target) as channel:
+        answer = pb_grpc.ClassifierStub(channel).Classify(pb.ClassifyRequest(model=model, texts=[text], explain=5))
+    return {word.word for word in answer.results[0].explanation.words}
+
+
 def test_the_page_classifies_shows_the_report_and_escapes_labels(
         markup_repository: Path, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -98,6 +105,11 @@ def test_the_page_classifies_shows_the_report_and_escapes_labels(
         assert top.text.startswith(expected)
         bars = browser.find_elements(By.CSS_SELECTOR, ".answer .bar-name")
         assert len(bars) == 10 and SCRIPT_LABEL in [bar.text for bar in bars]
+        # "why" is on: the words gRPC's explanation names are marked in the text, strongest first.
+        named = _explained_words(server, "markup", TEXT)
+        marks = browser.find_elements(By.CSS_SELECTOR, ".answer .text mark")
+        assert [mark.get_attribute("data-word") for mark in marks] == [w for w in TEXT.split() if w in named]
+        assert browser.find_element(By.CSS_SELECTOR, ".answer .text").text == TEXT
 
         # The report's figures: loaded in the page, and real PNGs over HTTP.
         images = _wait(browser, lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "img[data-figure]")
