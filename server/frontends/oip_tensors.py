@@ -65,14 +65,11 @@ class RequestedOutput:
     """For the explanation output: words per text."""
 
 
-def labels_needed(outputs: list[tuple[RequestedOutput, bool]]) -> int:
-    """The labels per text a call's answer needs: the largest classification asked for, else the top one."""
-    return max((output.classification for output, _ in outputs), default=0) or 1
-
-
-def explain_words(outputs: list[tuple[RequestedOutput, bool]]) -> int:
-    """Words per text to explain: what the explanation output asks for (0 if it is not requested)."""
-    return max((output.explain for output, _ in outputs), default=0)
+def answer_needs(outputs: list[tuple[RequestedOutput, bool]]) -> tuple[int, int]:
+    """What a call's answer needs: labels per text (the largest classification asked for, else the top one),
+    and words to explain per text (what the explanation output asks for; 0 if it is not requested)."""
+    labels = max((output.classification for output, _ in outputs), default=0) or 1
+    return labels, max((output.explain for output, _ in outputs), default=0)
 
 
 def _string(value: str) -> v2.InferParameter:

@@ -142,10 +142,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:  # a request the core never sees is counted all the same
             self.plane.refused(request.model_name, "ModelInfer", exc)
             raise
-        call = ClassifyCall(request.model_name, request.model_version, texts, "ModelInfer",
-                            tensors.labels_needed(outputs), request.id,
+        labels, words = tensors.answer_needs(outputs)
+        call = ClassifyCall(request.model_name, request.model_version, texts, "ModelInfer", labels, request.id,
                             context.time_remaining(), lambda: metadata_of(context), version_field="model_version",
-                            explain=tensors.explain_words(outputs), explain_field="the explanation output's explain")
+                            explain=words, explain_field="the explanation output's explain")
         return await self.plane.classify(call, partial(infer_response, request.id, outputs))
 
     async def RepositoryModelLoad(self, request: v2.RepositoryModelLoadRequest,

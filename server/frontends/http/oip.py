@@ -38,8 +38,7 @@ from tlserve.server.frontends.oip_tensors import (
     NAMED_OUTPUTS,
     OUTPUTS,
     RequestedOutput,
-    explain_words,
-    labels_needed,
+    answer_needs,
     model_metadata,
     split_bytes_tensor,
 )
@@ -81,7 +80,7 @@ class InferRequest:
         self.binary_output = parameters.get("binary_data_output") is True
         self.texts = self._texts(document.get("inputs"), binary)
         self.outputs = self._outputs(document.get("outputs"))
-        self.top_k = labels_needed(self.outputs)
+        self.top_k, self.explain = answer_needs(self.outputs)
 
     @staticmethod
     def _object(value: Any, where: str) -> dict[str, Any]:
@@ -209,7 +208,7 @@ class OpenInferenceRest(HttpApi):
             raise
         call = ClassifyCall(name, request.match_info.get("version", ""), parsed.texts, METHOD, parsed.top_k,
                             parsed.id, carrier=lambda: request.headers, version_field=PATH_VERSION,
-                            explain=explain_words(parsed.outputs), explain_field="the explanation output's explain")
+                            explain=parsed.explain, explain_field="the explanation output's explain")
         return await self.plane.classify(call, partial(answers.infer_response, parsed.id, parsed.outputs))
 
     async def _parse(self, request: web.Request) -> InferRequest:
