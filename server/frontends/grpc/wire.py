@@ -92,16 +92,16 @@ class ResponseEncoder:
             parts.append(_field(1, answer.model.encode("utf-8")))
         if answer.version:
             parts.append(b"\x10" + _varint(answer.version))
-        explanations = answer.explanations or [None] * n
-        for body, tokens, oov, why in zip(bodies, answer.token_counts.tolist(), answer.oov_fractions.tolist(),
-                                          explanations, strict=True):
+        explanations = answer.explanations
+        for i, (body, tokens, oov) in enumerate(zip(bodies, answer.token_counts.tolist(),
+                                                    answer.oov_fractions.tolist(), strict=True)):
             tail = b""
             if tokens:
                 tail += b"\x10" + _varint(tokens)
             if oov:
                 tail += b"\x1d" + _FLOAT.pack(oov)
-            if why is not None:
-                tail += _field(4, _explanation(why))
+            if explanations is not None:
+                tail += _field(4, _explanation(explanations[i]))
             parts.append(b"\x1a" + _varint(len(body) + len(tail)) + body + tail)
         if answer.request_id:
             parts.append(_field(4, answer.request_id.encode("utf-8")))
