@@ -138,8 +138,11 @@ QUEUE_SECONDS = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "tlserve_stage_seconds", "Time per batch or call in each stage: encode (preprocessing and pooling), "
-    "inference, respond (building the response message)", ["model", "stage"], buckets=_LATENCY_BUCKETS,
+    "inference, respond (building the response message), explain (a call's explanations, when asked for)",
+    ["model", "stage"], buckets=_LATENCY_BUCKETS,
 )
+EXPLAINED = Counter("tlserve_explained_texts", "Texts answered with an explanation (ClassifyRequest.explain)",
+                    ["model"])
 OOV_FRACTION = Histogram(
     "tlserve_oov_fraction", "Share of a text's tokens not in the vocabulary", ["model"], buckets=_FRACTION_BUCKETS
 )
@@ -194,6 +197,8 @@ class ModelMetrics:
         self.encode = STAGE_SECONDS.labels(model, "encode")
         self.inference = STAGE_SECONDS.labels(model, "inference")
         self.respond = STAGE_SECONDS.labels(model, "respond")
+        self.explain = STAGE_SECONDS.labels(model, "explain")
+        self.explained = EXPLAINED.labels(model)
         self.queue = QUEUE_SECONDS.labels(model)
         self.oov_fraction = OOV_FRACTION.labels(model)
         self.tokens_all = TOKENS.labels(model, "all")

@@ -42,6 +42,17 @@ def call_finished(model: str, version: int, method: str, error: BaseException | 
         tracing.end_call(span, code, ended)
 
 
+def explained(model: str, texts: int, seconds: float) -> None:
+    """Records a call's explanations: the texts explained and the time they took (queued, as every update)."""
+    metrics.DEFERRED.add(_apply_explained, model, texts, seconds)
+
+
+def _apply_explained(aggregate: metrics.Aggregate, model: str, texts: int, seconds: float) -> None:
+    children = metrics.for_model(model)
+    aggregate.inc(children.explained, texts)
+    aggregate.observe(children.explain, seconds)
+
+
 def _apply_call(aggregate: metrics.Aggregate, model: str, version: int, method: str, code: str, seconds: float,
                 respond_seconds: float | None, batches: tuple[BatchStats, ...]) -> None:
     aggregate.inc(metrics.request_counter(model, str(version or "latest"), method, code))

@@ -20,7 +20,7 @@ from tlserve.contract.v1 import classifier_pb2_grpc as pb_grpc
 from tlserve.core.explanations import explain
 from tlserve.core.scorer import Scorer
 
-from conftest import ServerProcess, Trained, sample_texts
+from conftest import ServerProcess, Trained, metric, sample_texts
 
 TEXTS = [*sample_texts(12), "", "x", "a a a cat cat dog"]
 
@@ -41,6 +41,7 @@ def test_served_explanations_are_the_in_process_ones_on_grpc_json_and_the_client
                                                                                  trained: Trained, model: str) -> None:
     published = trained.finetune if model == "wn-finetune" else trained.frozen
     expected = explain(Scorer.open(published.path), TEXTS, words=3)
+    explained_before = metric(server, "tlserve_explained_texts_total", model=model)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.ClassifierStub(channel)
         answer = stub.Classify(pb.ClassifyRequest(model=model, texts=TEXTS, top_k=2, explain=3))
@@ -69,6 +70,9 @@ def test_served_explanations_are_the_in_process_ones_on_grpc_json_and_the_client
     assert len(many) == 40 and all(c.explanation is not None and c.explanation.label == c.label for c in many)
     assert all(len(c.explanation.words) == 2 for c in many if c.explanation and c.token_count >= 2)
     assert many[0].to_dict()["explanation"][0]["word"] == many[0].explanation.words[0].word  # type: ignore[union-attr]
+    # Counted: the gRPC call, the JSON call and the client's 40 texts (the plain call is not).
+    assert metric(server, "tlserve_explained_texts_total", model=model) - explained_before == 2 * len(TEXTS) + 40
+    assert metric(server, "tlserve_stage_seconds_count", model=model, stage="explain") >= 4
 
 
 def test_explain_over_its_limits_is_refused_naming_the_limit(server: ServerProcess) -> None:
