@@ -332,9 +332,12 @@ class Classifier(_ClientBase):
         return results
 
     def classify_stream(self, batches: Iterable[Sequence[str]], *, model: str | None = None, version: int = 0,
-                        top_k: int = 0, timeout: float | None = None) -> Iterator[list[Classification]]:
-        """Streams many requests over one call; yields each request's results in order."""
-        requests = (self._options.request(texts, model, version, top_k, str(i)) for i, texts in enumerate(batches))
+                        top_k: int = 0, timeout: float | None = None, explain: int = 0
+                        ) -> Iterator[list[Classification]]:
+        """Streams many requests over one call; yields each request's results in order (with `explain`, each
+        batch may hold at most 32 texts)."""
+        requests = (self._options.request(texts, model, version, top_k, str(i), explain)
+                    for i, texts in enumerate(batches))
         try:
             for response in self._stub.ClassifyStream(requests, timeout=timeout,
                                                       metadata=self._options.metadata()):
@@ -453,18 +456,18 @@ class AsyncClassifier(_ClientBase):
 
     async def classify_stream(self, batches: Iterable[Sequence[str]] | AsyncIterable[Sequence[str]], *,
                               model: str | None = None, version: int = 0, top_k: int = 0,
-                              timeout: float | None = None) -> AsyncIterator[list[Classification]]:
-        """Streams many requests over one call; yields each request's results in order."""
+                              timeout: float | None = None, explain: int = 0) -> AsyncIterator[list[Classification]]:
+        """Streams many requests over one call; yields each request's results in order (see `Classifier`)."""
 
         async def requests() -> AsyncIterator[pb.ClassifyRequest]:
             i = 0
             if isinstance(batches, AsyncIterable):
                 async for texts in batches:
-                    yield self._options.request(texts, model, version, top_k, str(i))
+                    yield self._options.request(texts, model, version, top_k, str(i), explain)
                     i += 1
             else:
                 for texts in batches:
-                    yield self._options.request(texts, model, version, top_k, str(i))
+                    yield self._options.request(texts, model, version, top_k, str(i), explain)
                     i += 1
 
         try:

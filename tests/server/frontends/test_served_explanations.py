@@ -70,8 +70,13 @@ def test_served_explanations_are_the_in_process_ones_on_grpc_json_and_the_client
     assert len(many) == 40 and all(c.explanation is not None and c.explanation.label == c.label for c in many)
     assert all(len(c.explanation.words) == 2 for c in many if c.explanation and c.token_count >= 2)
     assert many[0].to_dict()["explanation"][0]["word"] == many[0].explanation.words[0].word  # type: ignore[union-attr]
-    # Counted: the gRPC call, the JSON call and the client's 40 texts (the plain call is not).
-    assert metric(server, "tlserve_explained_texts_total", model=model) - explained_before == 2 * len(TEXTS) + 40
+    with Classifier(server.target, model=model) as client:
+        streamed = [c for batch in client.classify_stream([TEXTS[:5], TEXTS[5:]], explain=3) for c in batch]
+    for streamed_one, mine in zip(streamed, expected, strict=True):  # the stream's answers explained too
+        assert streamed_one.explanation is not None and streamed_one.explanation.label == mine.label
+        assert [(w.word, w.count) for w in streamed_one.explanation.words] == [(w.word, w.count) for w in mine.words]
+    # Counted: the gRPC call, the JSON call, the client's 40 texts and the stream (the plain call is not).
+    assert metric(server, "tlserve_explained_texts_total", model=model) - explained_before == 3 * len(TEXTS) + 40
     assert metric(server, "tlserve_stage_seconds_count", model=model, stage="explain") >= 4
 
 
