@@ -149,10 +149,10 @@ def scored_columns(labels: list[str], indices: np.ndarray, probabilities: np.nda
     process that writes the file as much as a worker spends on the texts' features."""
     import pyarrow as pa
 
-    n, k = indices.shape
+    n, k = indices.shape  # k >= 1: ranking keeps at least the top label
     names = pa.array(labels, pa.string())
-    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)) if k else pa.array(np.zeros(n + 1, np.int32))
-    return {"label": names.take(pa.array(indices[:, 0])) if k else pa.nulls(n, pa.string()),
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return {"label": names.take(pa.array(indices[:, 0])),
             "labels": pa.ListArray.from_arrays(offsets, names.take(pa.array(indices.ravel()))),
             "probabilities": pa.ListArray.from_arrays(offsets, pa.array(probabilities.astype(np.float32).ravel())),
             "token_count": pa.array(token_counts.astype(np.int32)),

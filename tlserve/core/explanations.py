@@ -16,6 +16,7 @@ front end, and bounded by `MAX_WORDS`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,8 @@ def explain(scorer: Scorer, texts: list[str], words: int = 5) -> list[Explanatio
     tokens, chars = featurizer.preprocess(texts)
     explanations = []
     for i, text_tokens in enumerate(tokens):
-        distinct = list(dict.fromkeys(text_tokens))[:MAX_WORDS]
+        counts = Counter(text_tokens)  # in order of first appearance
+        distinct = list(counts)[:MAX_WORDS]
         variants = [text_tokens] + [[token for token in text_tokens if token != word] for word in distinct]
         variant_chars = None
         if chars is not None:
@@ -68,9 +70,8 @@ def explain(scorer: Scorer, texts: list[str], words: int = 5) -> list[Explanatio
         probabilities = scorer.session.run([OUTPUT], encoded.inputs)[0]
         best = int(rank(probabilities[:1], 1)[0, 0])
         drops = probabilities[0, best] - probabilities[1:, best]
-        counts = [text_tokens.count(word) for word in distinct]
         order = np.argsort(-drops, kind="stable")[: words or len(distinct)]
         explanations.append(Explanation(
             scorer.labels[best], float(probabilities[0, best]),
-            [WordContribution(distinct[j], float(drops[j]), counts[j]) for j in order.tolist()]))
+            [WordContribution(distinct[j], float(drops[j]), counts[distinct[j]]) for j in order.tolist()]))
     return explanations

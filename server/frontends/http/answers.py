@@ -29,17 +29,17 @@ def classify_json(answer: RankedAnswer) -> dict[str, Any]:
     values = answer.probabilities.astype(np.str_).tolist()
     fractions = answer.oov_fractions.astype(np.str_).tolist()
     results = []
-    explanations = answer.explanations or [None] * len(values)
-    for row, ranked, tokens, oov, why in zip(values, answer.order.tolist(), answer.token_counts.tolist(), fractions,
-                                             explanations, strict=True):
+    explanations = answer.explanations
+    for i, (row, ranked, tokens, oov) in enumerate(zip(values, answer.order.tolist(), answer.token_counts.tolist(),
+                                                       fractions, strict=True)):
         result: dict[str, Any] = {"labels": [{"label": labels[j], "probability": float(row[j])}
                                              if row[j] != "0.0" else {"label": labels[j]} for j in ranked]}
         if tokens:
             result["tokenCount"] = tokens
         if oov != "0.0":
             result["oovFraction"] = float(oov)
-        if why is not None:
-            result["explanation"] = explanation_json(why)
+        if explanations is not None:
+            result["explanation"] = explanation_json(explanations[i])
         results.append(result)
     body: dict[str, Any] = {"model": answer.model, "version": str(answer.version), "results": results}
     if answer.request_id:
